@@ -1,0 +1,67 @@
+"""The Celery app: Redis broker and result backend, JSON only, settings for hours-long tasks.
+
+Workers import this module (`celery -A autotrain.celery_app`), which reads the settings of the
+workspace in AUTOTRAIN_WORKSPACE. Clients call `configure_app(settings)` before sending.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from celery import Celery
+
+from autotrain.settings import Settings, load_settings
+
+__all__ = ["app", "configure_app", "PREP_QUEUE", "GPU_QUEUE", "gpu_queue_name"]
+
+PREP_QUEUE = "prep"
+GPU_QUEUE = "gpu"
+
+app = Celery("autotrain", include=["autotrain.tasks"])
+
+
+def gpu_queue_name(host: str, gpu: int | str) -> str:
+    """The queue of one GPU of one host (`gpu.<host>.<index>`), or of a host's CPU worker."""
+    return f"{GPU_QUEUE}.{host}.{gpu}"
+
+
+def configure_app(settings: Settings) -> Celery:
+    from autotrain.connection import redis_url_for
+
+    url = redis_url_for(settings)
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        # Early ack and no prefetch: a training task may run for hours, so it is never redelivered by
+        # a visibility timeout and never waits behind another one in a worker's buffer. Lost work is
+        # recovered by the job lease and the reaper instead (autotrain.lease).
+        task_acks_late=False,
+        worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        task_default_queue=PREP_QUEUE,
+        task_routes={"autotrain.train": {"queue": GPU_QUEUE}},
+        result_expires=7 * 24 * 3600,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        broker_pool_limit=4,
+    )
+    return app
+
+
+def _configure_from_environment() -> None:
+    """Workers and Flower get their settings from the environment at import time."""
+    # Without a reachable configuration a client configures explicitly later.
+    with contextlib.suppress(Exception):
+        configure_app(load_settings())
+
+
+_configure_from_environment()

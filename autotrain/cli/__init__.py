@@ -1,0 +1,64 @@
+"""The `autotrain` command: a thin layer over the SDK (autotrain.pipeline and friends)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.console import Console
+
+from autotrain.errors import AutotrainError
+from autotrain.settings import Settings, load_settings
+
+__all__ = ["main", "console", "err_console", "settings_of"]
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class _Group(click.Group):
+    """Turns AutotrainError into a one-line message and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except AutotrainError as exc:
+            err_console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+            sys.exit(1)
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    """The effective settings, loaded once per command from the chosen workspace."""
+    root = ctx.find_root()
+    if "settings" not in root.meta:
+        root.meta["settings"] = load_settings(root.params.get("workspace"))
+    return root.meta["settings"]
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False),
+    help="Workspace root (default: $AUTOTRAIN_WORKSPACE or the current directory).",
+)
+@click.version_option(package_name="autotrain")
+def main(workspace: str | None) -> None:
+    """Queue folders of captioned images; get trained diffusion models back.
+
+    \b
+    Examples:
+      autotrain pipeline run --dataset-path examples/datasets/tiny_shapes --profile Tiny --monitor
+      autotrain pipeline batch --datasets-dir ~/datasets --profile FluxLORA --max-concurrent 2
+      autotrain train list
+    """
+    if workspace:
+        # Child processes (workers, trainers) inherit the same workspace.
+        os.environ["AUTOTRAIN_WORKSPACE"] = os.path.abspath(workspace)
+
+
+from autotrain.cli import cluster, info, pipeline, train  # noqa: E402
+
+for _module in (pipeline, train, info, cluster):
+    for _command in _module.COMMANDS:
+        main.add_command(_command)

@@ -1,0 +1,3 @@
+from autotrain.cli import main
+
+main(prog_name="autotrain")

@@ -1,0 +1,191 @@
+"""`autotrain up|down|status|worker|flower|doctor`: the local cluster and the workers of a host."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+from rich.table import Table
+
+from autotrain import cluster as local
+from autotrain.cli import console, err_console, settings_of
+from autotrain.errors import AutotrainError
+
+__all__ = ["COMMANDS"]
+
+
+@click.command("up")
+@click.option("--no-workers", is_flag=True, help="Start only the embedded Redis.")
+@click.option("--cpu", is_flag=True, help="Start a CPU worker even if GPUs are present.")
+@click.pass_context
+def up_cmd(ctx, no_workers, cpu) -> None:
+    """Start the embedded Redis and this host's workers (when no AUTOTRAIN_REDIS_URL is set).
+
+    \b
+    Example:
+      autotrain up && autotrain status
+    """
+    settings = settings_of(ctx)
+    status = local.up(settings, workers=not no_workers, worker_args=["--cpu"] if cpu else [])
+    console.print(
+        f"Redis: {status.redis_url} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
+    )
+    if status.workers_pid:
+        console.print(
+            f"Workers: supervisor pid {status.workers_pid}; log {settings.workspace / '.autotrain' / 'worker.log'}"
+        )
+
+
+@click.command("down")
+@click.pass_context
+def down_cmd(ctx) -> None:
+    """Stop the local workers and the embedded Redis; queued jobs are kept for the next `up`.
+
+    \b
+    Example:
+      autotrain down
+    """
+    stopped = local.down(settings_of(ctx))
+    console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@click.command("status")
+@click.pass_context
+def status_cmd(ctx) -> None:
+    """Redis, the live workers (host, GPU, busy job) and queue depths.
+
+    \b
+    Example:
+      autotrain status
+    """
+    from autotrain.heartbeat import live_workers
+    from autotrain.job import JobStore
+    from autotrain.queue import queue_depths
+
+    settings = settings_of(ctx)
+    status = local.cluster_status(settings)
+    kind = "embedded" if status.embedded else "shared"
+    state = "[green]up[/]" if status.redis_running else "[red]down[/]"
+    console.print(f"Redis ({kind}): {state} {status.redis_url or ''}")
+    if not status.redis_running:
+        console.print(
+            "Start it with `autotrain up`." if status.embedded else "Check AUTOTRAIN_REDIS_URL."
+        )
+        sys.exit(1)
+    from autotrain.connection import get_redis
+
+    client = get_redis(settings)
+    workers = live_workers(client)
+    table = Table("worker", "host", "GPU", "queues", "busy with")
+    for w in workers:
+        table.add_row(
+            w["name"], w["host"], w["gpu"] or "cpu", ", ".join(w["queues"]), w["job"] or "-"
+        )
+    console.print(
+        table
+        if workers
+        else "No live workers. Start them with `autotrain up` or `autotrain worker`."
+    )
+    depths = queue_depths(JobStore(client))
+    console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(depths.items())))
+
+
+@click.command("worker")
+@click.option(
+    "--gpus", default="all", show_default=True, help='GPUs to serve: "all" or indices like "0,2".'
+)
+@click.option(
+    "--cpu", is_flag=True, help="Run one CPU worker (it can train Tiny) instead of GPU workers."
+)
+@click.option(
+    "--no-prep", is_flag=True, help="Do not consume the prep queue (phases 1-3 and 5) on this host."
+)
+@click.option(
+    "--host", help="Host name for worker names and pinned queues (default: this host's name)."
+)
+@click.pass_context
+def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
+    """Run this host's workers: one per GPU (CUDA_VISIBLE_DEVICES pinned), or one CPU worker.
+
+    \b
+    Examples:
+      autotrain worker                       # every GPU of this host
+      autotrain worker --gpus 0,2            # only GPUs 0 and 2
+      AUTOTRAIN_REDIS_URL=redis://:pw@queue-host:6379/0 autotrain worker
+    """
+    from autotrain.queue import current_host
+    from autotrain.worker import discover_gpus, plan_workers, run_workers
+
+    settings = settings_of(ctx)
+    host = host or current_host()
+    os.environ["AUTOTRAIN_HOST"] = host
+    found, why_none = ([], "--cpu given") if cpu else discover_gpus()
+    if gpus != "all" and found:
+        wanted = {int(x) for x in gpus.split(",") if x.strip()}
+        missing = wanted - {g.index for g in found}
+        if missing:
+            raise AutotrainError(
+                f"--gpus {gpus}: no GPU {sorted(missing)} here; found {[g.index for g in found]}."
+            )
+        found = [g for g in found if g.index in wanted]
+    if not found and not cpu:
+        err_console.print(
+            f"No GPU workers: {why_none}. Starting one CPU worker (it can train Tiny)."
+        )
+    for gpu in found:
+        console.print(
+            f"GPU {gpu.index}: {gpu.name} {gpu.uuid} ({gpu.memory_free / 2**30:.1f} GiB free)"
+        )
+    workers = plan_workers(settings, host, found, use_cpu=not found, consume_prep=not no_prep)
+    sys.exit(run_workers(workers, say=lambda m: console.print(m)))
+
+
+@click.command("flower", context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def flower_cmd(ctx, flower_args) -> None:
+    """Flower, the Celery task view, on flower_address:flower_port with basic auth from settings.
+
+    \b
+    Example:
+      AUTOTRAIN_FLOWER_PASSWORD=secret autotrain flower
+    """
+    settings = settings_of(ctx)
+    argv = [sys.executable, "-m", "celery", "-A", "autotrain.celery_app", "flower",
+            f"--address={settings.flower_address}", f"--port={settings.flower_port}"]  # fmt: skip
+    if settings.flower_password:
+        argv.append(
+            f"--basic-auth={settings.flower_user}:{settings.flower_password.get_secret_value()}"
+        )
+    elif settings.flower_address not in ("127.0.0.1", "localhost", "::1"):
+        raise AutotrainError(
+            "Flower on a non-loopback address needs a password: set AUTOTRAIN_FLOWER_PASSWORD."
+        )
+    console.print(f"Flower on http://{settings.flower_address}:{settings.flower_port}")
+    env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
+    sys.exit(subprocess.call([*argv, *flower_args], env=env))
+
+
+@click.command("doctor")
+@click.pass_context
+def doctor_cmd(ctx) -> None:
+    """Check this host: sd-scripts and its Python, model files, GPUs, workspace; with fixes.
+
+    \b
+    Example:
+      autotrain doctor
+    """
+    from autotrain.doctor import run_checks
+
+    checks = run_checks(settings_of(ctx))
+    table = Table("check", "ok", "detail", "fix")
+    for check in checks:
+        table.add_row(
+            check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail, check.fix or ""
+        )
+    console.print(table)
+
+
+COMMANDS = [up_cmd, down_cmd, status_cmd, worker_cmd, flower_cmd, doctor_cmd]

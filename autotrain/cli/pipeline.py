@@ -1,0 +1,266 @@
+"""`autotrain pipeline prepare|run|batch`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+import tomli_w
+
+from autotrain import pipeline as sdk
+from autotrain.cli import console, err_console, settings_of
+from autotrain.spec import parse_gpu_ids
+
+__all__ = ["COMMANDS"]
+
+
+def _dataset_options(func):
+    options = [
+        click.option("--dataset-name", help="Name of the staged dataset (default: the folder name)."),
+        click.option("--min-images", type=click.IntRange(0), default=1, show_default=True,
+                     help="Fail unless at least this many images pass validation."),
+        click.option("--skip-copy", is_flag=True, help="Reuse an existing staged copy that matches the source."),
+        click.option("--force", is_flag=True, help="Replace an existing staged copy."),
+        click.option("--dry-run", is_flag=True, help="Print what each phase would do; change nothing on disk."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _profile_option(func):
+    return click.option(
+        "--profile", required=True, help="Profile name (see `autotrain profiles list`)."
+    )(func)
+
+
+@click.group("pipeline")
+def pipeline_group() -> None:
+    """Validate, stage, configure and train datasets."""
+
+
+@pipeline_group.command("prepare")
+@click.option(
+    "--dataset-path", required=True, type=click.Path(), help="Folder of images with .txt captions."
+)
+@_profile_option
+@_dataset_options
+@click.pass_context
+def prepare_cmd(
+    ctx, dataset_path, profile, dataset_name, min_images, skip_copy, force, dry_run
+) -> None:
+    """Phases 1-3 only: validate, stage into input/<name>/, write the trainer config.
+
+    \b
+    Examples:
+      autotrain pipeline prepare --dataset-path examples/datasets/tiny_shapes --profile Tiny
+      autotrain pipeline prepare --dataset-path ~/data/cat --profile FluxLORA --dry-run
+    """
+    settings = settings_of(ctx)
+    _logging(settings, dry_run)
+    result = sdk.prepare_pipeline(
+        dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
+        skip_copy=skip_copy, force=force, dry_run=dry_run, settings=settings,
+    )  # fmt: skip
+    print_prepared(result)
+
+
+@pipeline_group.command("run")
+@click.option(
+    "--dataset-path", required=True, type=click.Path(), help="Folder of images with .txt captions."
+)
+@_profile_option
+@_dataset_options
+@click.option("--gpu-ids", help='Pin to these GPUs of this host: "1", or "0,1" for data-parallel.')
+@click.option(
+    "--monitor", is_flag=True, help="Show live progress until the job ends (Ctrl+C detaches)."
+)
+@click.option(
+    "--immediate", is_flag=True, help="Run all five phases here, in the foreground, without Redis."
+)
+@click.pass_context
+def run_cmd(
+    ctx,
+    dataset_path,
+    profile,
+    dataset_name,
+    min_images,
+    skip_copy,
+    force,
+    dry_run,
+    gpu_ids,
+    monitor,
+    immediate,
+):
+    """Queue one dataset for training (all five phases) and print its job id.
+
+    \b
+    Examples:
+      autotrain pipeline run --dataset-path examples/datasets/tiny_shapes --profile Tiny --monitor
+      autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 1
+      autotrain pipeline run --dataset-path ~/data/cat --profile Tiny --immediate
+    """
+    settings = settings_of(ctx)
+    ids = _gpu_ids(gpu_ids)
+    if dry_run:
+        result = sdk.prepare_pipeline(
+            dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
+            skip_copy=skip_copy, force=force, dry_run=True, settings=settings,
+        )  # fmt: skip
+        print_prepared(result)
+        return
+    _logging(settings, False)
+    if immediate:
+        result = sdk.run_pipeline(
+            dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
+            skip_copy=skip_copy, force=force, immediate=True, settings=settings,
+            on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+        )  # fmt: skip
+        console.print(f"\n[green]Succeeded.[/] Weights: {result.manifest['weights'][0]['path']}")
+        console.print(
+            f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"
+        )
+        return
+    from autotrain.cluster import ensure_up
+
+    ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    job = sdk.run_pipeline(
+        dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
+        skip_copy=skip_copy, force=force, settings=settings,
+    )  # fmt: skip
+    console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
+    if monitor:
+        from autotrain.cli.train import monitor_job
+
+        sys.exit(monitor_job(settings, job.id))
+    console.print(f"Watch it: autotrain train monitor --job {job.id}")
+
+
+@pipeline_group.command("batch")
+@click.option(
+    "--datasets-dir", type=click.Path(), help="Every subfolder holding images is a dataset."
+)
+@click.option("--dataset-paths", help='Comma-separated dataset folders: "a,b".')
+@_profile_option
+@click.option("--min-images", type=click.IntRange(0), default=1, show_default=True)
+@click.option(
+    "--skip-copy", is_flag=True, help="Reuse existing staged copies that match their source."
+)
+@click.option("--force", is_flag=True, help="Replace existing staged copies.")
+@click.option(
+    "--dry-run", is_flag=True, help="Print what would be done for each dataset; change nothing."
+)
+@click.option(
+    "--prepare-only", is_flag=True, help="Run phases 1-3 here for each dataset; queue nothing."
+)
+@click.option(
+    "--max-concurrent",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="At most this many of the batch's jobs train at once.",
+)
+@click.option("--gpu-ids", help="Pin every job of the batch to these GPUs of this host.")
+@click.option(
+    "--monitor", is_flag=True, help="Show the batch view until all jobs end (Ctrl+C detaches)."
+)
+@click.pass_context
+def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, force, dry_run, prepare_only,
+              max_concurrent, gpu_ids, monitor):  # fmt: skip
+    """One job per dataset; a dataset that fails does not stop the others.
+
+    \b
+    Examples:
+      autotrain pipeline batch --datasets-dir ~/datasets --profile FluxLORA --max-concurrent 2 --monitor
+      autotrain pipeline batch --dataset-paths "a,b" --profile Tiny --prepare-only
+      autotrain pipeline batch --datasets-dir ~/datasets --profile SDXL --dry-run
+    """
+    settings = settings_of(ctx)
+    selection = {"datasets_dir": datasets_dir, "dataset_paths": dataset_paths}
+    options = {"min_images": min_images, "skip_copy": skip_copy, "force": force}
+    if dry_run or prepare_only:
+        _logging(settings, dry_run)
+        result = sdk.prepare_batch(
+            profile, dry_run=dry_run, settings=settings, **selection, **options
+        )
+        for prepared in result.prepared:
+            console.rule(prepared.spec.name)
+            if prepared.ok:
+                print_prepared(prepared)
+            else:
+                err_console.print(f"[bold red]Error:[/] {prepared.error}", soft_wrap=True)
+        failed = [p for p in result.prepared if not p.ok]
+        console.print(f"{len(result.prepared) - len(failed)} prepared, {len(failed)} failed.")
+        sys.exit(1 if failed else 0)
+    _logging(settings, False)
+    from autotrain.cluster import ensure_up
+
+    ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    result = sdk.run_batch_pipeline(
+        profile,
+        max_concurrent=max_concurrent,
+        settings=settings,
+        gpu_ids=_gpu_ids(gpu_ids),
+        **selection,
+        **options,
+    )
+    console.print(
+        f"Queued batch [bold]{result.batch_id}[/]: {len(result.jobs)} jobs, at most {max_concurrent} training at once."
+    )
+    for job in result.jobs:
+        console.print(f"  {job.id}  {job.name}")
+    if monitor:
+        from autotrain.cli.train import monitor_batch
+
+        sys.exit(monitor_batch(settings, result.batch_id))
+    console.print("Watch them: autotrain train list")
+
+
+def print_prepared(result: sdk.PrepareResult) -> None:
+    """The validation table, staging decision, files and trainer command of phases 1-3."""
+    from autotrain.validate import report_table
+
+    console.print(report_table(result.report))
+    stage, plan = result.stage, result.plan
+    verb = "Would" if result.dry_run else "Did"
+    console.print(
+        f"[bold]Stage:[/] {stage.action} -> {stage.staged_dir} ({stage.files_copied} files)"
+    )
+    for path, reason in stage.skipped[:20]:
+        console.print(f"  skip {path}: {reason}")
+    if len(stage.skipped) > 20:
+        console.print(f"  ... and {len(stage.skipped) - 20} more skipped")
+    files = [plan.config_path, plan.dataset_config_path, plan.sample_prompts_path]
+    console.print(f"[bold]{verb} write:[/]")
+    for path in filter(None, files):
+        console.print(f"  {path}")
+    if result.dry_run:
+        console.rule(str(plan.config_path.name))
+        console.print(tomli_w.dumps(plan.config), markup=False)
+        if plan.dataset_config:
+            console.rule(str(plan.dataset_config_path.name))
+            console.print(tomli_w.dumps(plan.dataset_config), markup=False)
+        console.rule("sample_prompts.txt")
+        console.print(plan.sample_prompts, markup=False)
+    console.print(
+        f"[bold]Trainer command:[/] {shlex.join(result.command)}", soft_wrap=True, markup=False
+    )
+    console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
+
+
+def _gpu_ids(value: str | None) -> list[int]:
+    try:
+        return parse_gpu_ids(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--gpu-ids") from exc
+
+
+def _logging(settings, dry_run: bool) -> None:
+    if not dry_run:  # a dry run leaves the workspace untouched, logs included
+        from autotrain.logs import setup_logging
+
+        setup_logging(settings.workspace)
+
+
+COMMANDS = [pipeline_group]

@@ -1,0 +1,206 @@
+"""`autotrain train list|monitor|cancel|logs`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import click
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from autotrain.cli import console, settings_of
+from autotrain.job import JobState
+from autotrain.monitor import (
+    batch_line,
+    follow_batch,
+    follow_job,
+    format_eta,
+    job_line,
+    progress_bar,
+)
+from autotrain.pipeline import job_store
+from autotrain.settings import Settings
+
+__all__ = ["COMMANDS", "monitor_job", "monitor_batch"]
+
+
+@click.group("train")
+def train_group() -> None:
+    """Watch and control queued and running jobs."""
+
+
+@train_group.command("list")
+@click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]),
+              help="Only jobs in this state (repeatable).")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def list_cmd(ctx, states, as_json) -> None:
+    """Jobs, newest last.
+
+    \b
+    Examples:
+      autotrain train list
+      autotrain train list --state training --state queued
+      autotrain train list --json | jq '.[].state'
+    """
+    store = job_store(settings_of(ctx))
+    jobs = store.list(states={JobState(s) for s in states} or None)
+    if as_json:
+        click.echo(
+            json.dumps([j.model_dump(mode="json", exclude={"plan"}) for j in jobs], indent=2)
+        )
+        return
+    table = Table("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age")
+    now = time.time()
+    for j in jobs:
+        where = f"{j.host or '-'}/{j.gpu or '-'}" if j.host else "-"
+        table.add_row(
+            j.id, j.name, j.profile, j.state.value, where, progress_bar(j.step, j.total, width=10),
+            f"{j.loss:.4f}" if j.loss is not None else "-", format_eta(j.eta_seconds) if j.state == JobState.TRAINING else "-",
+            format_eta(now - j.created_at),
+        )  # fmt: skip
+    console.print(table)
+
+
+@train_group.command("monitor")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.pass_context
+def monitor_cmd(ctx, job_id) -> None:
+    """Live progress of one job; started late it replays the history first. Ctrl+C detaches.
+
+    \b
+    Example:
+      autotrain train monitor --job 20261125-101500-a1b2c3
+    """
+    sys.exit(monitor_job(settings_of(ctx), job_id))
+
+
+@train_group.command("cancel")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.pass_context
+def cancel_cmd(ctx, job_id) -> None:
+    """Cancel a job: a queued one never starts, a running trainer is stopped (SIGTERM, then SIGKILL).
+
+    \b
+    Example:
+      autotrain train cancel --job 20261125-101500-a1b2c3
+    """
+    from autotrain.celery_app import configure_app
+    from autotrain.queue import cancel_job
+
+    settings = settings_of(ctx)
+    configure_app(settings)
+    job = cancel_job(job_store(settings), job_id)
+    if job.state == JobState.CANCELLED:
+        console.print(f"Job {job.id} ({job.name}) is cancelled.")
+    elif job.is_final:
+        console.print(f"Job {job.id} ({job.name}) had already ended: {job.state.value}.")
+    else:
+        console.print(
+            f"Cancelling job {job.id} ({job.name}); its worker stops the trainer within seconds."
+        )
+
+
+@train_group.command("logs")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the job ends.")
+@click.pass_context
+def logs_cmd(ctx, job_id, follow) -> None:
+    """The trainer's raw output for a job (output/<name>/log/trainer.log), and its newest samples.
+
+    \b
+    Example:
+      autotrain train logs --job 20261125-101500-a1b2c3 --follow
+    """
+    settings = settings_of(ctx)
+    store = job_store(settings)
+    job = store.get(job_id)
+    log_path = settings.workspace / "output" / job.name / "log" / "trainer.log"
+    if job.error:
+        console.print(f"[red]Error:[/] {job.error}", soft_wrap=True)
+    offset = 0
+    while True:
+        if log_path.is_file():
+            with open(log_path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read()
+                offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", errors="replace").replace("\r", "\n"))
+            sys.stdout.flush()
+        if not follow or store.get(job.id).is_final:
+            break
+        time.sleep(0.5)
+    samples = store.get(job.id).samples
+    if samples:
+        console.print("Newest samples:\n  " + "\n  ".join(samples))
+
+
+def monitor_job(settings: Settings, job_id: str) -> int:
+    """Show the live single-job line until the job ends; 0 when it succeeded."""
+    store = job_store(settings)
+    job = store.get(job_id)
+    job_id = job.id  # a prefix was resolved
+    try:
+        with Live(
+            Text(job_line(job)), console=console, refresh_per_second=10, transient=False
+        ) as live:
+            for job, events in follow_job(store, job_id):  # noqa: B020 - keep the newest record
+                for event in events:
+                    if event.get("kind") in (
+                        "epoch",
+                        "checkpoint",
+                        "sample",
+                        "error",
+                    ) and event.get("message"):
+                        live.console.print(
+                            Text(f"  {event['kind']}: {event['message']}", style="dim")
+                        )
+                live.update(Text(job_line(job, _queue_depth(store))))
+    except KeyboardInterrupt:
+        console.print(
+            f"\nDetached; the job goes on. Re-attach: autotrain train monitor --job {job.id}"
+        )
+        return 0
+    return _final_message(job)
+
+
+def monitor_batch(settings: Settings, batch_id: str) -> int:
+    """The batch view until every job of the batch is final, then a summary table."""
+    store = job_store(settings)
+    jobs = []
+    try:
+        with Live(Text(""), console=console, refresh_per_second=4) as live:
+            for jobs in follow_batch(store, batch_id):
+                live.update(Text("\n".join(batch_line(j, jobs) for j in jobs)))
+    except KeyboardInterrupt:
+        console.print("\nDetached; the jobs go on. Watch them: autotrain train list")
+        return 0
+    table = Table("name", "state", "steps", "final loss", "time", "error / weights")
+    for j in jobs:
+        took = (j.finished_at or time.time()) - j.created_at
+        outcome = (
+            (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else (j.error or "")
+        )
+        table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
+                      f"{j.loss:.4f}" if j.loss is not None else "-", format_eta(took), str(outcome)[:120])  # fmt: skip
+    console.print(table)
+    return 0 if all(j.state == JobState.SUCCEEDED for j in jobs) else 1
+
+
+def _queue_depth(store) -> int:
+    return sum(1 for _ in store.list(states={JobState.QUEUED, JobState.WAITING_GPU}))
+
+
+def _final_message(job) -> int:
+    if job.state == JobState.SUCCEEDED:
+        console.print(f"[green]Succeeded.[/] Weights: {(job.result or {}).get('weights')}")
+        console.print(f"Run manifest: {(job.result or {}).get('run_json')}")
+        return 0
+    console.print(f"[red]{job.state.value}:[/] {job.error or ''}", soft_wrap=True)
+    return 1
+
+
+COMMANDS = [train_group]

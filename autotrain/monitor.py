@@ -1,0 +1,111 @@
+"""Live progress from the job's Redis stream: the single-job line and the batch view.
+
+Monitors replay a job's stream from the start, so one attached late (or on another host) sees
+the whole history, then block on new events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from autotrain.job import FINAL_STATES, Job, JobState, JobStore
+
+__all__ = [
+    "progress_bar",
+    "job_line",
+    "batch_line",
+    "follow_job",
+    "follow_batch",
+    "format_eta",
+    "STATE_ICONS",
+]
+
+STATE_ICONS = {
+    JobState.QUEUED: "⚪",
+    JobState.VALIDATING: "🔵",
+    JobState.PREPARING: "🔵",
+    JobState.CONFIGURING: "🔵",
+    JobState.WAITING_GPU: "🟡",
+    JobState.TRAINING: "🟢",
+    JobState.REPORTING: "🔵",
+    JobState.SUCCEEDED: "✅",
+    JobState.FAILED: "❌",
+    JobState.CANCELLED: "⚫",
+}
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--:--"
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_bar(step: int, total: int | None, width: int = 30) -> str:
+    """`[============------] 40.0% (200/500)`; an unknown total shows an empty bar."""
+    if not total:
+        return f"[{'-' * width}]   0.0% ({step}/?)"
+    fraction = min(1.0, step / total)
+    filled = int(round(fraction * width))
+    return f"[{'=' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}% ({step}/{total})"
+
+
+def _loss(job: Job) -> str:
+    return f"{job.loss:.4f}" if job.loss is not None else "-"
+
+
+def job_line(job: Job, queue_depth: int = 0) -> str:
+    """The DESIGN.md single-job line, with the state when the job is not training."""
+    line = f"{progress_bar(job.step, job.total)} | ETA: {format_eta(job.eta_seconds)} | Loss: {_loss(job)} | Queue: {queue_depth}"
+    if job.state != JobState.TRAINING:
+        line += f" | {job.state.value}"
+    return line
+
+
+def batch_line(job: Job, jobs: list[Job]) -> str:
+    """The DESIGN.md batch line for one job of a batch."""
+    waiting = [
+        j
+        for j in jobs
+        if j.state not in FINAL_STATES and j.state not in (JobState.TRAINING, JobState.REPORTING)
+    ]
+    done = sum(1 for j in jobs if j.state in FINAL_STATES)
+    queue = f"Queue: {len(waiting)}" + (f" (next: {waiting[0].name})" if waiting else "")
+    overall = f"Progress: {done}/{len(jobs)} ({done / len(jobs) * 100:.1f}%)" if jobs else ""
+    icon = STATE_ICONS.get(job.state, "")
+    return (
+        f"{icon} {job.name}: {progress_bar(job.step, job.total, width=20)} | ETA: {format_eta(job.eta_seconds)} "
+        f"| Loss: {_loss(job)} | {queue} | {overall}"
+    )
+
+
+def follow_job(
+    store: JobStore, job_id: str, poll_ms: int = 500
+) -> Iterator[tuple[Job, list[dict]]]:
+    """Yield (job, new events) from the start of the stream until the job is final."""
+    last = "0-0"
+    rows = store.read_events(job_id, after=last)
+    while True:
+        if rows:
+            last = rows[-1][0]
+        job = store.get(job_id)
+        yield job, [event for _, event in rows]
+        if job.is_final:
+            rows = store.read_events(job_id, after=last)
+            if rows:
+                yield job, [event for _, event in rows]
+            return
+        rows = store.read_events(job_id, after=last, block_ms=poll_ms)
+
+
+def follow_batch(
+    store: JobStore, batch_id: str, interval: float = 1.0, stop: Callable[[], bool] | None = None
+) -> Iterator[list[Job]]:
+    """Yield the batch's jobs every `interval` seconds until all are final."""
+    while True:
+        jobs = store.list(batch_id=batch_id)
+        yield jobs
+        if all(j.is_final for j in jobs) or (stop and stop()):
+            return
+        time.sleep(interval)

@@ -1,0 +1,250 @@
+"""The SDK: everything the CLI does, callable from Python.
+
+from autotrain.pipeline import prepare_pipeline, run_pipeline, run_batch_pipeline
+result = run_pipeline("examples/datasets/tiny_shapes", "Tiny", immediate=True)
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotrain import phases
+from autotrain.errors import AutotrainError
+from autotrain.job import Job, JobStore
+from autotrain.plan import TrainPlan
+from autotrain.settings import Settings, load_settings
+from autotrain.spec import JobSpec
+
+__all__ = [
+    "PrepareResult",
+    "ImmediateResult",
+    "BatchResult",
+    "prepare_pipeline",
+    "prepare_batch",
+    "run_pipeline",
+    "run_batch_pipeline",
+    "run_immediate",
+    "job_store",
+    "batch_specs",
+]
+
+log = logging.getLogger("autotrain.pipeline")
+
+
+@dataclass
+class PrepareResult:
+    """Phases 1-3 for one dataset: what was (or, in a dry run, would be) done."""
+
+    spec: JobSpec
+    report: Any = None
+    stage: Any = None
+    plan: TrainPlan | None = None
+    command: list[str] = field(default_factory=list)
+    error: str | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class ImmediateResult(PrepareResult):
+    manifest: dict[str, Any] | None = None
+    returncode: int | None = None
+
+
+@dataclass
+class BatchResult:
+    batch_id: str | None
+    jobs: list[Job] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
+    prepared: list[PrepareResult] = field(default_factory=list)
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The job store of the configured (or embedded) Redis; errors say how to start it."""
+    from autotrain.connection import check_redis
+
+    return JobStore(check_redis(settings), settings.progress_stream_maxlen)
+
+
+def prepare_pipeline(
+    dataset_path: Path | str,
+    profile: str,
+    *,
+    dataset_name: str | None = None,
+    min_images: int = 1,
+    skip_copy: bool = False,
+    force: bool = False,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+) -> PrepareResult:
+    """Validate, stage and configure one dataset (phases 1-3). Raises AutotrainError on failure."""
+    settings = settings or load_settings()
+    spec = JobSpec.for_dataset(
+        dataset_path, profile, dataset_name, min_images=min_images, skip_copy=skip_copy, force=force
+    )
+    return _prepare(spec, settings, dry_run)
+
+
+def _prepare(spec: JobSpec, settings: Settings, dry_run: bool) -> PrepareResult:
+    result = PrepareResult(spec=spec, dry_run=dry_run)
+    if not dry_run:
+        log.info("prepare %s (%s) from %s", spec.name, spec.profile, spec.dataset_path)
+    result.report = phases.validate_phase(spec, settings)
+    result.stage = phases.prepare_phase(spec, result.report, settings, dry_run=dry_run)
+    result.plan = phases.configure_phase(spec, result.report, settings, dry_run=dry_run)
+    result.command = phases.trainer_command(spec, result.plan, settings)
+    return result
+
+
+def batch_specs(
+    profile: str,
+    *,
+    datasets_dir: Path | str | None = None,
+    dataset_paths: str | list[str] | None = None,
+    **options: Any,
+) -> list[JobSpec]:
+    """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both)."""
+    from autotrain.dataset import find_datasets, parse_dataset_paths
+
+    if bool(datasets_dir) == bool(dataset_paths):
+        raise AutotrainError("Give exactly one of --datasets-dir or --dataset-paths.")
+    if datasets_dir:
+        paths = find_datasets(Path(datasets_dir))
+    elif isinstance(dataset_paths, str):
+        paths = parse_dataset_paths(dataset_paths)
+    else:
+        paths = [Path(p) for p in dataset_paths or []]
+    specs = [JobSpec.for_dataset(p, profile, **options) for p in paths]
+    names = [s.name for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AutotrainError(
+            f"Two datasets in the batch would be named {', '.join(duplicates)}; rename a folder."
+        )
+    return specs
+
+
+def prepare_batch(
+    profile: str, *, dry_run: bool = False, settings: Settings | None = None, **selection: Any
+) -> BatchResult:
+    """Phases 1-3 for every dataset of a batch; a failing dataset does not stop the others."""
+    settings = settings or load_settings()
+    result = BatchResult(batch_id=None)
+    for spec in batch_specs(profile, **selection):
+        try:
+            result.prepared.append(_prepare(spec, settings, dry_run))
+        except AutotrainError as exc:
+            log.error("%s: %s", spec.name, exc)
+            result.prepared.append(PrepareResult(spec=spec, error=str(exc), dry_run=dry_run))
+    return result
+
+
+def run_pipeline(
+    dataset_path: Path | str,
+    profile: str,
+    *,
+    dataset_name: str | None = None,
+    min_images: int = 1,
+    gpu_ids: list[int] | None = None,
+    skip_copy: bool = False,
+    force: bool = False,
+    immediate: bool = False,
+    settings: Settings | None = None,
+    on_output: Callable[[str], None] | None = None,
+) -> Job | ImmediateResult:
+    """Queue the five phases for one dataset and return the job (or run them here if `immediate`)."""
+    settings = settings or load_settings()
+    spec = JobSpec.for_dataset(
+        dataset_path, profile, dataset_name, min_images=min_images, skip_copy=skip_copy, force=force,
+        gpu_ids=gpu_ids or [],
+    )  # fmt: skip
+    if immediate:
+        return run_immediate(spec, settings, on_output=on_output)
+    from autotrain.celery_app import configure_app
+    from autotrain.queue import submit_job
+
+    store = job_store(settings)
+    configure_app(settings)
+    job = submit_job(store, spec)
+    log.info("queued %s as job %s", spec.name, job.id)
+    return job
+
+
+def run_batch_pipeline(
+    profile: str,
+    *,
+    datasets_dir: Path | str | None = None,
+    dataset_paths: str | list[str] | None = None,
+    max_concurrent: int = 1,
+    settings: Settings | None = None,
+    **options: Any,
+) -> BatchResult:
+    """One queued job per dataset; at most `max_concurrent` of them train at once."""
+    from autotrain.celery_app import configure_app
+    from autotrain.lease import create_batch
+    from autotrain.queue import submit_job
+
+    settings = settings or load_settings()
+    if max_concurrent < 1:
+        raise AutotrainError(f"--max-concurrent must be at least 1 (got {max_concurrent}).")
+    batch_id = f"b{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    specs = batch_specs(
+        profile,
+        datasets_dir=datasets_dir,
+        dataset_paths=dataset_paths,
+        batch_id=batch_id,
+        **options,
+    )
+    store = job_store(settings)
+    configure_app(settings)
+    create_batch(store.redis, batch_id, max_concurrent)
+    result = BatchResult(batch_id=batch_id)
+    for spec in specs:
+        result.jobs.append(submit_job(store, spec))
+    log.info("queued batch %s: %d jobs, max %d at once", batch_id, len(specs), max_concurrent)
+    return result
+
+
+def run_immediate(
+    spec: JobSpec, settings: Settings, on_output: Callable[[str], None] | None = None
+) -> ImmediateResult:
+    """All five phases in this process, in the foreground, with no broker."""
+    from autotrain.recorder import ProgressRecorder, read_loss_history
+
+    prepared = _prepare(spec, settings, dry_run=False)
+    result = ImmediateResult(**vars(prepared))
+    plan = result.plan
+    assert plan is not None
+    recorder = ProgressRecorder(plan.log_dir)
+    try:
+        run, command, resumed = phases.train_phase(
+            spec, plan, settings, on_event=recorder, on_output=on_output
+        )
+    finally:
+        recorder.close()
+    result.returncode = run.returncode
+    phases.raise_for_trainer(run, plan)
+    info = phases.host_info() | {
+        "command": command,
+        "resumed_from": str(resumed) if resumed else None,
+        "last_step": run.last_step,
+        "last_loss": run.last_loss,
+        "gpu": "local",
+        "loss_history": read_loss_history(plan.log_dir),
+        "timings": {
+            "training_started_at": run.started_at,
+            "training_finished_at": run.finished_at,
+            "training_seconds": run.finished_at - run.started_at,
+        },
+    }
+    result.manifest = phases.report_phase(spec, plan, settings, info)
+    return result

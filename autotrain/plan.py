@@ -1,0 +1,30 @@
+"""The outcome of phase 3: everything phase 4 needs to start the trainer, JSON-safe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+__all__ = ["TrainPlan"]
+
+
+class TrainPlan(BaseModel):
+    """Files written (or, in a dry run, that would be) and what they imply."""
+
+    name: str
+    profile: str
+    backend: str
+    config_path: Path
+    dataset_config_path: Path | None = None
+    sample_prompts_path: Path
+    model_dir: Path
+    log_dir: Path
+    total_steps: int
+    save_every_n_steps: int | None = None
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="the trainer config as written"
+    )
+    dataset_config: dict[str, Any] | None = None
+    sample_prompts: str = ""

@@ -1,0 +1,130 @@
+"""Profiles are data: `templates/<Profile>/{profile.toml,base.toml}`, built in or in the workspace.
+
+`profile.toml` describes the profile to autotrain (backend, script, needs, defaults); `base.toml` is
+the trainer's own config template, copied into each job's config with the per-dataset keys filled in.
+A workspace `templates/<Profile>/` adds a profile or replaces the built-in one of the same name.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from autotrain.errors import ConfigError
+
+__all__ = [
+    "Profile",
+    "SampleSettings",
+    "load_profile",
+    "list_profiles",
+    "builtin_templates_dir",
+    "DESCRIPTOR_FILE",
+    "TEMPLATE_FILE",
+]
+
+DESCRIPTOR_FILE = "profile.toml"
+TEMPLATE_FILE = "base.toml"
+
+
+class SampleSettings(BaseModel):
+    """One line of kohya's sample prompt file (`--w --h --s --d --l/--g --n` options)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = "{class_tokens}"
+    negative: str = ""
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    guidance: float = 3.5
+    guidance_option: Literal["l", "g"] = Field(
+        "l",
+        description="kohya prompt option carrying `guidance`: l = CFG scale, g = Flux embedded guidance",
+    )
+    seed: int = 42
+
+
+class Profile(BaseModel):
+    """What autotrain needs to know about a profile besides the trainer template itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    directory: Path
+    source: Literal["builtin", "workspace"] = "builtin"
+    description: str = ""
+    backend: Literal["kohya", "tiny"]
+    script: str | None = Field(None, description="sd-scripts script, for the kohya backend")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "bf16"
+    repeats: int = Field(1, ge=1, description="kohya num_repeats unless the folder says N_name")
+    resolution: int = Field(512, ge=16)
+    min_resolution: int = Field(256, ge=1, description="smaller images get a warning")
+    disk_gb: float = Field(1.0, ge=0, description="space for weights and checkpoints")
+    vram_gb: float = Field(0.0, ge=0)
+    models: dict[str, str] = Field(
+        default_factory=dict, description="trainer config key -> setting naming a model file"
+    )
+    dataset_config: bool = Field(False, description="the trainer reads a separate dataset TOML")
+    class_tokens: str = "{name}"
+    sample: SampleSettings = Field(default_factory=SampleSettings)
+
+    @property
+    def template_path(self) -> Path:
+        return self.directory / TEMPLATE_FILE
+
+    def load_template(self) -> dict[str, Any]:
+        """The trainer config template; a missing one is the searchable 'Configuration file not found'."""
+        if not self.template_path.is_file():
+            raise ConfigError(
+                f"Configuration file not found: {self.template_path} (profile {self.name!r} needs "
+                f"its trainer template {TEMPLATE_FILE}; restore it or remove the profile folder)."
+            )
+        try:
+            return tomllib.loads(self.template_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"Profile template {self.template_path} is not valid TOML: {exc}") from exc
+
+
+def builtin_templates_dir() -> Path:
+    """Built-in profiles: packaged next to the code in a wheel, `templates/` in a source checkout."""
+    packaged = Path(__file__).parent / "_builtin_templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def list_profiles(workspace_templates: Path | None = None) -> dict[str, Profile]:
+    """Every usable profile by name; workspace ones replace built-in ones of the same name."""
+    found: dict[str, Profile] = {}
+    roots = [(builtin_templates_dir(), "builtin")]
+    if workspace_templates is not None:
+        roots.append((workspace_templates, "workspace"))
+    for root, source in roots:
+        if not root.is_dir():
+            continue
+        for directory in sorted(p for p in root.iterdir() if (p / DESCRIPTOR_FILE).is_file()):
+            found[directory.name] = _read_descriptor(directory, source)
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
+
+
+def load_profile(name: str, workspace_templates: Path | None = None) -> Profile:
+    """The profile called `name`, or an error listing the ones that exist."""
+    profiles = list_profiles(workspace_templates)
+    if name not in profiles:
+        available = ", ".join(profiles) or "none"
+        raise ConfigError(f"Invalid profile '{name}'. Available: {available}")
+    return profiles[name]
+
+
+def _read_descriptor(directory: Path, source: str) -> Profile:
+    descriptor = directory / DESCRIPTOR_FILE
+    try:
+        data = tomllib.loads(descriptor.read_text(encoding="utf-8"))
+        return Profile(name=directory.name, directory=directory, source=source, **data)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Profile descriptor {descriptor} is not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"Profile descriptor {descriptor} is invalid:\n{exc}") from exc

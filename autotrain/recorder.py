@@ -1,0 +1,95 @@
+"""Where parsed trainer events go: `output/<name>/log/progress.jsonl`, the job's Redis stream and
+its summary, and (throttled) Celery's PROGRESS state for Flower. Used in queued and immediate mode.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from autotrain.job import JobStore
+from autotrain.progress import ProgressEvent
+
+__all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]
+
+PROGRESS_FILE = "progress.jsonl"
+
+
+class ProgressRecorder:
+    def __init__(
+        self,
+        log_dir: Path,
+        store: JobStore | None = None,
+        job_id: str | None = None,
+        flower_update: Callable[[dict[str, Any]], None] | None = None,
+        flower_interval: float = 1.0,
+    ) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(log_dir / PROGRESS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        self.store, self.job_id = store, job_id
+        self.flower_update, self.flower_interval = flower_update, flower_interval
+        self._last_flower = 0.0
+        self.samples: list[str] = []
+
+    def __call__(self, event: ProgressEvent) -> None:
+        data = event.to_dict()
+        self._file.write(json.dumps(data) + "\n")
+        self._file.flush()
+        summary = _summary(event)
+        if event.kind == "sample" and event.path:
+            self.samples.append(event.path)
+            summary["samples"] = self.samples[-8:]
+        if self.store and self.job_id:
+            self.store.add_event(self.job_id, data, summary)
+        if self.flower_update and event.kind == "step":
+            now = time.monotonic()
+            if now - self._last_flower >= self.flower_interval:
+                self._last_flower = now
+                self.flower_update(summary)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _summary(event: ProgressEvent) -> dict[str, Any]:
+    if event.kind == "step":
+        fields = {
+            "step": event.step,
+            "total": event.total,
+            "rate": event.rate,
+            "eta_seconds": event.eta_seconds,
+        }
+        if event.loss is not None:
+            fields["loss"] = event.loss
+        return {k: v for k, v in fields.items() if v is not None or k in ("rate", "eta_seconds")}
+    if event.kind == "total" and event.total:
+        return {"total": event.total}
+    if event.kind == "epoch":
+        return {
+            k: v for k, v in {"epoch": event.epoch, "epochs": event.epochs}.items() if v is not None
+        }
+    return {}
+
+
+def read_loss_history(log_dir: Path) -> list[tuple[int, float]]:
+    """(step, loss) of every step event recorded for the job, oldest first, last value per step."""
+    by_step: dict[int, float] = {}
+    try:
+        with open(log_dir / PROGRESS_FILE, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if (
+                    event.get("kind") == "step"
+                    and event.get("loss") is not None
+                    and event.get("step")
+                ):
+                    by_step[int(event["step"])] = float(event["loss"])
+    except OSError:
+        return []
+    return sorted(by_step.items())

@@ -1,0 +1,142 @@
+"""Phase 5: check the artifacts, write `output/<name>/run.json` and the loss curve.
+
+run.json answers "what exactly produced these weights?" months later: the dataset manifest
+(files, sizes, hashes), profile, resolved config, trainer command, host, GPU, timings and result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from autotrain.errors import TrainingError
+from autotrain.plan import TrainPlan
+from autotrain.settings import Settings
+from autotrain.spec import JobSpec
+from autotrain.workspace import Workspace
+
+__all__ = ["write_run_report", "write_loss_curve", "find_weights", "find_samples", "MANIFEST_NAME"]
+
+MANIFEST_NAME = ".autotrain-manifest.json"
+
+
+def write_run_report(
+    spec: JobSpec, plan: TrainPlan, settings: Settings, run_info: dict[str, Any]
+) -> dict[str, Any]:
+    """Verify the final weights exist, then write run.json and loss.png; returns the manifest."""
+    workspace = Workspace(settings.workspace)
+    weights = find_weights(plan)
+    if not weights:
+        raise TrainingError(
+            f"The trainer finished but no weights were found in {plan.model_dir} "
+            f"(expected {plan.config.get('output_name', plan.name)}.safetensors); see "
+            f"{plan.log_dir / 'trainer.log'}."
+        )
+    losses = [tuple(p) for p in run_info.get("loss_history", []) if p[1] is not None]
+    curve = write_loss_curve(
+        losses, plan.log_dir / "loss.png", title=f"{spec.name} ({spec.profile})"
+    )
+    manifest = {
+        "name": spec.name,
+        "profile": spec.profile,
+        "result": run_info.get("result", "succeeded"),
+        "dataset": {
+            "source": str(spec.dataset_path),
+            "staged": str(workspace.input_dir(spec.name)),
+            "files": _dataset_manifest(workspace.input_dir(spec.name)),
+        },
+        "config": {
+            "path": str(plan.config_path),
+            "values": plan.config,
+            "dataset_config_path": str(plan.dataset_config_path)
+            if plan.dataset_config_path
+            else None,
+            "dataset_config": plan.dataset_config,
+        },
+        "trainer": {
+            "backend": plan.backend,
+            "command": run_info.get("command"),
+            "version": run_info.get("trainer_version"),
+            "resumed_from": run_info.get("resumed_from"),
+            "attempts": run_info.get("attempts", 1),
+        },
+        "host": run_info.get("host") or platform.node(),
+        "gpu": run_info.get("gpu"),
+        "timings": run_info.get("timings", {}),
+        "steps": {"done": run_info.get("last_step"), "total": plan.total_steps},
+        "final_loss": losses[-1][1] if losses else run_info.get("last_loss"),
+        "weights": [_file_entry(p) for p in weights],
+        "samples": [str(p) for p in find_samples(plan)],
+        "loss_curve": str(curve) if curve else None,
+        "written_at": time.time(),
+    }
+    target = workspace.run_manifest_file(spec.name)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, target)
+    return manifest
+
+
+def find_weights(plan: TrainPlan) -> list[Path]:
+    """The final weights first, then any step checkpoints."""
+    name = plan.config.get("output_name", plan.name)
+    final = plan.model_dir / f"{name}.safetensors"
+    others = sorted(p for p in plan.model_dir.glob("*.safetensors") if p != final)
+    return [final, *others] if final.is_file() else []
+
+
+def find_samples(plan: TrainPlan, newest: int = 8) -> list[Path]:
+    """The newest sample images the trainer wrote under `<model_dir>/sample/`."""
+    sample_dir = plan.model_dir / "sample"
+    if not sample_dir.is_dir():
+        return []
+    images = [p for p in sample_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".webp"}]
+    return sorted(images, key=lambda p: p.stat().st_mtime_ns)[-newest:]
+
+
+def write_loss_curve(losses: list[tuple[int, float]], target: Path, title: str) -> Path | None:
+    """A PNG of loss against step (raw and smoothed); None when there is nothing to plot."""
+    if not losses:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [s for s, _ in losses]
+    values = [v for _, v in losses]
+    window = max(1, len(values) // 20)
+    smooth = [_mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    ax.plot(steps, values, alpha=0.35, label="loss")
+    ax.plot(steps, smooth, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(target)
+    plt.close(fig)
+    return target
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _dataset_manifest(staged_dir: Path) -> list[dict[str, Any]]:
+    manifest = staged_dir / MANIFEST_NAME
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return data.get("files", data) if isinstance(data, dict) else data
+
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    return {"path": str(path), "size": path.stat().st_size}

@@ -1,0 +1,133 @@
+"""Effective settings: defaults < `autotrain.toml` in the workspace < `AUTOTRAIN_*` env vars < options.
+
+The workspace itself is chosen first (option, then `AUTOTRAIN_WORKSPACE`, then the current directory)
+because it decides which config file is read.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings", "setting_sources", "CONFIG_FILE_NAME", "ENV_PREFIX"]
+
+CONFIG_FILE_NAME = "autotrain.toml"
+ENV_PREFIX = "AUTOTRAIN_"
+
+
+class Settings(BaseSettings):
+    """Everything a deployment can tune. Each field maps to `AUTOTRAIN_<FIELD>` and a config key."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", validate_default=True)
+
+    workspace: Path = Field(default_factory=Path.cwd, description="Workspace root")
+    redis_url: str | None = Field(
+        None, description="Shared Redis (redis:// or rediss://); unset = embedded local Redis"
+    )
+    min_free_disk_gb: float = Field(
+        5.0, description="Free space kept on the workspace disk, besides each profile's own need"
+    )
+
+    sd_scripts_dir: Path | None = Field(None, description="kohya-ss sd-scripts checkout")
+    sd_scripts_python: str | None = Field(
+        None, description="Python that runs sd-scripts (its venv); default: this Python"
+    )
+    flux_model: Path | None = Field(None, description="Flux transformer .safetensors")
+    clip_l: Path | None = Field(None, description="CLIP-L text encoder .safetensors")
+    t5xxl: Path | None = Field(None, description="T5-XXL text encoder .safetensors")
+    ae: Path | None = Field(None, description="Flux autoencoder ae.safetensors")
+    sdxl_model: Path | None = Field(None, description="SDXL base checkpoint .safetensors")
+
+    lease_seconds: float = Field(30.0, description="A training job's lease; renewed every third")
+    max_attempts: int = Field(
+        3, description="Training attempts before a job that kills its worker fails"
+    )
+    cancel_grace_seconds: float = Field(5.0, description="SIGTERM to SIGKILL delay when cancelling")
+    progress_stream_maxlen: int = Field(5000, description="Events kept per job progress stream")
+
+    flower_address: str = Field("127.0.0.1", description="Flower listen address")
+    flower_port: int = Field(5555, description="Flower port")
+    flower_user: str = Field("admin", description="Flower basic-auth user")
+    flower_password: SecretStr | None = Field(
+        None, description="Flower basic-auth password; unset = no auth (loopback only)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = _config_file.get()
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @property
+    def python_for_sd_scripts(self) -> str:
+        return self.sd_scripts_python or sys.executable
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when no shared Redis is configured and autotrain runs its own."""
+        return not self.redis_url
+
+
+# The config file is per workspace, so load_settings hands it to the source hook above.
+_config_file: ContextVar[Path | None] = ContextVar("autotrain_config_file", default=None)
+
+
+def resolve_workspace(workspace: Path | str | None = None) -> Path:
+    """The workspace root: explicit value, then AUTOTRAIN_WORKSPACE, then the current directory."""
+    chosen = workspace or os.environ.get(f"{ENV_PREFIX}WORKSPACE") or Path.cwd()
+    return Path(chosen).expanduser().resolve()
+
+
+def load_settings(workspace: Path | str | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings for a workspace; `overrides` win over everything else."""
+    root = resolve_workspace(workspace)
+    config_file = root / CONFIG_FILE_NAME
+    token = _config_file.set(config_file if config_file.is_file() else None)
+    try:
+        values = {k: v for k, v in overrides.items() if v is not None}
+        return Settings(workspace=root, **values)
+    finally:
+        _config_file.reset(token)
+
+
+def setting_sources(settings: Settings, **overrides: Any) -> dict[str, str]:
+    """Where each effective value came from: option, env, config file or default."""
+    import tomllib
+
+    config_file = settings.workspace / CONFIG_FILE_NAME
+    file_values: dict[str, Any] = {}
+    if config_file.is_file():
+        file_values = tomllib.loads(config_file.read_text(encoding="utf-8"))
+    sources: dict[str, str] = {}
+    for name in Settings.model_fields:
+        if overrides.get(name) is not None:
+            sources[name] = "option"
+        elif f"{ENV_PREFIX}{name.upper()}" in os.environ:
+            sources[name] = f"env {ENV_PREFIX}{name.upper()}"
+        elif name in file_values:
+            sources[name] = f"file {config_file}"
+        elif name == "workspace":
+            sources[name] = "current directory"
+        else:
+            sources[name] = "default"
+    return sources

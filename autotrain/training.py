@@ -1,0 +1,180 @@
+"""Phase 4's core: run the trainer as a child process and turn its output into progress events.
+
+The trainer gets its own process group (so cancel reaches every process it starts) and dies with
+the thread that started it (PR_SET_PDEATHSIG), so a killed worker never leaves a trainer behind.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autotrain.progress import ProgressEvent, TrainerOutputParser
+
+__all__ = ["TrainerRun", "run_trainer", "stop_process_group"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class TrainerRun:
+    """How a trainer run ended."""
+
+    returncode: int
+    cancelled: bool
+    started_at: float
+    finished_at: float
+    last_step: int = 0
+    total: int | None = None
+    last_loss: float | None = None
+    error_event: dict[str, Any] | None = None
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0 and not self.cancelled
+
+
+def run_trainer(
+    command: list[str],
+    *,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    on_event: Callable[[ProgressEvent], None] | None = None,
+    on_output: Callable[[str], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    grace_seconds: float = 5.0,
+) -> TrainerRun:
+    """Run `command` to the end (or until `should_cancel()`), streaming events as they come."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    parser = TrainerOutputParser()
+    tail: deque[str] = deque(maxlen=40)
+    state: dict[str, Any] = {"step": 0, "total": None, "loss": None, "error": None}
+    started = time.time()
+    with open(log_path, "ab", buffering=0) as log:
+        log.write(f"\n$ {' '.join(command)}\n".encode())
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        cancelled = threading.Event()
+        watcher = _start_cancel_watcher(proc, should_cancel, cancelled, grace_seconds)
+
+        def handle(events: list[ProgressEvent]) -> None:
+            for event in events:
+                _track(state, event)
+                if on_event:
+                    on_event(event)
+
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        while chunk := os.read(fd, 65536):
+            log.write(chunk)
+            text = decoder.decode(chunk)
+            if on_output:
+                on_output(text)
+            tail.extend(line for line in text.replace("\r", "\n").splitlines() if line.strip())
+            handle(parser.feed(text))
+        handle(parser.feed(decoder.decode(b"", final=True)) + parser.finish())
+        returncode = proc.wait()
+        watcher.stop.set()
+    return TrainerRun(
+        returncode=returncode,
+        cancelled=cancelled.is_set(),
+        started_at=started,
+        finished_at=time.time(),
+        last_step=state["step"],
+        total=state["total"],
+        last_loss=state["loss"],
+        error_event=state["error"],
+        tail=list(tail),
+    )
+
+
+def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
+    """SIGTERM the whole group, then SIGKILL whatever is left after the grace period."""
+    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; make sure no child it started lingers in the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        return
+
+
+def _track(state: dict[str, Any], event: ProgressEvent) -> None:
+    if event.kind == "step":
+        state["step"] = event.step or state["step"]
+        state["total"] = event.total or state["total"]
+        if event.loss is not None:
+            state["loss"] = event.loss
+    elif event.kind == "total" and event.total:
+        state["total"] = event.total
+    elif event.kind == "error" and state["error"] is None:
+        state["error"] = event.to_dict()
+
+
+class _Watcher(threading.Thread):
+    def __init__(self, target: Callable[[threading.Event], None]) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self._target_fn = target
+
+    def run(self) -> None:
+        self._target_fn(self.stop)
+
+
+def _start_cancel_watcher(
+    proc: subprocess.Popen,
+    should_cancel: Callable[[], bool] | None,
+    cancelled: threading.Event,
+    grace_seconds: float,
+) -> _Watcher:
+    def watch(stop: threading.Event) -> None:
+        while should_cancel and not stop.wait(0.5):
+            try:
+                wanted = should_cancel()
+            except Exception:  # noqa: BLE001 - a Redis blip must not kill the run
+                continue
+            if wanted:
+                cancelled.set()
+                stop_process_group(proc, grace_seconds)
+                return
+
+    watcher = _Watcher(watch)
+    watcher.start()
+    return watcher
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: receive SIGKILL when the thread that started us dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass

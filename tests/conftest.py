@@ -1,0 +1,156 @@
+"""Fixtures that start the real thing: a redis-server and `autotrain worker` processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from autotrain.cluster import find_redis_server
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE_DATASET = REPO / "examples" / "datasets" / "tiny_shapes"
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll until `condition()` is truthy; fail the test saying what never happened."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, AOF on, for the whole session."""
+    import socket
+
+    data = tmp_path_factory.mktemp("redis")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    wait_for(lambda: _ping(client), 10, "redis-server to answer")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _ping(client: redis.Redis) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+FAST_TINY = {
+    "profile.toml": 'description = "Tiny, shortened for tests"\nbackend = "tiny"\nmixed_precision = "no"\n'
+    "resolution = 16\nmin_resolution = 8\ndisk_gb = 0.01\n",
+}
+
+
+class Cluster:
+    """A workspace wired to the test Redis, plus helpers to start workers and run the CLI."""
+
+    def __init__(self, root: Path, redis_url: str, env: dict[str, str]) -> None:
+        self.root, self.redis_url, self.env = root, redis_url, env
+        self.workers: list[subprocess.Popen] = []
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+
+    def cli(
+        self, *args: str, timeout: float = 120, check: bool = False
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "autotrain.cli", *args],
+            env=self.env, cwd=self.root, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"autotrain {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def start_worker(self, host: str, *extra: str) -> subprocess.Popen:
+        log = open(self.root / f"worker-{host}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "autotrain.cli", "worker", "--cpu", "--host", host, *extra],
+            env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        self.workers.append(proc)
+        wait_for(
+            lambda: self.redis.exists(f"autotrain:worker:cpu@{host}"),
+            60,
+            f"worker cpu@{host} to start",
+        )
+        return proc
+
+    def worker_pids(self, name: str) -> list[int]:
+        """PIDs of the Celery worker processes named `name` (main process first)."""
+        out = subprocess.run(
+            ["pgrep", "-f", f"--hostname {name}"], capture_output=True, text=True
+        ).stdout
+        return [int(p) for p in out.split()]
+
+    def store(self):
+        from autotrain.job import JobStore
+
+        return JobStore(self.redis)
+
+    def stop(self) -> None:
+        for proc in self.workers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
+    """A fresh workspace on the shared test Redis (flushed), with a fast Tiny profile `TinyTest`."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    root = tmp_path / "ws"
+    root.mkdir()
+    profile_dir = root / "templates" / "TinyTest"
+    profile_dir.mkdir(parents=True)
+    builtin = REPO / "templates" / "Tiny"
+    shutil.copy(builtin / "base.toml", profile_dir / "base.toml")
+    shutil.copy(builtin / "profile.toml", profile_dir / "profile.toml")
+    env = {
+        **os.environ,
+        "AUTOTRAIN_WORKSPACE": str(root),
+        "AUTOTRAIN_REDIS_URL": redis_server,
+        "AUTOTRAIN_LEASE_SECONDS": "3",
+        "AUTOTRAIN_MIN_FREE_DISK_GB": "0",
+        "AUTOTRAIN_CANCEL_GRACE_SECONDS": "2",
+        "PYTHONUNBUFFERED": "1",
+    }
+    c = Cluster(root, redis_server, env)
+    yield c
+    c.stop()
+
+
+def copy_example(dest: Path, name: str = "tiny_shapes") -> Path:
+    target = dest / name
+    shutil.copytree(EXAMPLE_DATASET, target)
+    return target
