@@ -85,7 +85,9 @@ class Profile(BaseModel):
         try:
             return tomllib.loads(self.template_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"Profile template {self.template_path} is not valid TOML: {exc}") from exc
+            raise ConfigError(
+                f"Profile template {self.template_path} is not valid TOML: {exc}"
+            ) from exc
 
 
 def builtin_templates_dir() -> Path:
