@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,16 @@ def configure_phase(
 
 
 def trainer_command(
-    spec: JobSpec, plan: TrainPlan, settings: Settings, resume_from: Path | None = None
+    spec: JobSpec,
+    plan: TrainPlan,
+    settings: Settings,
+    resume_from: Path | None = None,
+    gpus: list[int] | None = None,
 ) -> list[str]:
+    """The trainer's argument list; `gpus` are the physical GPUs it runs on (default: pinned ones)."""
     profile = profile_for(spec, settings)
-    local_ids = list(range(len(spec.gpu_ids)))
-    return get_backend(profile).command(plan, profile, settings, local_ids, resume_from)
+    gpus = spec.gpu_ids if gpus is None else gpus
+    return get_backend(profile).command(plan, profile, settings, gpus, resume_from)
 
 
 def train_phase(
@@ -91,20 +97,22 @@ def train_phase(
     on_event: Callable[[ProgressEvent], None] | None = None,
     on_output: Callable[[str], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    visible_gpus: list[int] | None = None,
+    gpus: list[int] | None = None,
+    resume_since: float | None = None,
 ) -> tuple[TrainerRun, list[str], Path | None]:
     """Phase 4: run the trainer, resuming from the newest saved state when one exists.
 
-    `visible_gpus` are the physical GPUs the trainer may see; None keeps the worker's own view.
-    Returns the run, the command and the state it resumed from.
+    `gpus` are the physical GPUs the trainer may use; None keeps the caller's own view (a CPU
+    worker, or `--immediate`). Only states saved since `resume_since` (the job's first training
+    attempt) are resumed. Returns the run, the command and the state it resumed from.
     """
-    resume_from = newest_state_dir(plan.model_dir)
-    command = trainer_command(spec, plan, settings, resume_from)
+    resume_from = newest_state_dir(plan.model_dir, since=resume_since or time.time())
+    command = trainer_command(spec, plan, settings, resume_from, gpus)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
-    if visible_gpus is not None:
+    if gpus is not None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in visible_gpus)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     run = run_trainer(
         command,
         log_path=plan.log_dir / "trainer.log",

@@ -156,12 +156,13 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
         )
         try:
             attempt = job.attempt + 1
+            first_started = job.training_started_at or time.time()
             store.set_state(
                 job.id,
                 JobState.TRAINING,
                 attempt=attempt,
                 gpu=",".join(map(str, gpus)) or "cpu",
-                training_started_at=job.training_started_at or time.time(),
+                training_started_at=first_started,
             )
             store.redis.set(
                 f"autotrain:worker:{worker}:job", job.id, ex=int(settings.lease_seconds)
@@ -184,7 +185,8 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
                     settings,
                     on_event=recorder,
                     should_cancel=cancelled,
-                    visible_gpus=gpus if job.spec.gpu_ids else None,
+                    gpus=gpus or None,
+                    resume_since=first_started,
                 )
             finally:
                 recorder.close()

@@ -43,6 +43,9 @@ class WorkerProcess:
     queues: list[str]
     concurrency: int = 1
     env: dict[str, str] = field(default_factory=dict)
+    # Prep tasks run in threads so that validation may start its own decoding processes
+    # (a prefork pool child is daemonic and may not have children).
+    pool: str = "prefork"
 
     def argv(self) -> list[str]:
         return [
@@ -50,7 +53,7 @@ class WorkerProcess:
             "--hostname", self.name,
             "--queues", ",".join(self.queues),
             "--concurrency", str(self.concurrency),
-            "--pool", "prefork",
+            "--pool", self.pool,
             "--optimization", "fair",
             "--without-gossip", "--without-mingle",
             "--task-events",
@@ -121,6 +124,7 @@ def plan_workers(
                 f"prep@{host}",
                 [PREP_QUEUE],
                 concurrency=2,
+                pool="threads",
                 env={**base_env, "CUDA_VISIBLE_DEVICES": ""},
             )
         )

@@ -180,12 +180,21 @@ def doctor_cmd(ctx) -> None:
     from autotrain.doctor import run_checks
 
     checks = run_checks(settings_of(ctx))
-    table = Table("check", "ok", "detail", "fix")
+    table = Table("check", "status", "detail", "fix")
     for check in checks:
-        table.add_row(
-            check.name, "[green]yes[/]" if check.ok else "[red]no[/]", check.detail, check.fix or ""
+        status = (
+            "[green]ok[/]"
+            if check.ok
+            else ("[red]error[/]" if check.fatal else "[yellow]warning[/]")
         )
+        table.add_row(check.name, status, check.detail, check.fix or "")
     console.print(table)
+    fatal = [c for c in checks if c.fatal]
+    if fatal:
+        console.print(
+            f"[red]{len(fatal)} problem(s) stop this host from training; fix them as shown.[/]"
+        )
+        sys.exit(1)
 
 
 COMMANDS = [up_cmd, down_cmd, status_cmd, worker_cmd, flower_cmd, doctor_cmd]

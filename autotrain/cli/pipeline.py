@@ -243,9 +243,8 @@ def print_prepared(result: sdk.PrepareResult) -> None:
             console.print(tomli_w.dumps(plan.dataset_config), markup=False)
         console.rule("sample_prompts.txt")
         console.print(plan.sample_prompts, markup=False)
-    console.print(
-        f"[bold]Trainer command:[/] {shlex.join(result.command)}", soft_wrap=True, markup=False
-    )
+    console.print("[bold]Trainer command:[/]", end=" ")
+    console.print(shlex.join(result.command), soft_wrap=True, markup=False)
     console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import click
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -143,22 +144,20 @@ def monitor_job(settings: Settings, job_id: str) -> int:
     store = job_store(settings)
     job = store.get(job_id)
     job_id = job.id  # a prefix was resolved
+    depth, depth_at = 0, 0.0
     try:
-        with Live(
-            Text(job_line(job)), console=console, refresh_per_second=10, transient=False
-        ) as live:
+        with LiveView(console) as view:
             for job, events in follow_job(store, job_id):  # noqa: B020 - keep the newest record
                 for event in events:
-                    if event.get("kind") in (
-                        "epoch",
-                        "checkpoint",
-                        "sample",
-                        "error",
-                    ) and event.get("message"):
-                        live.console.print(
-                            Text(f"  {event['kind']}: {event['message']}", style="dim")
-                        )
-                live.update(Text(job_line(job, _queue_depth(store))))
+                    if event.get("kind") in _NOTED_EVENTS and (
+                        event.get("path") or event.get("kind") == "error"
+                    ):
+                        view.note(f"  {event['kind']}: {event.get('path') or event.get('message')}")
+                if time.monotonic() - depth_at > 2:
+                    depth, depth_at = _queue_depth(store), time.monotonic()
+                view.update(
+                    job_line(job, depth), key=(job.state, (job.step * 20) // (job.total or 1))
+                )
     except KeyboardInterrupt:
         console.print(
             f"\nDetached; the job goes on. Re-attach: autotrain train monitor --job {job.id}"
@@ -172,9 +171,10 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
     store = job_store(settings)
     jobs = []
     try:
-        with Live(Text(""), console=console, refresh_per_second=4) as live:
+        with LiveView(console) as view:
             for jobs in follow_batch(store, batch_id):
-                live.update(Text("\n".join(batch_line(j, jobs) for j in jobs)))
+                key = tuple((j.state, (j.step * 10) // (j.total or 1)) for j in jobs)
+                view.update("\n".join(batch_line(j, jobs) for j in jobs), key=key)
     except KeyboardInterrupt:
         console.print("\nDetached; the jobs go on. Watch them: autotrain train list")
         return 0
@@ -188,6 +188,46 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
                       f"{j.loss:.4f}" if j.loss is not None else "-", format_eta(took), str(outcome)[:120])  # fmt: skip
     console.print(table)
     return 0 if all(j.state == JobState.SUCCEEDED for j in jobs) else 1
+
+
+_NOTED_EVENTS = ("checkpoint", "sample", "error")
+
+
+class LiveView:
+    """A redrawn line on a terminal; in logs and pipes, a new line only when `key` changes."""
+
+    def __init__(self, target: Console) -> None:
+        self.console = target
+        self.live = (
+            Live(Text(""), console=target, refresh_per_second=10) if target.is_terminal else None
+        )
+        self._key: object = None
+        self._text = ""
+
+    def __enter__(self) -> LiveView:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+        elif self._text and self._key != "printed":
+            self.console.print(self._text, markup=False, soft_wrap=True)
+
+    def update(self, text: str, key: object) -> None:
+        self._text = text
+        if self.live:
+            self.live.update(Text(text))
+        elif key != self._key:
+            self._key = key
+            self.console.print(text, markup=False, soft_wrap=True)
+            self._text = ""
+
+    def note(self, text: str) -> None:
+        (self.live.console if self.live else self.console).print(
+            Text(text, style="dim"), soft_wrap=True
+        )
 
 
 def _queue_depth(store) -> int:

@@ -42,9 +42,19 @@ def get_backend(profile: Profile) -> TrainerBackend:
     return KohyaBackend()
 
 
-def newest_state_dir(model_dir: Path) -> Path | None:
-    """The newest `*-state` directory (kohya's save_state layout, which Tiny follows too)."""
+def newest_state_dir(model_dir: Path, since: float | None = None) -> Path | None:
+    """The newest `*-state` directory (kohya's save_state layout, which Tiny follows too).
+
+    `since` (a timestamp) ignores states older than the job: a new job for a dataset name
+    trained before must start afresh, not resume the earlier job's run.
+    """
     if not model_dir.is_dir():
         return None
-    states = [p for p in model_dir.iterdir() if p.is_dir() and p.name.endswith("-state")]
+    states = [
+        p
+        for p in model_dir.iterdir()
+        if p.is_dir()
+        and p.name.endswith("-state")
+        and (since is None or p.stat().st_mtime >= since)
+    ]
     return max(states, key=lambda p: p.stat().st_mtime_ns, default=None)
