@@ -7,6 +7,7 @@ of the fleet recovers jobs whose host died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -61,7 +62,7 @@ def _start_background(sender=None, **_kwargs) -> None:
 
     def loop() -> None:
         store = worker_store()
-        while not _stop.wait(interval):
+        while True:
             try:
                 store.redis.set(f"{WORKER_PREFIX}{name}", json.dumps(info), ex=int(interval * 3))
                 _reap_once(store, settings)
@@ -69,8 +70,22 @@ def _start_background(sender=None, **_kwargs) -> None:
                 log.warning("worker heartbeat failed (Redis unreachable?): %s", exc)
             except Exception:  # noqa: BLE001 - the loop must outlive one bad pass
                 log.exception("reaper pass failed")
+            if _stop.wait(interval):
+                return
 
     threading.Thread(target=loop, name="autotrain-heartbeat", daemon=True).start()
+    if "prep" in info["queues"]:
+        threading.Thread(target=_warm_imports, name="autotrain-warmup", daemon=True).start()
+
+
+def _warm_imports() -> None:
+    """Import what phases 1-3 and 5 need now, not in the first job's critical path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+    from autotrain import configure, stage, validate  # noqa: F401
 
 
 def _reap_once(store, settings) -> None:
@@ -85,8 +100,15 @@ def _reap_once(store, settings) -> None:
 
 
 @worker_shutdown.connect
-def _stop_background(**_kwargs) -> None:
+def _stop_background(sender=None, **_kwargs) -> None:
+    """Stop announcing and leave the registry at once, so `status` does not list a dead worker."""
     _stop.set()
+    from autotrain.tasks import worker_store
+
+    name = getattr(sender, "hostname", None)
+    if name:
+        with contextlib.suppress(redis.RedisError):
+            worker_store().redis.delete(f"{WORKER_PREFIX}{name}")
 
 
 @worker_process_init.connect

@@ -50,7 +50,8 @@ class Job(BaseModel):
     attempt: int = 0
     host: str | None = None
     gpu: str | None = None
-    worker: str | None = None
+    worker: str | None = None  # the worker of the current (or last) phase
+    train_worker: str | None = None  # the worker that ran (or runs) the trainer
     step: int = 0
     total: int | None = None
     loss: float | None = None

@@ -224,7 +224,7 @@ def run_immediate(
     result = ImmediateResult(**vars(prepared))
     plan = result.plan
     assert plan is not None
-    recorder = ProgressRecorder(plan.log_dir)
+    recorder = ProgressRecorder(plan.log_dir, plan.model_dir / "sample")
     try:
         run, command, resumed = phases.train_phase(
             spec, plan, settings, on_event=recorder, on_output=on_output

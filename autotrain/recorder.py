@@ -19,9 +19,17 @@ PROGRESS_FILE = "progress.jsonl"
 
 
 class ProgressRecorder:
+    """Records each event; also notices new images in the trainer's sample folder.
+
+    Trainers print "generating sample images" before the files exist, so the folder is scanned
+    (at most once a second, and at the end) and each new image becomes a `sample` event with
+    its path, which monitors list and run.json records.
+    """
+
     def __init__(
         self,
         log_dir: Path,
+        sample_dir: Path | None = None,
         store: JobStore | None = None,
         job_id: str | None = None,
         flower_update: Callable[[dict[str, Any]], None] | None = None,
@@ -33,13 +41,31 @@ class ProgressRecorder:
         self.flower_update, self.flower_interval = flower_update, flower_interval
         self._last_flower = 0.0
         self.samples: list[str] = []
+        self.sample_dir = sample_dir
+        self._seen_samples = set(_images_in(sample_dir))
+        self._last_scan = 0.0
 
     def __call__(self, event: ProgressEvent) -> None:
+        self._record(event)
+        if self.sample_dir and time.monotonic() - self._last_scan >= 1.0:
+            self.scan_samples()
+
+    def scan_samples(self) -> None:
+        """Emit a `sample` event for each image that appeared in the sample folder."""
+        self._last_scan = time.monotonic()
+        for path in _images_in(self.sample_dir):
+            if path not in self._seen_samples:
+                self._seen_samples.add(path)
+                self._record(ProgressEvent(kind="sample", path=path))
+
+    def _record(self, event: ProgressEvent) -> None:
+        if event.kind == "sample" and event.path:
+            self._seen_samples.add(event.path)
         data = event.to_dict()
         self._file.write(json.dumps(data) + "\n")
         self._file.flush()
         summary = _summary(event)
-        if event.kind == "sample" and event.path:
+        if event.kind == "sample" and event.path and event.path not in self.samples:
             self.samples.append(event.path)
             summary["samples"] = self.samples[-8:]
         if self.store and self.job_id:
@@ -51,7 +77,16 @@ class ProgressRecorder:
                 self.flower_update(summary)
 
     def close(self) -> None:
+        if self.sample_dir:
+            self.scan_samples()
         self._file.close()
+
+
+def _images_in(folder: Path | None) -> list[str]:
+    if folder is None or not folder.is_dir():
+        return []
+    images = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
+    return [str(p) for p in sorted(images, key=lambda p: p.stat().st_mtime_ns)]
 
 
 def _summary(event: ProgressEvent) -> dict[str, Any]:

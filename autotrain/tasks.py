@@ -162,6 +162,7 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
                 JobState.TRAINING,
                 attempt=attempt,
                 gpu=",".join(map(str, gpus)) or "cpu",
+                train_worker=worker,
                 training_started_at=first_started,
             )
             store.redis.set(
@@ -174,6 +175,7 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
             )
             recorder = ProgressRecorder(
                 plan.log_dir,
+                plan.model_dir / "sample",
                 store,
                 job.id,
                 flower_update=lambda meta: task.update_state(state="PROGRESS", meta=meta),

@@ -164,6 +164,12 @@ def validate_dataset(
     return report
 
 
+# What sd-scripts' dataset loader globs for: one case or the other, never mixed, and no GIF/TIFF.
+KOHYA_IMAGE_EXTENSIONS = frozenset(
+    e for ext in (".png", ".jpg", ".jpeg", ".webp", ".bmp") for e in (ext, ext.upper())
+)
+
+
 def _judge_images(
     report: ValidationReport,
     images: list[DatasetImage],
@@ -174,6 +180,14 @@ def _judge_images(
         check = checks[image.relpath]
         if check.error:
             report.problems.append(Problem(path=image.relpath, reason=check.error, level="error"))
+            continue
+        suffix = Path(image.relpath).suffix
+        if profile.backend == "kohya" and suffix not in KOHYA_IMAGE_EXTENSIONS:
+            reason = (
+                f"sd-scripts does not read '{suffix}' files (only {', '.join(sorted(set(KOHYA_IMAGE_EXTENSIONS)))}, "
+                "in lower or upper case): convert it to PNG or rename it"
+            )
+            report.problems.append(Problem(path=image.relpath, reason=reason, level="error"))
             continue
         # the bytes read are the bytes staged, so their size wins over the folder listing's
         fields = {**image.model_dump(), "size": check.size}

@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
+import tomli_w
 
 from autotrain.cluster import find_redis_server
 
@@ -60,12 +62,6 @@ def _ping(client: redis.Redis) -> bool:
         return False
 
 
-FAST_TINY = {
-    "profile.toml": 'description = "Tiny, shortened for tests"\nbackend = "tiny"\nmixed_precision = "no"\n'
-    "resolution = 16\nmin_resolution = 8\ndisk_gb = 0.01\n",
-}
-
-
 class Cluster:
     """A workspace wired to the test Redis, plus helpers to start workers and run the CLI."""
 
@@ -104,7 +100,7 @@ class Cluster:
     def worker_pids(self, name: str) -> list[int]:
         """PIDs of the Celery worker processes named `name` (main process first)."""
         out = subprocess.run(
-            ["pgrep", "-f", f"--hostname {name}"], capture_output=True, text=True
+            ["pgrep", "-f", "--", f"--hostname {name}"], capture_output=True, text=True
         ).stdout
         return [int(p) for p in out.split()]
 
@@ -126,7 +122,10 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
-    """A fresh workspace on the shared test Redis (flushed), with a fast Tiny profile `TinyTest`."""
+    """A fresh workspace on the shared test Redis (flushed), with `TinyTest`: Tiny, 60 steps.
+
+    Set `cluster.env` entries before starting workers: they inherit it.
+    """
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     root = tmp_path / "ws"
@@ -134,8 +133,10 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     profile_dir = root / "templates" / "TinyTest"
     profile_dir.mkdir(parents=True)
     builtin = REPO / "templates" / "Tiny"
-    shutil.copy(builtin / "base.toml", profile_dir / "base.toml")
     shutil.copy(builtin / "profile.toml", profile_dir / "profile.toml")
+    base = tomllib.loads((builtin / "base.toml").read_text())
+    base.update(max_train_steps=60, save_every_n_steps=20, sample_every_n_steps=30)
+    (profile_dir / "base.toml").write_text(tomli_w.dumps(base))
     env = {
         **os.environ,
         "AUTOTRAIN_WORKSPACE": str(root),

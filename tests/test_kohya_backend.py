@@ -101,12 +101,14 @@ def output_of(result: subprocess.CompletedProcess[bytes]) -> str:
 def test_command_one_gpu(settings):
     profile = load_profile("FluxLORA")
     plan = staged_plan(settings, profile)
-    command = KohyaBackend().command(plan, profile, settings, [0])
+    command = KohyaBackend().command(plan, profile, settings, [1])
     assert command == [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--num_processes",
+        "1",
+        "--gpu_ids",
         "1",
         "--num_machines",
         "1",
@@ -200,7 +202,7 @@ def test_standin_trains_and_prints_parseable_progress(settings):
     profile = quick_profile(settings)
     plan = staged_plan(settings, profile)
     assert plan.total_steps == 30
-    command = KohyaBackend().command(plan, profile, settings, [0])
+    command = KohyaBackend().command(plan, profile, settings, [3])
     env_file = settings.workspace.parent / "env.json"
     result = run(command, STANDIN_ENV_FILE=str(env_file), CUDA_VISIBLE_DEVICES="3")
     assert result.returncode == 0, output_of(result)
@@ -220,7 +222,7 @@ def test_standin_trains_and_prints_parseable_progress(settings):
     states = sorted(p.name for p in model.glob("*-state"))
     assert states == ["cat-state", "cat-step00000020-state", "cat-step00000030-state"]
     assert len(list((model / "sample").glob("cat_000010_00_*_42.png"))) == 1
-    # the worker's GPU choice reaches the trainer untouched
+    # the worker's physical GPU reaches the trainer (accelerate sets it from --gpu_ids)
     seen = json.loads(env_file.read_text(encoding="utf-8"))
     assert seen["CUDA_VISIBLE_DEVICES"] == "3"
     assert seen["ACCELERATE_MIXED_PRECISION"] == "bf16"

@@ -110,6 +110,17 @@ def test_extensions_are_matched_in_any_case(tmp_path, settings, profile):
     assert len(report.images) == 8 and not report.errors
 
 
+def test_kohya_profiles_exclude_files_sd_scripts_would_skip(tmp_path, settings):
+    ds = tmp_path / "ds"
+    for i, name in enumerate(["a.png", "b.JPG", "c.JpEg", "d.gif", "e.tiff"]):
+        write_image(ds / name, colour="red", seed=i)
+    kohya = tiny_profile(tmp_path, backend="kohya", script="flux_train_network.py")
+    report = validate(ds, settings, kohya)
+    assert [i.relpath for i in report.images] == ["a.png", "b.JPG"]
+    for name, suffix in (("c.JpEg", ".JpEg"), ("d.gif", ".gif"), ("e.tiff", ".tiff")):
+        assert f"sd-scripts does not read '{suffix}'" in problem(report, name)
+
+
 def test_broken_images_are_named_excluded_and_not_fatal(tmp_path, settings, profile):
     ds = make_dataset(tmp_path / "ds", 2)
     write_truncated(ds / "truncated.png")

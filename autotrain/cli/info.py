@@ -50,7 +50,11 @@ def profiles_show(ctx, name) -> None:
     profile = load_profile(name, Workspace(settings.workspace).templates_dir)
     console.print(f"[bold]{profile.name}[/] ({profile.source}: {profile.directory})")
     console.print(
-        tomli_w.dumps(profile.model_dump(mode="json", exclude={"name", "directory", "source"})),
+        tomli_w.dumps(
+            profile.model_dump(
+                mode="json", exclude={"name", "directory", "source"}, exclude_none=True
+            )
+        ),
         markup=False,
     )
     console.rule("base.toml")

@@ -1,0 +1,239 @@
+"""The `autotrain` command as a user runs it: exit codes, messages, and what it leaves on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import copy_example
+from tests.helpers_datasets import snapshot, write_not_image
+
+
+def autotrain(workspace: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120):
+    full_env = {
+        **os.environ,
+        "AUTOTRAIN_WORKSPACE": str(workspace),
+        "AUTOTRAIN_MIN_FREE_DISK_GB": "0",
+    }
+    full_env.pop("AUTOTRAIN_REDIS_URL", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "autotrain.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=workspace,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    root = tmp_path / "ws"
+    root.mkdir()
+    return root
+
+
+def test_prepare_dry_run_prints_the_plan_and_changes_nothing(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    before = snapshot(workspace)
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "prepare",
+        "--dataset-path",
+        str(dataset),
+        "--profile",
+        "Tiny",
+        "--dry-run",
+    )
+    assert result.returncode == 0, result.stderr
+    assert snapshot(workspace) == before
+    assert "autotrain.tiny_trainer" in result.stdout and "--config_file" in result.stdout
+    assert "Total training steps: 200" in result.stdout
+    assert "would-copy" in result.stdout
+    assert "train_data_dir" in result.stdout  # the config that would be written
+
+
+def test_prepare_stages_configures_and_logs(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    result = autotrain(
+        workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Tiny"
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(list((workspace / "input" / "tiny_shapes").glob("*.png"))) == 12
+    config = tomllib.loads((workspace / "BatchConfig" / "Tiny" / "tiny_shapes.toml").read_text())
+    assert config["train_data_dir"] == str(workspace / "input" / "tiny_shapes")
+    assert (workspace / "output" / "tiny_shapes" / "sample_prompts.txt").is_file()
+    assert "prepare tiny_shapes" in (workspace / "logs" / "autotrain_pipeline.log").read_text()
+    # The same command again reuses the identical staged copy; a changed source needs a flag.
+    assert (
+        autotrain(
+            workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Tiny"
+        ).returncode
+        == 0
+    )
+    (dataset / "shape_00.txt").write_text("a different caption")
+    changed = autotrain(
+        workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Tiny"
+    )
+    assert changed.returncode == 1
+    assert "--skip-copy" in changed.stderr and "--force" in changed.stderr
+
+
+def test_unknown_profile_lists_the_available_ones(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    result = autotrain(
+        workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Fluxx"
+    )
+    assert result.returncode == 1
+    assert "Invalid profile 'Fluxx'. Available: Flux, FluxLORA, SDXL, Tiny" in result.stderr
+    assert not (workspace / "input").exists()
+
+
+def test_unsafe_dataset_name_is_refused(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "prepare",
+        "--dataset-path",
+        str(dataset),
+        "--profile",
+        "Tiny",
+        "--dataset-name",
+        "../x",
+    )
+    assert result.returncode != 0
+    assert "'../x'" in result.stderr
+    assert not (workspace.parent / "x").exists() and not (workspace / "input").exists()
+
+
+def test_min_images_failure_names_both_numbers(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "prepare",
+        "--dataset-path",
+        str(dataset),
+        "--profile",
+        "Tiny",
+        "--min-images",
+        "50",
+    )
+    assert result.returncode == 1
+    assert "12" in result.stderr and "50" in result.stderr
+    assert not (workspace / "input" / "tiny_shapes").exists()
+
+
+def test_batch_prepare_only_keeps_going_past_a_broken_dataset(workspace, tmp_path):
+    root = tmp_path / "datasets"
+    root.mkdir()
+    copy_example(root, "good")
+    (root / "bad").mkdir()
+    write_not_image(root / "bad" / "photo.jpg")
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "batch",
+        "--datasets-dir",
+        str(root),
+        "--profile",
+        "Tiny",
+        "--prepare-only",
+    )
+    assert result.returncode == 1
+    assert "photo.jpg" in result.stderr
+    assert "1 prepared, 1 failed" in result.stdout
+    assert (workspace / "BatchConfig" / "Tiny" / "good.toml").is_file()
+    assert not (workspace / "input" / "bad").exists()
+
+
+def test_immediate_run_needs_no_redis(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    # A Redis URL nobody listens on: --immediate must not touch it.
+    env = {"AUTOTRAIN_REDIS_URL": "redis://127.0.0.1:9/0"}
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "run",
+        "--dataset-path",
+        str(dataset),
+        "--profile",
+        "Tiny",
+        "--immediate",
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "steps: 100%" in result.stdout  # the trainer's output, streamed
+    assert (
+        workspace / "output" / "tiny_shapes" / "model" / "tiny_shapes.safetensors"
+    ).stat().st_size > 0
+    assert (workspace / "output" / "tiny_shapes" / "run.json").is_file()
+    assert not (workspace / ".autotrain").exists()
+
+
+def test_queued_run_without_redis_says_how_to_fix(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    env = {"AUTOTRAIN_REDIS_URL": "redis://127.0.0.1:9/0"}
+    result = autotrain(
+        workspace, "pipeline", "run", "--dataset-path", str(dataset), "--profile", "Tiny", env=env
+    )
+    assert result.returncode == 1
+    assert "Cannot reach Redis" in result.stderr and "AUTOTRAIN_REDIS_URL" in result.stderr
+
+
+def test_config_show_names_each_source(workspace):
+    (workspace / "autotrain.toml").write_text(
+        'min_free_disk_gb = 12.5\nsd_scripts_dir = "/opt/sd-scripts"\n'
+    )
+    result = autotrain(workspace, "config", "show", env={"AUTOTRAIN_LEASE_SECONDS": "45"})
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith("│")}
+    assert "45" in lines["lease_seconds"] and "env" in lines["lease_seconds"]
+    assert "/opt/sd-scripts" in lines["sd_scripts_dir"] and "file" in lines["sd_scripts_dir"]
+    assert "default" in lines["max_attempts"]
+
+
+def test_workspace_profile_overrides_builtin_and_is_listed(workspace):
+    target = workspace / "templates" / "Tiny"
+    target.mkdir(parents=True)
+    (target / "profile.toml").write_text('description = "my tiny"\nbackend = "tiny"\n')
+    (target / "base.toml").write_text("max_train_steps = 7\n")
+    listing = autotrain(workspace, "profiles", "list")
+    assert listing.returncode == 0
+    tiny = next(line for line in listing.stdout.splitlines() if "Tiny" in line)
+    assert "workspace" in tiny
+    shown = autotrain(workspace, "profiles", "show", "Tiny")
+    assert "max_train_steps = 7" in shown.stdout
+
+
+def test_missing_template_is_configuration_file_not_found(workspace, tmp_path):
+    dataset = copy_example(tmp_path)
+    target = workspace / "templates" / "Broken"
+    target.mkdir(parents=True)
+    (target / "profile.toml").write_text('backend = "tiny"\n')
+    result = autotrain(
+        workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Broken"
+    )
+    assert result.returncode == 1
+    assert "Configuration file not found" in result.stderr and "base.toml" in result.stderr
+
+
+def test_every_command_has_help_with_an_example(workspace):
+    commands = [
+        ["pipeline", "prepare"], ["pipeline", "run"], ["pipeline", "batch"], ["train", "list"],
+        ["train", "monitor"], ["train", "cancel"], ["train", "logs"], ["up"], ["down"], ["status"],
+        ["worker"], ["flower"], ["doctor"], ["profiles", "list"], ["profiles", "show"], ["config", "show"],
+    ]  # fmt: skip
+    for command in commands:
+        result = autotrain(workspace, *command, "--help")
+        assert result.returncode == 0, command
+        assert "autotrain " in result.stdout.split("Options:")[0], f"no example in {command} --help"

@@ -1,0 +1,120 @@
+"""FluxLORA jobs through the real queue, trained by the sd-scripts stand-in.
+
+The real sd-scripts cannot run here (no GPU, no Flux weights), so the configured sd-scripts
+directory is tests/standins/sd_scripts/: a test double that reads the generated configs, prints
+sd-scripts' exact output, saves checkpoints and states, honours --resume and fails on cue. It is
+started through the same `python -m accelerate.commands.launch` command a GPU host runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from autotrain.job import JobState
+from autotrain.profile import builtin_templates_dir
+from autotrain.progress import parse_text
+from tests.conftest import copy_example, wait_for
+
+pytestmark = pytest.mark.slow
+
+STANDIN = Path(__file__).parent / "standins" / "sd_scripts"
+
+
+@pytest.fixture
+def kohya(cluster):
+    """The cluster's workspace set up for kohya: stand-in sd-scripts, model files, a quick profile."""
+    models = cluster.root / "models"
+    models.mkdir()
+    for name in ("flux_model", "clip_l", "t5xxl", "ae"):
+        path = models / f"{name}.safetensors"
+        path.write_bytes(b"stand-in weights")
+        cluster.env[f"AUTOTRAIN_{name.upper()}"] = str(path)
+    cluster.env["AUTOTRAIN_SD_SCRIPTS_DIR"] = str(STANDIN)
+    cluster.env["AUTOTRAIN_SD_SCRIPTS_PYTHON"] = sys.executable
+    target = cluster.root / "templates" / "LoraQuick"
+    target.mkdir(parents=True)
+    (target / "profile.toml").write_text(
+        (builtin_templates_dir() / "FluxLORA" / "profile.toml").read_text()
+    )
+    template = tomllib.loads((builtin_templates_dir() / "FluxLORA" / "base.toml").read_text())
+    template.pop("max_train_epochs", None)
+    template.update(
+        max_train_steps=30,
+        save_every_n_steps=10,
+        save_last_n_steps_state=10,
+        sample_every_n_steps=10,
+    )
+    (target / "base.toml").write_text(tomli_w.dumps(template))
+    return cluster
+
+
+def _submit(cluster, tmp_path) -> str:
+    dataset = copy_example(tmp_path, "cat")
+    run = cluster.cli(
+        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "LoraQuick", check=True
+    )
+    return next(w for w in run.stdout.split() if w.count("-") == 2 and w[:8].isdigit())
+
+
+def test_fluxlora_job_trains_reports_and_lists_samples(kohya, tmp_path):
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    monitor = kohya.cli("train", "monitor", "--job", job_id, timeout=180)
+    assert monitor.returncode == 0, monitor.stdout + monitor.stderr
+    assert "Succeeded" in monitor.stdout
+    assert "sample:" in monitor.stdout  # sample images are listed as they appear
+    job = kohya.store().get(job_id)
+    assert (job.step, job.total) == (30, 30)
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    assert manifest["result"] == "succeeded"
+    assert manifest["weights"][0]["path"].endswith("cat.safetensors")
+    assert manifest["samples"] and all(Path(p).is_file() for p in manifest["samples"])
+    assert "accelerate.commands.launch" in manifest["trainer"]["command"]
+    logs = kohya.cli("train", "logs", "--job", job_id, check=True)
+    assert "steps:" in logs.stdout and "Newest samples" in logs.stdout
+
+
+def test_worker_killed_mid_run_resumes_without_repeating_saved_steps(kohya, tmp_path):
+    kohya.env["STANDIN_SLEEP_PER_STEP"] = "0.15"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    model_dir = kohya.root / "output" / "cat" / "model"
+    wait_for(lambda: list(model_dir.glob("cat-step*-state")), 120, "the first saved state")
+    for pid in kohya.worker_pids("cpu@h1"):
+        os.kill(pid, signal.SIGKILL)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 180, "the job to end after the crash")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempt == 2
+    log = (kohya.root / "output" / "cat" / "log" / "trainer.log").read_text(errors="replace")
+    runs = log.split("\n$ ")
+    assert len(runs) == 3, "two trainer invocations were logged"
+    resumed = runs[2].split("\n", 1)
+    assert "--resume" in resumed[0]
+    saved = int(resumed[0].split("-step")[-1].split("-state")[0])
+    steps = [e.step for e in parse_text(resumed[1]) if e.kind == "step"]
+    # The resumed bar starts at the saved step: the steps before it are not trained again.
+    assert saved >= 10 and min(steps) == saved and steps[-1] == 30
+
+
+def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
+    kohya.env["STANDIN_OOM_AT_STEP"] = "5"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to fail")
+    job = store.get(job_id)
+    assert job.state == JobState.FAILED
+    assert "out of memory" in job.error.lower()
+    assert "torch.OutOfMemoryError: CUDA out of memory" in job.error  # the trainer's line, quoted
+    listing = kohya.cli("train", "list", "--json", check=True)
+    assert json.loads(listing.stdout)[0]["state"] == "failed"

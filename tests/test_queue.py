@@ -1,0 +1,188 @@
+"""The queue end to end: real redis-server, real `autotrain worker` processes, the real Tiny trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autotrain.job import JobState
+from tests.conftest import copy_example, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _job_id(output: str) -> str:
+    for word in output.split():
+        if word.count("-") == 2 and word[:8].isdigit():
+            return word
+    pytest.fail(f"no job id in output:\n{output}")
+
+
+def _trainer_pids(workspace: Path) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", "autotrain.tiny_trainer"], capture_output=True, text=True
+    ).stdout
+    pids = []
+    for pid in map(int, out.split()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(workspace).encode() in cmdline:
+            pids.append(pid)
+    return pids
+
+
+def test_single_run_trains_and_reports(cluster, tmp_path):
+    cluster.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    run = cluster.cli(
+        "pipeline",
+        "run",
+        "--dataset-path",
+        str(dataset),
+        "--profile",
+        "TinyTest",
+        "--monitor",
+        check=True,
+    )
+    assert "Succeeded" in run.stdout
+    job = cluster.store().get(_job_id(run.stdout))
+    assert job.state == JobState.SUCCEEDED
+    assert job.step == job.total and job.total > 0
+    manifest = json.loads((cluster.root / "output" / "tiny_shapes" / "run.json").read_text())
+    assert manifest["result"] == "succeeded"
+    weights = Path(manifest["weights"][0]["path"])
+    assert weights.suffix == ".safetensors" and weights.stat().st_size > 0
+    assert len(manifest["dataset"]["files"]) >= 12
+    assert (
+        manifest["trainer"]["command"][0].endswith("python")
+        or "python" in manifest["trainer"]["command"][0]
+    )
+    assert (cluster.root / "output" / "tiny_shapes" / "log" / "loss.png").stat().st_size > 0
+    assert "TRAINING" not in run.stdout  # the bar, not an internal state name
+    assert "(" in run.stdout and "/" in run.stdout and "Loss:" in run.stdout
+
+
+def test_batch_respects_max_concurrent_and_isolates_a_broken_dataset(cluster, tmp_path):
+    cluster.start_worker("h1")
+    cluster.start_worker("h2", "--no-prep")
+    root = tmp_path / "datasets"
+    root.mkdir()
+    copy_example(root, "alpha")
+    copy_example(root, "beta")
+    broken = root / "gamma"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"img{i}.png").write_bytes(b"not an image at all")
+    run = cluster.cli("pipeline", "batch", "--datasets-dir", str(root), "--profile", "TinyTest",
+                      "--max-concurrent", "1", "--monitor", timeout=300)  # fmt: skip
+    assert run.returncode == 1, run.stdout + run.stderr  # one dataset failed
+    jobs = {j.name: j for j in cluster.store().list()}
+    assert jobs["alpha"].state == JobState.SUCCEEDED
+    assert jobs["beta"].state == JobState.SUCCEEDED
+    assert jobs["gamma"].state == JobState.FAILED
+    assert "img0.png" in jobs["gamma"].error or "No image files found" in jobs["gamma"].error
+    spans = sorted(
+        (j.training_started_at, j.training_finished_at) for j in (jobs["alpha"], jobs["beta"])
+    )
+    assert spans[0][1] <= spans[1][0], f"two jobs trained at once: {spans}"
+    assert {jobs["alpha"].train_worker, jobs["beta"].train_worker} <= {"cpu@h1", "cpu@h2"}
+    assert "Progress: 3/3 (100.0%)" in run.stdout
+
+
+def test_cancel_queued_job_never_starts(cluster, tmp_path):
+    dataset = copy_example(tmp_path)
+    run = cluster.cli(
+        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
+    )
+    job_id = _job_id(run.stdout)
+    cancel = cluster.cli("train", "cancel", "--job", job_id, check=True)
+    assert "cancelled" in cancel.stdout
+    assert cluster.cli("train", "cancel", "--job", job_id).returncode == 0  # twice is fine
+    cluster.start_worker("h1")
+    time.sleep(3)
+    job = cluster.store().get(job_id)
+    assert job.state == JobState.CANCELLED
+    assert job.training_started_at is None
+    assert not (cluster.root / "output" / "tiny_shapes" / "log" / "trainer.log").exists()
+
+
+def test_cancel_running_job_stops_the_trainer(cluster, tmp_path):
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.2"
+    cluster.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    run = cluster.cli(
+        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
+    )
+    job_id = _job_id(run.stdout)
+    store = cluster.store()
+    wait_for(lambda: store.get(job_id).step > 2, 60, "training to make progress")
+    assert _trainer_pids(cluster.root)
+    cancelled_at = time.monotonic()
+    cluster.cli("train", "cancel", "--job", job_id, check=True)
+    wait_for(lambda: store.get(job_id).state == JobState.CANCELLED, 15, "the job to be cancelled")
+    wait_for(lambda: not _trainer_pids(cluster.root), 10, "the trainer process to exit")
+    assert time.monotonic() - cancelled_at < 10
+    assert not cluster.redis.exists("autotrain:worker:cpu@h1:job")  # the worker is free again
+
+
+def test_monitor_attached_mid_run_sees_earlier_steps(cluster, tmp_path):
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
+    cluster.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    run = cluster.cli(
+        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
+    )
+    job_id = _job_id(run.stdout)
+    store = cluster.store()
+    wait_for(lambda: store.get(job_id).step >= 10, 60, "ten steps")
+    events = [e for _, e in store.read_events(job_id) if e["kind"] == "step"]
+    monitor = cluster.cli("train", "monitor", "--job", job_id, check=True, timeout=180)
+    assert "Succeeded" in monitor.stdout
+    steps = sorted({e["step"] for e in events})
+    assert steps[0] <= 5, "the stream keeps the history from the first steps"
+    replayed = [e for _, e in store.read_events(job_id) if e["kind"] == "step"]
+    assert replayed[0]["step"] == events[0]["step"]
+
+
+def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
+    cluster.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    run = cluster.cli(
+        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
+    )
+    job_id = _job_id(run.stdout)
+    store = cluster.store()
+    model_dir = cluster.root / "output" / "tiny_shapes" / "model"
+    wait_for(lambda: list(model_dir.glob("*-state")), 120, "a saved training state")
+    saved_step = store.get(job_id).step
+    pids = cluster.worker_pids("cpu@h1")
+    assert pids, "the worker's processes were not found"
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(
+        lambda: not _trainer_pids(cluster.root), 10, "the orphaned trainer to die with its worker"
+    )
+    # The supervisor restarts the worker; the reaper re-queues the job once its lease expires.
+    wait_for(
+        lambda: store.get(job_id).state == JobState.SUCCEEDED,
+        180,
+        "the job to finish after the crash",
+    )
+    job = store.get(job_id)
+    assert job.attempt == 2
+    run_info = store.get_data(job_id, "run")
+    assert run_info["resumed_from"] and "-state" in run_info["resumed_from"]
+    log = (cluster.root / "output" / "tiny_shapes" / "log" / "trainer.log").read_text(
+        errors="replace"
+    )
+    assert "--resume" in log
+    assert saved_step > 0
