@@ -87,13 +87,19 @@ def run_trainer(
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        while chunk := os.read(fd, 65536):
-            log.write(chunk)
-            text = decoder.decode(chunk)
-            if on_output:
-                on_output(text)
-            tail.extend(line for line in text.replace("\r", "\n").splitlines() if line.strip())
-            handle(parser.feed(text))
+        try:
+            while chunk := os.read(fd, 65536):
+                log.write(chunk)
+                text = decoder.decode(chunk)
+                if on_output:
+                    on_output(text)
+                tail.extend(line for line in text.replace("\r", "\n").splitlines() if line.strip())
+                handle(parser.feed(text))
+        except BaseException:
+            # Ctrl+C or a failing callback: never leave the trainer running on its own.
+            watcher.stop.set()
+            stop_process_group(proc, grace_seconds)
+            raise
         handle(parser.feed(decoder.decode(b"", final=True)) + parser.finish())
         returncode = proc.wait()
         watcher.stop.set()

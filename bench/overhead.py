@@ -46,9 +46,8 @@ def make_workspace(root: Path, steps: int) -> None:
     profile.mkdir(parents=True)
     shutil.copy(REPO / "templates" / "Tiny" / "profile.toml", profile / "profile.toml")
     base = tomllib.loads((REPO / "templates" / "Tiny" / "base.toml").read_text())
-    base.update(
-        max_train_steps=steps, save_every_n_steps=max(1, steps // 4), sample_every_n_steps=0
-    )
+    base.update(max_train_steps=steps, save_every_n_steps=max(1, steps // 4))
+    base.pop("sample_every_n_steps", None)
     (profile / "base.toml").write_text(tomli_w.dumps(base))
     for name in ("direct", "queued"):
         shutil.copytree(DATASET, root / "datasets" / name)
@@ -61,9 +60,9 @@ def run_direct(settings, root: Path) -> float:
     shutil.rmtree(prepared.plan.model_dir, ignore_errors=True)
     prepared.plan.model_dir.mkdir(parents=True)
     started = time.perf_counter()
-    subprocess.run(
-        prepared.command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    done = subprocess.run(prepared.command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"direct trainer run failed:\n{done.stderr[-2000:]}")
     return time.perf_counter() - started
 
 

@@ -112,11 +112,13 @@ def run_cmd(
         return
     _logging(settings, False)
     if immediate:
-        result = sdk.run_pipeline(
-            dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
-            skip_copy=skip_copy, force=force, immediate=True, settings=settings,
-            on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
-        )  # fmt: skip
+        try:
+            result = _run_immediate(
+                dataset_path, profile, dataset_name, min_images, ids, skip_copy, force, settings
+            )
+        except KeyboardInterrupt:
+            err_console.print("\nInterrupted: the trainer was stopped; nothing is left running.")
+            sys.exit(130)
         console.print(f"\n[green]Succeeded.[/] Weights: {result.manifest['weights'][0]['path']}")
         console.print(
             f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"
@@ -215,6 +217,17 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
 
         sys.exit(monitor_batch(settings, result.batch_id))
     console.print("Watch them: autotrain train list")
+
+
+def _run_immediate(
+    dataset_path, profile, dataset_name, min_images, ids, skip_copy, force, settings
+):
+    """All five phases in this process, the trainer's output streamed to the terminal."""
+    return sdk.run_pipeline(
+        dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
+        skip_copy=skip_copy, force=force, immediate=True, settings=settings,
+        on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+    )  # fmt: skip
 
 
 def print_prepared(result: sdk.PrepareResult) -> None:
