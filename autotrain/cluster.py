@@ -139,8 +139,10 @@ def start_embedded_redis(settings: Settings) -> int:
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = find_redis_server()
-    for _ in range(5):
-        port = _free_port()
+    # Restarting after a crash: keep the old port, so running workers reconnect by themselves.
+    previous = (_read_json(_redis_state_file(settings)) or {}).get("port")
+    for attempt in range(5):
+        port = previous if attempt == 0 and previous and _port_free(previous) else _free_port()
         argv = [
             binary,
             "--bind", "127.0.0.1",
@@ -211,6 +213,15 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _ping(url: str | None) -> bool:

@@ -5,10 +5,13 @@ its summary, and (throttled) Celery's PROGRESS state for Flower. Used in queued 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from autotrain.job import JobStore
 from autotrain.progress import ProgressEvent
@@ -16,6 +19,8 @@ from autotrain.progress import ProgressEvent
 __all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]
 
 PROGRESS_FILE = "progress.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 class ProgressRecorder:
@@ -44,6 +49,7 @@ class ProgressRecorder:
         self.sample_dir = sample_dir
         self._seen_samples = set(_images_in(sample_dir))
         self._last_scan = 0.0
+        self._redis_down = False
 
     def __call__(self, event: ProgressEvent) -> None:
         self._record(event)
@@ -68,13 +74,21 @@ class ProgressRecorder:
         if event.kind == "sample" and event.path and event.path not in self.samples:
             self.samples.append(event.path)
             summary["samples"] = self.samples[-8:]
-        if self.store and self.job_id:
-            self.store.add_event(self.job_id, data, summary)
-        if self.flower_update and event.kind == "step":
-            now = time.monotonic()
-            if now - self._last_flower >= self.flower_interval:
-                self._last_flower = now
-                self.flower_update(summary)
+        # Redis may be restarting: the trainer must go on; progress.jsonl keeps every event.
+        try:
+            if self.store and self.job_id:
+                self.store.add_event(self.job_id, data, summary)
+            if self.flower_update and event.kind == "step":
+                now = time.monotonic()
+                if now - self._last_flower >= self.flower_interval:
+                    self._last_flower = now
+                    self.flower_update(summary)
+        except (redis.RedisError, OSError) as exc:
+            if not self._redis_down:
+                log.warning("cannot record progress in Redis (%s); the trainer goes on", exc)
+            self._redis_down = True
+        else:
+            self._redis_down = False
 
     def close(self) -> None:
         if self.sample_dir:

@@ -186,3 +186,54 @@ def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
     )
     assert "--resume" in log
     assert saved_step > 0
+
+
+def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path):
+    """Redis killed (SIGKILL) while a job trains, then restarted on its data: the job finishes."""
+    import socket
+
+    from autotrain.cluster import find_redis_server
+
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    argv = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    cluster.env["AUTOTRAIN_REDIS_URL"] = url
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
+    cluster.redis = __import__("redis").Redis.from_url(url, decode_responses=True)
+    wait_for(lambda: _answers(cluster.redis), 10, "the private redis-server")
+    try:
+        cluster.start_worker("h1")
+        dataset = copy_example(tmp_path)
+        run = cluster.cli(
+            "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
+        )
+        job_id = _job_id(run.stdout)
+        store = cluster.store()
+        wait_for(lambda: store.get(job_id).step >= 5, 60, "training to start")
+        server.kill()
+        server.wait(10)
+        time.sleep(2)
+        server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+        wait_for(lambda: _answers(cluster.redis), 10, "redis-server to come back")
+        wait_for(lambda: store.get(job_id).is_final, 120, "the job to end after the restart")
+        job = store.get(job_id)
+        assert job.state == JobState.SUCCEEDED, job.error
+        assert job.attempt == 1, "the trainer went on through the restart; nothing was retried"
+        assert job.step == job.total
+        assert (cluster.root / "output" / "tiny_shapes" / "run.json").is_file()
+    finally:
+        cluster.stop()
+        server.kill()
+
+
+def _answers(client) -> bool:
+    try:
+        return client.ping()
+    except Exception:  # noqa: BLE001 - not up yet
+        return False

@@ -13,8 +13,10 @@ from autotrain.settings import Settings, load_settings
 
 __all__ = ["main", "console", "err_console", "settings_of"]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# In pipes and logs rich would assume 80 columns and squeeze tables; use a wide default there.
+_width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
+console = Console(highlight=False, width=_width)
+err_console = Console(stderr=True, highlight=False, width=_width)
 
 
 class _Group(click.Group):

@@ -20,7 +20,6 @@ from autotrain.monitor import (
     follow_job,
     format_eta,
     job_line,
-    progress_bar,
 )
 from autotrain.pipeline import job_store
 from autotrain.settings import Settings
@@ -54,16 +53,27 @@ def list_cmd(ctx, states, as_json) -> None:
             json.dumps([j.model_dump(mode="json", exclude={"plan"}) for j in jobs], indent=2)
         )
         return
-    table = Table("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age")
+    table = Table(box=None, pad_edge=False)
+    for column in ("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age"):
+        table.add_column(column, no_wrap=True)
     now = time.time()
     for j in jobs:
-        where = f"{j.host or '-'}/{j.gpu or '-'}" if j.host else "-"
+        where = f"{j.host}/{j.gpu or '-'}" if j.host else "-"
+        progress = f"{j.fraction * 100:.0f}% ({j.step}/{j.total})" if j.total else "-"
+        eta = format_eta(j.eta_seconds) if j.state == JobState.TRAINING else "-"
+        loss = f"{j.loss:.4f}" if j.loss is not None else "-"
         table.add_row(
-            j.id, j.name, j.profile, j.state.value, where, progress_bar(j.step, j.total, width=10),
-            f"{j.loss:.4f}" if j.loss is not None else "-", format_eta(j.eta_seconds) if j.state == JobState.TRAINING else "-",
-            format_eta(now - j.created_at),
-        )  # fmt: skip
-    console.print(table)
+            j.id,
+            j.name,
+            j.profile,
+            j.state.value,
+            where,
+            progress,
+            loss,
+            eta,
+            format_age(now - j.created_at),
+        )
+    console.print(table if jobs else "No jobs yet. Queue one with `autotrain pipeline run`.")
 
 
 @train_group.command("monitor")
@@ -228,6 +238,14 @@ class LiveView:
         (self.live.console if self.live else self.console).print(
             Text(text, style="dim"), soft_wrap=True
         )
+
+
+def format_age(seconds: float) -> str:
+    """`42s`, `7m`, `3h`, `2d`: compact enough for a table column."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def _queue_depth(store) -> int:
