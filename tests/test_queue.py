@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -237,3 +238,47 @@ def _answers(client) -> bool:
         return client.ping()
     except Exception:  # noqa: BLE001 - not up yet
         return False
+
+
+def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
+    """--gpu-ids "0,1" trains on GPU 0's worker holding both GPUs; a job pinned to GPU 1 waits."""
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
+    log = open(cluster.root / "gpu-host.log", "ab")  # noqa: SIM115
+    host = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "standins" / "gpu_host.py"), "g1", "2"],
+        env=cluster.env, cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    cluster.workers.append(host)
+    for name in ("gpu0@g1", "gpu1@g1", "prep@g1"):
+        wait_for(
+            lambda n=name: cluster.redis.exists(f"autotrain:worker:{n}"), 60, f"{name} to start"
+        )
+    both = copy_example(tmp_path, "both")
+    one = copy_example(tmp_path, "one")
+    cluster.env["AUTOTRAIN_HOST"] = "g1"  # pinned ids name GPUs of the submitting host
+    first = cluster.cli("pipeline", "run", "--dataset-path", str(both), "--profile", "TinyTest",
+                        "--gpu-ids", "0,1", check=True)  # fmt: skip
+    store = cluster.store()
+    first_id = _job_id(first.stdout)
+    wait_for(lambda: store.get(first_id).state == JobState.TRAINING, 60, "the two-GPU job to train")
+    second = cluster.cli("pipeline", "run", "--dataset-path", str(one), "--profile", "TinyTest",
+                         "--gpu-ids", "1", check=True)  # fmt: skip
+    second_id = _job_id(second.stdout)
+    wait_for(
+        lambda: store.get(second_id).is_final and store.get(first_id).is_final,
+        120,
+        "both jobs to end",
+    )
+    a, b = store.get(first_id), store.get(second_id)
+    assert a.state == b.state == JobState.SUCCEEDED, (a.error, b.error)
+    assert (a.train_worker, a.gpu) == ("gpu0@g1", "0,1")
+    assert (b.train_worker, b.gpu) == ("gpu1@g1", "1")
+    steps_a, steps_b = (
+        _step_times(cluster.root / "output" / n / "log" / "progress.jsonl") for n in ("both", "one")
+    )
+    assert steps_a[-1] < steps_b[0], "the job pinned to GPU 1 trained while the two-GPU job held it"
+
+
+def _step_times(progress_file: Path) -> list[float]:
+    events = [json.loads(line) for line in progress_file.read_text().splitlines()]
+    return [e["ts"] for e in events if e["kind"] == "step"]

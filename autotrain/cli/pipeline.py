@@ -132,6 +132,7 @@ def run_cmd(
         skip_copy=skip_copy, force=force, settings=settings,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
+    _warn_if_nobody_consumes(settings, job.queue)
     if monitor:
         from autotrain.cli.train import monitor_job
 
@@ -259,6 +260,19 @@ def print_prepared(result: sdk.PrepareResult) -> None:
     console.print("[bold]Trainer command:[/]", end=" ")
     console.print(shlex.join(result.command), soft_wrap=True, markup=False)
     console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
+
+
+def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
+    """A job pinned to a GPU no live worker serves would wait silently; say so."""
+    from autotrain.connection import get_redis
+    from autotrain.heartbeat import live_workers
+
+    workers = live_workers(get_redis(settings))
+    if queue and workers and not any(queue in w["queues"] for w in workers):
+        err_console.print(
+            f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "
+            "`autotrain worker` runs there (see `autotrain status`)."
+        )
 
 
 def _gpu_ids(value: str | None) -> list[int]:
