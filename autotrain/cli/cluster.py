@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
@@ -165,7 +164,8 @@ def flower_cmd(ctx, flower_args) -> None:
         )
     console.print(f"Flower on http://{settings.flower_address}:{settings.flower_port}")
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
-    sys.exit(subprocess.call([*argv, *flower_args], env=env))
+    # Replace this process, so that signals (Ctrl+C, a service manager's SIGTERM) reach Flower.
+    os.execve(sys.executable, [*argv, *flower_args], env)
 
 
 @click.command("doctor")
