@@ -81,23 +81,23 @@ def _send(store: JobStore, job_id: str, *, full: bool) -> None:
 
 
 def cancel_job(store: JobStore, job_id: str) -> Job:
-    """Flag the job and revoke its pending tasks; a running trainer is stopped by its worker.
+    """Flag the job; a task working on it ends it (a running trainer is stopped by its worker).
 
-    Cancelling a final job changes nothing, so cancelling twice is fine.
+    Every task checks the flag before it starts, so a cancelled job never starts or restarts.
+    A job no task holds right now (queued, parked by its batch, between two phases) is made
+    final here and its pending tasks are revoked, so no worker even picks them up. Cancelling a
+    final job changes nothing, so cancelling twice is fine.
     """
     job = store.get(job_id)
     if job.is_final:
         return job
     store.update(job.id, cancel_requested=True)
-    for task_id in job.task_ids:
-        app.control.revoke(task_id)
-    # A job no task is working on (still queued, or parked by its batch) is final right away.
-    if job.state in (JobState.QUEUED, JobState.WAITING_GPU) and not store.redis.exists(
-        lease_key(job.id)
-    ):
+    if not store.redis.exists(lease_key(job.id)):
         store.set_state(
             job.id, JobState.CANCELLED, finished_at=time.time(), error="cancelled by user"
         )
+        for task_id in job.task_ids:
+            app.control.revoke(task_id)
         _hand_on_batch_slot(store, store.get(job.id))
     return store.get(job.id)
 

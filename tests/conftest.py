@@ -83,6 +83,20 @@ class Cluster:
             )
         return proc
 
+    def submit(self, dataset: Path, *extra: str, profile: str = "TinyTest") -> str:
+        """`pipeline run` for a dataset; returns the job id it printed."""
+        run = self.cli(
+            "pipeline",
+            "run",
+            "--dataset-path",
+            str(dataset),
+            "--profile",
+            profile,
+            *extra,
+            check=True,
+        )
+        return job_id_in(run.stdout)
+
     def start_worker(self, host: str, *extra: str) -> subprocess.Popen:
         log = open(self.root / f"worker-{host}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -149,6 +163,14 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     c = Cluster(root, redis_server, env)
     yield c
     c.stop()
+
+
+def job_id_in(output: str) -> str:
+    """The job id (YYYYMMDD-HHMMSS-xxxxxx) a command printed."""
+    for word in output.split():
+        if word.count("-") == 2 and word[:8].isdigit():
+            return word
+    pytest.fail(f"no job id in output:\n{output}")
 
 
 def copy_example(dest: Path, name: str = "tiny_shapes") -> Path:

@@ -84,6 +84,7 @@ def test_prepare_stages_configures_and_logs(workspace, tmp_path):
     )
     assert changed.returncode == 1
     assert "--skip-copy" in changed.stderr and "--force" in changed.stderr
+    assert "--skip-copy" in (workspace / "logs" / "autotrain_errors.log").read_text()
 
 
 def test_unknown_profile_lists_the_available_ones(workspace, tmp_path):

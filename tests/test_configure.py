@@ -28,8 +28,12 @@ from autotrain.profile import builtin_templates_dir, load_profile
 from autotrain.settings import load_settings
 from autotrain.spec import JobSpec
 from autotrain.workspace import Workspace
+from tests.standins.sd_scripts.standin_trainer import (
+    load_argument_list,
+    load_dataset_keys,
+    value_fits,
+)
 
-ARGS_DIR = Path(__file__).parent / "data" / "sd_scripts_args"
 KOHYA_PROFILES = ["Flux", "FluxLORA", "SDXL"]
 PER_DATASET_KEYS = {"output_dir", "output_name", "logging_dir", "sample_prompts", "dataset_config"}
 
@@ -58,44 +62,10 @@ def report_for(name: str, *subsets: FakeSubset) -> Report:
     return Report(name=name, subsets=list(subsets), images=[object()] * total)
 
 
-def argument_list(script: str) -> dict[str, tuple[str, list[str]]]:
-    found = {}
-    for line in (ARGS_DIR / f"{script}.txt").read_text(encoding="utf-8").splitlines():
-        if line.strip() and not line.startswith("#"):
-            parts = line.split()
-            found[parts[0]] = (parts[1], parts[2].split("|") if len(parts) > 2 else [])
-    return found
-
-
-def dataset_keys() -> dict[str, set[str]]:
-    tables: dict[str, set[str]] = {}
-    current = ""
-    for line in (ARGS_DIR / "dataset_config.txt").read_text(encoding="utf-8").splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        if line.startswith("["):
-            current = line.strip("[]")
-            tables[current] = set()
-        else:
-            tables[current].add(line.strip())
-    return tables
-
-
-def type_ok(kind: str, choices: list[str], value: object) -> bool:
-    """TOML values reach sd-scripts unconverted, so they must already have the argument's type."""
-    if kind.startswith("list["):
-        return isinstance(value, list) and all(type_ok(kind[5:-1], [], v) for v in value)
-    if kind == "bool":
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if kind == "int":
-        ok = isinstance(value, int)
-    elif kind in ("float", "int_or_float"):
-        ok = isinstance(value, int | float)
-    else:
-        ok = isinstance(value, str)
-    return ok and (not choices or str(value) in choices)
+# The stand-in enforces the same lists at run time; one reading of them serves both.
+argument_list = load_argument_list
+dataset_keys = load_dataset_keys
+type_ok = value_fits
 
 
 @pytest.fixture

@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from autotrain.job import JobState
-from tests.conftest import copy_example, wait_for
+from tests.conftest import copy_example, job_id_in, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _job_id(output: str) -> str:
-    for word in output.split():
-        if word.count("-") == 2 and word[:8].isdigit():
-            return word
-    pytest.fail(f"no job id in output:\n{output}")
 
 
 def _trainer_pids(workspace: Path) -> list[int]:
@@ -54,7 +47,7 @@ def test_single_run_trains_and_reports(cluster, tmp_path):
         check=True,
     )
     assert "Succeeded" in run.stdout
-    job = cluster.store().get(_job_id(run.stdout))
+    job = cluster.store().get(job_id_in(run.stdout))
     assert job.state == JobState.SUCCEEDED
     assert job.step == job.total and job.total > 0
     manifest = json.loads((cluster.root / "output" / "tiny_shapes" / "run.json").read_text())
@@ -100,10 +93,7 @@ def test_batch_respects_max_concurrent_and_isolates_a_broken_dataset(cluster, tm
 
 def test_cancel_queued_job_never_starts(cluster, tmp_path):
     dataset = copy_example(tmp_path)
-    run = cluster.cli(
-        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
-    )
-    job_id = _job_id(run.stdout)
+    job_id = cluster.submit(dataset)
     cancel = cluster.cli("train", "cancel", "--job", job_id, check=True)
     assert "cancelled" in cancel.stdout
     assert cluster.cli("train", "cancel", "--job", job_id).returncode == 0  # twice is fine
@@ -119,10 +109,7 @@ def test_cancel_running_job_stops_the_trainer(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.2"
     cluster.start_worker("h1")
     dataset = copy_example(tmp_path)
-    run = cluster.cli(
-        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
-    )
-    job_id = _job_id(run.stdout)
+    job_id = cluster.submit(dataset)
     store = cluster.store()
     wait_for(lambda: store.get(job_id).step > 2, 60, "training to make progress")
     assert _trainer_pids(cluster.root)
@@ -138,10 +125,7 @@ def test_monitor_attached_mid_run_sees_earlier_steps(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
     cluster.start_worker("h1")
     dataset = copy_example(tmp_path)
-    run = cluster.cli(
-        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
-    )
-    job_id = _job_id(run.stdout)
+    job_id = cluster.submit(dataset)
     store = cluster.store()
     wait_for(lambda: store.get(job_id).step >= 10, 60, "ten steps")
     events = [e for _, e in store.read_events(job_id) if e["kind"] == "step"]
@@ -157,10 +141,7 @@ def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
     cluster.start_worker("h1")
     dataset = copy_example(tmp_path)
-    run = cluster.cli(
-        "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
-    )
-    job_id = _job_id(run.stdout)
+    job_id = cluster.submit(dataset)
     store = cluster.store()
     model_dir = cluster.root / "output" / "tiny_shapes" / "model"
     wait_for(lambda: list(model_dir.glob("*-state")), 120, "a saved training state")
@@ -211,10 +192,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path):
     try:
         cluster.start_worker("h1")
         dataset = copy_example(tmp_path)
-        run = cluster.cli(
-            "pipeline", "run", "--dataset-path", str(dataset), "--profile", "TinyTest", check=True
-        )
-        job_id = _job_id(run.stdout)
+        job_id = cluster.submit(dataset)
         store = cluster.store()
         wait_for(lambda: store.get(job_id).step >= 5, 60, "training to start")
         server.kill()
@@ -256,14 +234,10 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     both = copy_example(tmp_path, "both")
     one = copy_example(tmp_path, "one")
     cluster.env["AUTOTRAIN_HOST"] = "g1"  # pinned ids name GPUs of the submitting host
-    first = cluster.cli("pipeline", "run", "--dataset-path", str(both), "--profile", "TinyTest",
-                        "--gpu-ids", "0,1", check=True)  # fmt: skip
+    first_id = cluster.submit(both, "--gpu-ids", "0,1")
     store = cluster.store()
-    first_id = _job_id(first.stdout)
     wait_for(lambda: store.get(first_id).state == JobState.TRAINING, 60, "the two-GPU job to train")
-    second = cluster.cli("pipeline", "run", "--dataset-path", str(one), "--profile", "TinyTest",
-                         "--gpu-ids", "1", check=True)  # fmt: skip
-    second_id = _job_id(second.stdout)
+    second_id = cluster.submit(one, "--gpu-ids", "1")
     wait_for(
         lambda: store.get(second_id).is_final and store.get(first_id).is_final,
         120,

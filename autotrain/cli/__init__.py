@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -27,6 +28,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except AutotrainError as exc:
             err_console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+            # Into logs/autotrain_errors.log when this command writes logs (a dry run does not).
+            if logging.getLogger("autotrain").handlers:
+                logging.getLogger("autotrain.errors").error("%s", exc)
             sys.exit(1)
 
 
