@@ -45,10 +45,10 @@ def format_eta(seconds: float | None) -> str:
 def progress_bar(step: int, total: int | None, width: int = 30) -> str:
     """`[============------] 40.0% (200/500)`; an unknown total shows an empty bar."""
     if not total:
-        return f"[{'-' * width}]   0.0% ({step}/?)"
+        return f"[{'-' * width}] 0.0% ({step}/?)"
     fraction = min(1.0, step / total)
-    filled = int(round(fraction * width))
-    return f"[{'=' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}% ({step}/{total})"
+    filled = int(fraction * width)
+    return f"[{'=' * filled}{'-' * (width - filled)}] {fraction * 100:.1f}% ({step}/{total})"
 
 
 def _loss(job: Job) -> str:

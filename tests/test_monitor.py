@@ -1,0 +1,42 @@
+"""The progress lines users read, in the exact formats DESIGN.md gives."""
+
+from __future__ import annotations
+
+from autotrain.job import Job, JobState
+from autotrain.monitor import batch_line, format_eta, job_line
+from autotrain.spec import JobSpec
+
+
+def job(name: str, state: JobState, step: int = 0, total: int | None = None, **fields) -> Job:
+    spec = JobSpec(dataset_path=f"/data/{name}", name=name, profile="FluxLORA")
+    return Job(id=f"id-{name}", spec=spec, state=state, step=step, total=total, **fields)
+
+
+def test_single_job_line():
+    training = job("cat", JobState.TRAINING, 1870, 2000, loss=0.0234, eta_seconds=323)
+    assert job_line(training, queue_depth=0) == (
+        "[============================--] 93.5% (1870/2000) | ETA: 00:05:23 | Loss: 0.0234 | Queue: 0"
+    )
+
+
+def test_single_job_line_before_training_says_the_state():
+    assert job_line(job("cat", JobState.VALIDATING)).endswith("| Queue: 0 | validating")
+
+
+def test_batch_line_with_queue_next_and_overall_progress():
+    jobs = [
+        job("dataset_a", JobState.SUCCEEDED, 500, 500),
+        job("dataset_b", JobState.FAILED),
+        job("dataset_character", JobState.TRAINING, 350, 500, loss=0.0156, eta_seconds=615),
+        job("dataset_style", JobState.WAITING_GPU),
+        job("dataset_z", JobState.QUEUED),
+    ]
+    assert batch_line(jobs[2], jobs) == (
+        "🟢 dataset_character: [==============------] 70.0% (350/500) | ETA: 00:10:15 | "
+        "Loss: 0.0156 | Queue: 2 (next: dataset_style) | Progress: 2/5 (40.0%)"
+    )
+
+
+def test_eta_with_hours_and_unknown():
+    assert format_eta(3 * 3600 + 61) == "03:01:01"
+    assert format_eta(None) == "--:--:--"
