@@ -18,10 +18,11 @@ from functools import lru_cache
 from celery import Task
 from celery.exceptions import Ignore
 
-from autotrain import heartbeat, phases  # noqa: F401 - heartbeat registers worker signals
+from autotrain import phases
 from autotrain.celery_app import app
 from autotrain.connection import get_redis
 from autotrain.errors import AutotrainError
+from autotrain.heartbeat import WORKER_PREFIX  # importing it registers the worker signals
 from autotrain.job import Job, JobState, JobStore
 from autotrain.lease import (
     Lease,
@@ -154,67 +155,77 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
         ctx.lease.extra.append(
             lambda: renew_gpus(store.redis, host, gpus, job.id, settings.lease_seconds)
         )
+        attempt = job.attempt + 1
+        gpu_label = ",".join(map(str, gpus)) or "cpu"
+        first_started = job.training_started_at or time.time()
+        busy_key = f"{WORKER_PREFIX}{worker}:job"  # read by `autotrain status`
+
+        def mark_busy() -> None:
+            store.redis.set(busy_key, job.id, ex=int(settings.lease_seconds))
+
         try:
-            attempt = job.attempt + 1
-            first_started = job.training_started_at or time.time()
             store.set_state(
-                job.id,
-                JobState.TRAINING,
-                attempt=attempt,
-                gpu=",".join(map(str, gpus)) or "cpu",
-                train_worker=worker,
+                job.id, JobState.TRAINING, attempt=attempt, gpu=gpu_label, train_worker=worker,
                 training_started_at=first_started,
+            )  # fmt: skip
+            mark_busy()
+            ctx.lease.extra.append(mark_busy)
+            run, command, resumed = _run_trainer(
+                task, store, settings, job, plan, gpus, first_started
             )
-            store.redis.set(
-                f"autotrain:worker:{worker}:job", job.id, ex=int(settings.lease_seconds)
-            )
-            ctx.lease.extra.append(
-                lambda: store.redis.set(
-                    f"autotrain:worker:{worker}:job", job.id, ex=int(settings.lease_seconds)
-                )
-            )
-            recorder = ProgressRecorder(
-                plan.log_dir,
-                plan.model_dir / "sample",
-                store,
-                job.id,
-                flower_update=lambda meta: task.update_state(state="PROGRESS", meta=meta),
-            )
-            try:
-                run, command, resumed = phases.train_phase(
-                    job.spec,
-                    plan,
-                    settings,
-                    on_event=recorder,
-                    should_cancel=cancelled,
-                    gpus=gpus or None,
-                    resume_since=first_started,
-                )
-            finally:
-                recorder.close()
         finally:
             release_gpus(store.redis, host, gpus, job.id)
-            store.redis.delete(f"autotrain:worker:{worker}:job")
+            store.redis.delete(busy_key)
         if run.cancelled:
             _finish_cancelled(store, store.get(job.id))
             raise Ignore()
-        info = store.get_data(job.id, "run") or {"attempts_log": []}
-        info["attempts_log"].append(
-            {"attempt": attempt, "worker": worker, "started_at": run.started_at,
-             "finished_at": run.finished_at, "returncode": run.returncode,
-             "resumed_from": str(resumed) if resumed else None}
-        )  # fmt: skip
-        info.update(
-            command=command,
-            resumed_from=str(resumed) if resumed else info.get("resumed_from"),
-            last_step=run.last_step,
-            last_loss=run.last_loss,
-            gpu=",".join(map(str, gpus)) or "cpu",
-            host=host,
-        )
-        store.put_data(job.id, "run", info)
+        _record_attempt(store, job.id, attempt, worker, run, command, resumed, gpu_label, host)
         phases.raise_for_trainer(run, plan)
         store.update(job.id, training_finished_at=time.time())
+
+
+def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan: TrainPlan,
+                 gpus: list[int], first_started: float):  # fmt: skip
+    """Phase 4 with its events going to the job's stream, progress.jsonl and Flower."""
+    recorder = ProgressRecorder(
+        plan.log_dir,
+        plan.model_dir / "sample",
+        store,
+        job.id,
+        flower_update=lambda meta: task.update_state(state="PROGRESS", meta=meta),
+    )
+    try:
+        return phases.train_phase(
+            job.spec,
+            plan,
+            settings,
+            on_event=recorder,
+            should_cancel=lambda: store.cancel_requested(job.id),
+            gpus=gpus or None,
+            resume_since=first_started,
+        )
+    finally:
+        recorder.close()
+
+
+def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run, command: list[str],
+                    resumed, gpu_label: str, host: str) -> None:  # fmt: skip
+    """What each attempt ran, kept for phase 5's run.json."""
+    info = store.get_data(job_id, "run") or {"attempts_log": []}
+    info["attempts_log"].append(
+        {"attempt": attempt, "worker": worker, "started_at": run.started_at,
+         "finished_at": run.finished_at, "returncode": run.returncode,
+         "resumed_from": str(resumed) if resumed else None}
+    )  # fmt: skip
+    info.update(
+        command=command,
+        resumed_from=str(resumed) if resumed else info.get("resumed_from"),
+        last_step=run.last_step,
+        last_loss=run.last_loss,
+        gpu=gpu_label,
+        host=host,
+    )
+    store.put_data(job_id, "run", info)
 
 
 @app.task(name="autotrain.report", bind=True)
