@@ -110,6 +110,8 @@ def train_phase(
     command = trainer_command(spec, plan, settings, resume_from, gpus)
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    # sd-scripts logs through rich, which wraps at 80 columns when not on a terminal.
+    env.setdefault("COLUMNS", "200")
     if gpus is not None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
