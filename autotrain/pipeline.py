@@ -155,17 +155,21 @@ def run_pipeline(
     dataset_name: str | None = None,
     min_images: int = 1,
     gpu_ids: list[int] | None = None,
+    host: str | None = None,
     skip_copy: bool = False,
     force: bool = False,
     immediate: bool = False,
     settings: Settings | None = None,
     on_output: Callable[[str], None] | None = None,
 ) -> Job | ImmediateResult:
-    """Queue the five phases for one dataset and return the job (or run them here if `immediate`)."""
+    """Queue the five phases for one dataset and return the job (or run them here if `immediate`).
+
+    `gpu_ids` pins the job to those GPUs of `host` (default: this host).
+    """
     settings = settings or load_settings()
     spec = JobSpec.for_dataset(
         dataset_path, profile, dataset_name, min_images=min_images, skip_copy=skip_copy, force=force,
-        gpu_ids=gpu_ids or [],
+        gpu_ids=gpu_ids or [], host=host,
     )  # fmt: skip
     if immediate:
         return run_immediate(spec, settings, on_output=on_output)

@@ -233,11 +233,10 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
         )
     both = copy_example(tmp_path, "both")
     one = copy_example(tmp_path, "one")
-    cluster.env["AUTOTRAIN_HOST"] = "g1"  # pinned ids name GPUs of the submitting host
-    first_id = cluster.submit(both, "--gpu-ids", "0,1")
+    first_id = cluster.submit(both, "--gpu-ids", "0,1", "--host", "g1")
     store = cluster.store()
     wait_for(lambda: store.get(first_id).state == JobState.TRAINING, 60, "the two-GPU job to train")
-    second_id = cluster.submit(one, "--gpu-ids", "1")
+    second_id = cluster.submit(one, "--gpu-ids", "1", "--host", "g1")
     wait_for(
         lambda: store.get(second_id).is_final and store.get(first_id).is_final,
         120,

@@ -72,7 +72,8 @@ def prepare_cmd(
 )
 @_profile_option
 @_dataset_options
-@click.option("--gpu-ids", help='Pin to these GPUs of this host: "1", or "0,1" for data-parallel.')
+@click.option("--gpu-ids", help='Pin to these GPUs of one host: "1", or "0,1" for data-parallel.')
+@click.option("--host", help="The host whose GPUs --gpu-ids names (default: this host).")
 @click.option(
     "--monitor", is_flag=True, help="Show live progress until the job ends (Ctrl+C detaches)."
 )
@@ -90,6 +91,7 @@ def run_cmd(
     force,
     dry_run,
     gpu_ids,
+    host,
     monitor,
     immediate,
 ):
@@ -99,10 +101,15 @@ def run_cmd(
     Examples:
       autotrain pipeline run --dataset-path examples/datasets/tiny_shapes --profile Tiny --monitor
       autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 1
+      autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 0,1 --host gpubox2
       autotrain pipeline run --dataset-path ~/data/cat --profile Tiny --immediate
     """
     settings = settings_of(ctx)
     ids = _gpu_ids(gpu_ids)
+    if host and not ids:
+        raise click.BadParameter(
+            "--host only applies together with --gpu-ids.", param_hint="--host"
+        )
     if dry_run:
         result = sdk.prepare_pipeline(
             dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
@@ -129,7 +136,7 @@ def run_cmd(
     ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
     job = sdk.run_pipeline(
         dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
-        skip_copy=skip_copy, force=force, settings=settings,
+        host=host, skip_copy=skip_copy, force=force, settings=settings,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
     _warn_if_nobody_consumes(settings, job.queue)
