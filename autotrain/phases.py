@@ -39,18 +39,29 @@ def profile_for(spec: JobSpec, settings: Settings) -> Profile:
     return load_profile(spec.profile, Workspace(settings.workspace).templates_dir)
 
 
-def validate_phase(spec: JobSpec, settings: Settings):
+# progress(phase, done, total), for long phases on large datasets
+PhaseProgress = Callable[[str, int, int], None]
+
+
+def validate_phase(spec: JobSpec, settings: Settings, progress: PhaseProgress | None = None):
     """Phase 1: the dataset, profile and host checked; raises ValidationError on anything fatal."""
     from autotrain.validate import validate_dataset
 
     profile = profile_for(spec, settings)
     profile.load_template()  # "Configuration file not found" belongs to validation
-    report = validate_dataset(spec, settings, profile)
+    report = validate_dataset(spec, settings, profile, progress=_for_phase(progress, "validate"))
     report.raise_for_errors()
     return report
 
 
-def prepare_phase(spec: JobSpec, report, settings: Settings, *, dry_run: bool = False):
+def prepare_phase(
+    spec: JobSpec,
+    report,
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    progress: PhaseProgress | None = None,
+):
     """Phase 2: the valid images staged atomically under input/<name>/."""
     from autotrain.stage import stage_dataset
 
@@ -61,7 +72,14 @@ def prepare_phase(spec: JobSpec, report, settings: Settings, *, dry_run: bool = 
         skip_copy=spec.skip_copy,
         force=spec.force,
         dry_run=dry_run,
+        progress=_for_phase(progress, "stage"),
     )
+
+
+def _for_phase(progress: PhaseProgress | None, phase: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(phase, done, total)
 
 
 def configure_phase(

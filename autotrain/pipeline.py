@@ -17,6 +17,7 @@ from typing import Any
 from autotrain import phases
 from autotrain.errors import AutotrainError
 from autotrain.job import Job, JobStore
+from autotrain.phases import PhaseProgress
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings, load_settings
 from autotrain.spec import JobSpec
@@ -85,21 +86,29 @@ def prepare_pipeline(
     force: bool = False,
     dry_run: bool = False,
     settings: Settings | None = None,
+    progress: PhaseProgress | None = None,
 ) -> PrepareResult:
-    """Validate, stage and configure one dataset (phases 1-3). Raises AutotrainError on failure."""
+    """Validate, stage and configure one dataset (phases 1-3). Raises AutotrainError on failure.
+
+    `progress(phase, done, total)` is called while files are validated and staged.
+    """
     settings = settings or load_settings()
     spec = JobSpec.for_dataset(
         dataset_path, profile, dataset_name, min_images=min_images, skip_copy=skip_copy, force=force
     )
-    return _prepare(spec, settings, dry_run)
+    return _prepare(spec, settings, dry_run, progress)
 
 
-def _prepare(spec: JobSpec, settings: Settings, dry_run: bool) -> PrepareResult:
+def _prepare(
+    spec: JobSpec, settings: Settings, dry_run: bool, progress: PhaseProgress | None = None
+) -> PrepareResult:
     result = PrepareResult(spec=spec, dry_run=dry_run)
     if not dry_run:
         log.info("prepare %s (%s) from %s", spec.name, spec.profile, spec.dataset_path)
-    result.report = phases.validate_phase(spec, settings)
-    result.stage = phases.prepare_phase(spec, result.report, settings, dry_run=dry_run)
+    result.report = phases.validate_phase(spec, settings, progress)
+    result.stage = phases.prepare_phase(
+        spec, result.report, settings, dry_run=dry_run, progress=progress
+    )
     result.plan = phases.configure_phase(spec, result.report, settings, dry_run=dry_run)
     result.command = phases.trainer_command(spec, result.plan, settings)
     return result
@@ -134,14 +143,19 @@ def batch_specs(
 
 
 def prepare_batch(
-    profile: str, *, dry_run: bool = False, settings: Settings | None = None, **selection: Any
+    profile: str,
+    *,
+    dry_run: bool = False,
+    settings: Settings | None = None,
+    progress: PhaseProgress | None = None,
+    **selection: Any,
 ) -> BatchResult:
     """Phases 1-3 for every dataset of a batch; a failing dataset does not stop the others."""
     settings = settings or load_settings()
     result = BatchResult(batch_id=None)
     for spec in batch_specs(profile, **selection):
         try:
-            result.prepared.append(_prepare(spec, settings, dry_run))
+            result.prepared.append(_prepare(spec, settings, dry_run, progress))
         except AutotrainError as exc:
             log.error("%s: %s", spec.name, exc)
             result.prepared.append(PrepareResult(spec=spec, error=str(exc), dry_run=dry_run))
@@ -161,6 +175,7 @@ def run_pipeline(
     immediate: bool = False,
     settings: Settings | None = None,
     on_output: Callable[[str], None] | None = None,
+    progress: PhaseProgress | None = None,
 ) -> Job | ImmediateResult:
     """Queue the five phases for one dataset and return the job (or run them here if `immediate`).
 
@@ -172,7 +187,7 @@ def run_pipeline(
         gpu_ids=gpu_ids or [], host=host,
     )  # fmt: skip
     if immediate:
-        return run_immediate(spec, settings, on_output=on_output)
+        return run_immediate(spec, settings, on_output=on_output, progress=progress)
     from autotrain.celery_app import configure_app
     from autotrain.queue import submit_job
 
@@ -219,12 +234,15 @@ def run_batch_pipeline(
 
 
 def run_immediate(
-    spec: JobSpec, settings: Settings, on_output: Callable[[str], None] | None = None
+    spec: JobSpec,
+    settings: Settings,
+    on_output: Callable[[str], None] | None = None,
+    progress: PhaseProgress | None = None,
 ) -> ImmediateResult:
     """All five phases in this process, in the foreground, with no broker."""
     from autotrain.recorder import ProgressRecorder, read_loss_history
 
-    prepared = _prepare(spec, settings, dry_run=False)
+    prepared = _prepare(spec, settings, dry_run=False, progress=progress)
     result = ImmediateResult(**vars(prepared))
     plan = result.plan
     assert plan is not None

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import shlex
 import sys
+from contextlib import contextmanager
 
 import click
 import tomli_w
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 
 from autotrain import pipeline as sdk
 from autotrain.cli import console, err_console, settings_of
@@ -59,10 +68,11 @@ def prepare_cmd(
     """
     settings = settings_of(ctx)
     _logging(settings, dry_run)
-    result = sdk.prepare_pipeline(
-        dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
-        skip_copy=skip_copy, force=force, dry_run=dry_run, settings=settings,
-    )  # fmt: skip
+    with _phase_progress() as progress:
+        result = sdk.prepare_pipeline(
+            dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
+            skip_copy=skip_copy, force=force, dry_run=dry_run, settings=settings, progress=progress,
+        )  # fmt: skip
     print_prepared(result)
 
 
@@ -191,9 +201,15 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
     options = {"min_images": min_images, "skip_copy": skip_copy, "force": force}
     if dry_run or prepare_only:
         _logging(settings, dry_run)
-        result = sdk.prepare_batch(
-            profile, dry_run=dry_run, settings=settings, **selection, **options
-        )
+        with _phase_progress() as progress:
+            result = sdk.prepare_batch(
+                profile,
+                dry_run=dry_run,
+                settings=settings,
+                progress=progress,
+                **selection,
+                **options,
+            )
         for prepared in result.prepared:
             console.rule(prepared.spec.name)
             if prepared.ok:
@@ -231,11 +247,12 @@ def _run_immediate(
     dataset_path, profile, dataset_name, min_images, ids, skip_copy, force, settings
 ):
     """All five phases in this process, the trainer's output streamed to the terminal."""
-    return sdk.run_pipeline(
-        dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
-        skip_copy=skip_copy, force=force, immediate=True, settings=settings,
-        on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
-    )  # fmt: skip
+    with _phase_progress(live=False) as progress:
+        return sdk.run_pipeline(
+            dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
+            skip_copy=skip_copy, force=force, immediate=True, settings=settings, progress=progress,
+            on_output=lambda text: (sys.stdout.write(text), sys.stdout.flush()),
+        )  # fmt: skip
 
 
 def print_prepared(result: sdk.PrepareResult) -> None:
@@ -280,6 +297,38 @@ def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
             f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "
             "`autotrain worker` runs there (see `autotrain status`)."
         )
+
+
+@contextmanager
+def _phase_progress(live: bool = True):
+    """A progress callback for validation and staging: bars on a terminal, sparse lines elsewhere.
+
+    `live=False` keeps to plain lines, for commands that stream other output meanwhile.
+    """
+    labels = {"validate": "Validating (full decode)", "stage": "Staging"}
+    if live and err_console.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err_console, transient=True,
+        ) as bars:  # fmt: skip
+            tasks: dict[str, TaskID] = {}
+
+            def update(phase: str, done: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bars.add_task(labels.get(phase, phase), total=total)
+                bars.update(tasks[phase], completed=done)
+
+            yield update
+        return
+    shown: dict[str, int] = {}
+
+    def report(phase: str, done: int, total: int) -> None:
+        quarter = done * 4 // total if total >= 500 else 4 * (done == total)
+        if total >= 500 and quarter > shown.get(phase, 0):
+            shown[phase] = quarter
+            err_console.print(f"{labels.get(phase, phase)}: {done}/{total} files")
+
+    yield report
 
 
 def _gpu_ids(value: str | None) -> list[int]:
