@@ -71,6 +71,7 @@ class Job(BaseModel):
     plan: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
     samples: list[str] = Field(default_factory=list)
+    files: list[int] | None = None  # [done, total] of the phase checking or copying files
 
     @property
     def name(self) -> str:

@@ -60,6 +60,8 @@ def job_line(job: Job, queue_depth: int = 0) -> str:
     line = f"{progress_bar(job.step, job.total)} | ETA: {format_eta(job.eta_seconds)} | Loss: {_loss(job)} | Queue: {queue_depth}"
     if job.state != JobState.TRAINING:
         line += f" | {job.state.value}"
+        if job.state in (JobState.VALIDATING, JobState.PREPARING) and job.files:
+            line += f" {job.files[0]}/{job.files[1]} files"
     return line
 
 

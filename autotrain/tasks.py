@@ -98,7 +98,7 @@ def phase(task: Task, job_id: str, state: JobState) -> Iterator[PhaseContext]:
 @app.task(name="autotrain.validate", bind=True)
 def validate(self: Task, job_id: str) -> str:
     with phase(self, job_id, JobState.VALIDATING) as ctx:
-        report = phases.validate_phase(ctx.job.spec, ctx.settings)
+        report = phases.validate_phase(ctx.job.spec, ctx.settings, _files_progress(ctx))
         ctx.store.put_data(job_id, "report", report.model_dump(mode="json"))
     return job_id
 
@@ -106,7 +106,9 @@ def validate(self: Task, job_id: str) -> str:
 @app.task(name="autotrain.prepare", bind=True)
 def prepare(self: Task, job_id: str) -> str:
     with phase(self, job_id, JobState.PREPARING) as ctx:
-        staged = phases.prepare_phase(ctx.job.spec, _report(ctx), ctx.settings)
+        staged = phases.prepare_phase(
+            ctx.job.spec, _report(ctx), ctx.settings, progress=_files_progress(ctx)
+        )
         ctx.store.put_data(job_id, "stage", staged.model_dump(mode="json"))
     return job_id
 
@@ -257,6 +259,19 @@ def report(self: Task, job_id: str) -> str:
         )  # fmt: skip
         log.info("%s %s: succeeded", job.name, job_id)
     return job_id
+
+
+def _files_progress(ctx: PhaseContext):
+    """Validation and staging progress on the job record (`files` = [done, total]), in 5% steps."""
+    shown = {"step": -1}
+
+    def update(_phase: str, done: int, total: int) -> None:
+        step = done * 20 // max(total, 1)
+        if step != shown["step"]:
+            shown["step"] = step
+            ctx.store.update(ctx.job.id, files=[done, total])
+
+    return update
 
 
 def _report(ctx: PhaseContext):

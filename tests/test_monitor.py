@@ -20,7 +20,9 @@ def test_single_job_line():
 
 
 def test_single_job_line_before_training_says_the_state():
-    assert job_line(job("cat", JobState.VALIDATING)).endswith("| Queue: 0 | validating")
+    assert job_line(job("cat", JobState.QUEUED)).endswith("| Queue: 0 | queued")
+    validating = job("cat", JobState.VALIDATING, files=[640, 1200])
+    assert job_line(validating).endswith("| Queue: 0 | validating 640/1200 files")
 
 
 def test_batch_line_with_queue_next_and_overall_progress():

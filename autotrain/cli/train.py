@@ -165,9 +165,7 @@ def monitor_job(settings: Settings, job_id: str) -> int:
                         view.note(f"  {event['kind']}: {event.get('path') or event.get('message')}")
                 if time.monotonic() - depth_at > 2:
                     depth, depth_at = _queue_depth(store), time.monotonic()
-                view.update(
-                    job_line(job, depth), key=(job.state, (job.step * 20) // (job.total or 1))
-                )
+                view.update(job_line(job, depth), key=_change_key(job))
     except KeyboardInterrupt:
         console.print(
             f"\nDetached; the job goes on. Re-attach: autotrain train monitor --job {job.id}"
@@ -238,6 +236,13 @@ class LiveView:
         (self.live.console if self.live else self.console).print(
             Text(text, style="dim"), soft_wrap=True
         )
+
+
+def _change_key(job) -> tuple:
+    """What must change for a log (non-terminal) monitor to print a new line: 5% of training,
+    a quarter of the files of validation or staging, or the state."""
+    files = (job.files[0] * 4 // max(job.files[1], 1)) if job.files else 0
+    return (job.state, (job.step * 20) // (job.total or 1), files)
 
 
 def format_age(seconds: float) -> str:
