@@ -85,6 +85,11 @@ def run_queued(settings, root: Path) -> tuple[float, float, list[float]]:
     elapsed = time.perf_counter() - started
     if current.state != "succeeded":
         sys.exit(f"queued job failed: {current.error}")
+    trainer = current.training_finished_at - current.training_started_at
+    after = current.finished_at - current.training_finished_at
+    print(
+        f"  queued breakdown: trainer phase {trainer:.2f}s, trainer end -> job final {after * 1000:.0f} ms"
+    )
     return elapsed, current.training_started_at - submitted, lags
 
 
