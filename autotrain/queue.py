@@ -126,9 +126,12 @@ def reap_expired(store: JobStore, settings: Settings) -> list[str]:
         if job.state == JobState.WAITING_GPU and job.worker is None:
             continue  # parked by its batch: no task owns it
         if store.redis.exists(lease_key(job.id)):
+            store.redis.delete(_missing_key(job.id))
             continue
         if time.time() - (job.started_at or job.created_at) < settings.lease_seconds:
             continue  # the first task may not have taken its lease yet
+        if not _missing_long_enough(store, job.id, grace=settings.lease_seconds / 2):
+            continue
         # Claim the re-queue so that only one reaper acts on it.
         if not store.redis.set(
             lease_key(job.id), "reaper", nx=True, px=int(settings.lease_seconds * 1000)
@@ -164,6 +167,24 @@ def reap_expired(store: JobStore, settings: Settings) -> list[str]:
             store.set_state(job.id, JobState.QUEUED, worker=None)
             _send(store, job.id, full=True)
     return reaped
+
+
+def _missing_key(job_id: str) -> str:
+    return f"autotrain:lease-missing:{job_id}"
+
+
+def _missing_long_enough(store: JobStore, job_id: str, grace: float) -> bool:
+    """Whether a lease has been missing for `grace` seconds, over at least two reaper passes.
+
+    Leases expire by the clock even while Redis is down, so right after a Redis restart a live
+    worker's lease may be gone until its next renewal (every third of the lease): the grace
+    lets it renew before its job would be re-queued and trained twice.
+    """
+    now = time.time()
+    key = _missing_key(job_id)
+    if store.redis.set(key, now, nx=True, ex=max(1, int(grace * 6))):
+        return False
+    return now - float(store.redis.get(key) or now) >= grace
 
 
 def queue_depths(store: JobStore) -> dict[str, int]:

@@ -114,6 +114,8 @@ def test_reaper_requeues_a_job_whose_worker_died(client, redis_server, tmp_path)
     configure_app(settings)
     store = JobStore(client)
     job_id = _orphaned_training_job(store, attempt=1)
+    assert reap_expired(store, settings) == [], "a missing lease is first only suspected"
+    time.sleep(0.6)  # the grace is half a lease
     assert reap_expired(store, settings) == [job_id]
     assert store.get(job_id).state == JobState.QUEUED
     assert client.llen("gpu") == 1, "a train task was sent to the gpu queue"
@@ -128,6 +130,26 @@ def test_reaper_fails_a_job_that_keeps_killing_its_worker(client, redis_server, 
     store = JobStore(client)
     job_id = _orphaned_training_job(store, attempt=3)
     reap_expired(store, settings)
+    time.sleep(0.6)
+    reap_expired(store, settings)
     job = store.get(job_id)
     assert job.state == JobState.FAILED
     assert "interrupted 3 times" in job.error and "max_attempts=3" in job.error
+
+
+def test_reaper_leaves_a_job_whose_worker_renews_in_time(client, redis_server, tmp_path):
+    """After a Redis restart a live worker's lease may be briefly gone: a renewal within the
+    grace keeps its job from being re-queued (and trained twice)."""
+    from autotrain.queue import reap_expired
+    from autotrain.settings import load_settings
+
+    settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
+    store = JobStore(client)
+    job_id = _orphaned_training_job(store, attempt=1)
+    assert reap_expired(store, settings) == []
+    client.set(lease_key(job_id), "cpu@alive", px=1000)  # the worker renews
+    time.sleep(0.6)
+    assert reap_expired(store, settings) == []
+    client.delete(lease_key(job_id))
+    assert reap_expired(store, settings) == [], "suspicion starts afresh after a renewal"
+    assert store.get(job_id).state == JobState.TRAINING
