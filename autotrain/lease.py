@@ -7,7 +7,9 @@ checkpoint. Messages are acknowledged early, so the broker never redelivers anyt
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,12 +38,19 @@ def lease_key(job_id: str) -> str:
 
 
 class Lease:
-    """A renewed Redis key naming the worker that owns a job right now."""
+    """A renewed Redis key naming the worker that owns a job right now.
+
+    Renewal only extends a lease that is still this holder's (or gone, e.g. after a Redis
+    restart). If another holder took it, because the reaper re-queued the job while this worker
+    was cut off, `lost` is set: the holder must stop working on the job and leave it alone.
+    """
 
     def __init__(self, client: redis.Redis, job_id: str, owner: str, seconds: float) -> None:
-        self.client, self.job_id, self.owner = client, job_id, owner
+        self.client, self.job_id = client, job_id
+        self.owner = f"{owner}/{secrets.token_hex(4)}"  # unique even for a restarted worker
         self.ms = int(seconds * 1000)
         self.extra: list[Callable[[], None]] = []
+        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_forever, daemon=True)
 
@@ -53,18 +62,33 @@ class Lease:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        self.client.delete(lease_key(self.job_id))
+        with contextlib.suppress(redis.RedisError):
+            self.client.eval(_DELETE_IF_MINE, 1, lease_key(self.job_id), self.owner)
 
     def _renew_forever(self) -> None:
         while not self._stop.wait(self.ms / 3000):
             try:
-                self.client.set(lease_key(self.job_id), self.owner, px=self.ms)
+                if not self.client.eval(_RENEW, 1, lease_key(self.job_id), self.owner, self.ms):
+                    log.warning("lease of %s was taken over; this worker lets go", self.job_id)
+                    self.lost.set()
+                    return
                 for renew in self.extra:
                     renew()
-            except (
-                redis.RedisError
-            ) as exc:  # Redis restarting: keep trying until the lease runs out
+            except redis.RedisError as exc:  # Redis restarting: retry until the lease runs out
                 log.warning("lease renewal for %s failed: %s", self.job_id, exc)
+
+
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+_DELETE_IF_MINE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
 
 
 @contextmanager

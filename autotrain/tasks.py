@@ -173,11 +173,13 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
             mark_busy()
             ctx.lease.extra.append(mark_busy)
             run, command, resumed = _run_trainer(
-                task, store, settings, job, plan, gpus, first_started
+                task, store, settings, job, plan, gpus, first_started, ctx.lease
             )
         finally:
             release_gpus(store.redis, host, gpus, job.id)
             store.redis.delete(busy_key)
+        if ctx.lease.lost.is_set():
+            raise Ignore()  # re-queued meanwhile: the job belongs to its new attempt
         if run.cancelled:
             _finish_cancelled(store, store.get(job.id))
             raise Ignore()
@@ -187,7 +189,7 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
 
 
 def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan: TrainPlan,
-                 gpus: list[int], first_started: float):  # fmt: skip
+                 gpus: list[int], first_started: float, lease: Lease):  # fmt: skip
     """Phase 4 with its events going to the job's stream, progress.jsonl and Flower."""
     recorder = ProgressRecorder(
         plan.log_dir,
@@ -202,7 +204,8 @@ def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan
             plan,
             settings,
             on_event=recorder,
-            should_cancel=lambda: store.cancel_requested(job.id),
+            # A lost lease means the job was re-queued elsewhere: stop, as for a cancel.
+            should_cancel=lambda: lease.lost.is_set() or store.cancel_requested(job.id),
             gpus=gpus or None,
             resume_since=first_started,
         )

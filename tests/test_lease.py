@@ -83,9 +83,10 @@ def test_a_final_job_never_leaves_its_state(client):
 
 
 def test_lease_is_renewed_while_held_and_removed_after(client):
-    with hold_lease(client, "j1", "w1", seconds=0.6):
+    with hold_lease(client, "j1", "w1", seconds=0.6) as lease:
         time.sleep(1.0)  # longer than the lease: only renewal keeps it
-        assert client.get(lease_key("j1")) == "w1"
+        assert client.get(lease_key("j1")) == lease.owner and lease.owner.startswith("w1/")
+        assert not lease.lost.is_set()
     assert client.get(lease_key("j1")) is None
 
 
@@ -153,3 +154,12 @@ def test_reaper_leaves_a_job_whose_worker_renews_in_time(client, redis_server, t
     client.delete(lease_key(job_id))
     assert reap_expired(store, settings) == [], "suspicion starts afresh after a renewal"
     assert store.get(job_id).state == JobState.TRAINING
+
+
+def test_a_lease_taken_over_is_let_go_not_overwritten(client):
+    with hold_lease(client, "j2", "w1", seconds=0.6) as lease:
+        client.set(lease_key("j2"), "cpu@new/abcd", px=5000)  # the reaper re-queued it elsewhere
+        time.sleep(0.5)
+        assert lease.lost.is_set()
+        assert client.get(lease_key("j2")) == "cpu@new/abcd"
+    assert client.get(lease_key("j2")) == "cpu@new/abcd", "stopping must not delete another's lease"
