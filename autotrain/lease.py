@@ -68,7 +68,9 @@ class Lease:
     def _renew_forever(self) -> None:
         while not self._stop.wait(self.ms / 3000):
             try:
-                if not self.client.eval(_RENEW, 1, lease_key(self.job_id), self.owner, self.ms):
+                if not self.client.eval(
+                    _TAKE_IF_FREE_OR_MINE, 1, lease_key(self.job_id), self.owner, self.ms
+                ):
                     log.warning("lease of %s was taken over; this worker lets go", self.job_id)
                     self.lost.set()
                     return
@@ -78,13 +80,15 @@ class Lease:
                 log.warning("lease renewal for %s failed: %s", self.job_id, exc)
 
 
-_RENEW = """
+# Set a key with expiry unless another holder has it: renews leases and takes GPU locks.
+_TAKE_IF_FREE_OR_MINE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
+# Delete a key only while this holder has it: ends leases and frees GPU locks.
 _DELETE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
@@ -145,17 +149,6 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
 
 # GPU locks: a job holds every GPU it uses, taken in ascending order so two multi-GPU jobs
 # never deadlock; the locks expire with the lease if the host dies.
-_ACQUIRE_GPU = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-_RELEASE_GPU = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
 
 
 def gpu_lock_key(host: str, gpu: int) -> str:
@@ -174,7 +167,7 @@ def acquire_gpus(
     """Take every GPU in order, waiting for busy ones; False when `should_stop()` says give up."""
     for gpu in sorted(gpus):
         while not client.eval(
-            _ACQUIRE_GPU, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000)
+            _TAKE_IF_FREE_OR_MINE, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000)
         ):
             if should_stop():
                 release_gpus(client, host, gpus, job_id)
@@ -190,9 +183,11 @@ def renew_gpus(
     client: redis.Redis, host: str, gpus: list[int], job_id: str, lease_seconds: float
 ) -> None:
     for gpu in gpus:
-        client.eval(_ACQUIRE_GPU, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000))
+        client.eval(
+            _TAKE_IF_FREE_OR_MINE, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000)
+        )
 
 
 def release_gpus(client: redis.Redis, host: str, gpus: list[int], job_id: str) -> None:
     for gpu in gpus:
-        client.eval(_RELEASE_GPU, 1, gpu_lock_key(host, gpu), job_id)
+        client.eval(_DELETE_IF_MINE, 1, gpu_lock_key(host, gpu), job_id)
