@@ -216,11 +216,15 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry[str]]:
         return sorted(it, key=lambda entry: entry.name)
 
 
-def _has_image_file(folder: Path) -> bool:
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    """The folder's entries, or none when it cannot be read."""
     try:
-        entries = _sorted_entries(folder)
+        return _sorted_entries(folder)
     except OSError:
-        return False
+        return []
+
+
+def _any_image(entries: list[os.DirEntry[str]]) -> bool:
     return any(
         not is_junk(e.name)
         and e.name.lower().endswith(IMAGE_EXTENSIONS)
@@ -229,15 +233,14 @@ def _has_image_file(folder: Path) -> bool:
     )
 
 
+def _has_image_file(folder: Path) -> bool:
+    return _any_image(_listing(folder))
+
+
 def _holds_images(folder: Path) -> bool:
-    """Images directly inside, or inside a kohya `N_name/` subfolder."""
-    if _has_image_file(folder):
-        return True
-    try:
-        entries = _sorted_entries(folder)
-    except OSError:
-        return False
-    return any(
+    """Images directly inside, or inside a kohya `N_name/` subfolder (one listing of `folder`)."""
+    entries = _listing(folder)
+    return _any_image(entries) or any(
         not is_junk(e.name)
         and repeats_of(e.name)[0] is not None
         and e.is_dir(follow_symlinks=False)
