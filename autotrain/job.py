@@ -21,7 +21,7 @@ from autotrain.connection import KEY_PREFIX
 from autotrain.errors import AutotrainError
 from autotrain.spec import JobSpec
 
-__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES", "ACTIVE_STATES"]
+__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES"]
 
 
 class JobState(StrEnum):
@@ -38,7 +38,6 @@ class JobState(StrEnum):
 
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
-ACTIVE_STATES = frozenset(set(JobState) - FINAL_STATES)
 
 
 class Job(BaseModel):
@@ -147,9 +146,6 @@ class JobStore:
         if not raw:
             raise AutotrainError(f"No job with id {job_id!r}. See `autotrain train list`.")
         return Job.model_validate(_decode(raw))
-
-    def exists(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.key(job_id)))
 
     def list(self, states: set[JobState] | None = None, batch_id: str | None = None) -> list[Job]:
         ids = self.redis.zrange(self.INDEX, 0, -1)

@@ -82,11 +82,6 @@ class Settings(BaseSettings):
     def python_for_sd_scripts(self) -> str:
         return self.sd_scripts_python or sys.executable
 
-    @property
-    def embedded_redis(self) -> bool:
-        """True when no shared Redis is configured and autotrain runs its own."""
-        return not self.redis_url
-
 
 # The config file is per workspace, so load_settings hands it to the source hook above.
 _config_file: ContextVar[Path | None] = ContextVar("autotrain_config_file", default=None)
