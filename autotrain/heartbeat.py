@@ -59,6 +59,7 @@ def _start_background(sender=None, **_kwargs) -> None:
         "started_at": time.time(),
     }
     interval = max(1.0, settings.lease_seconds / 3)
+    _kill_leftover_trainers(settings, info)
 
     def loop() -> None:
         store = worker_store()
@@ -76,6 +77,19 @@ def _start_background(sender=None, **_kwargs) -> None:
     threading.Thread(target=loop, name="autotrain-heartbeat", daemon=True).start()
     if "prep" in info["queues"]:
         threading.Thread(target=_warm_imports, name="autotrain-warmup", daemon=True).start()
+
+
+def _kill_leftover_trainers(settings, info: dict) -> None:
+    """A restarted GPU worker first kills what is left of the trainer its predecessor ran."""
+    from autotrain.guard import device_records, kill_recorded_trainers
+    from autotrain.workspace import Workspace
+
+    if "prep" in info["queues"] or not info["host"]:
+        return
+    gpus = [int(info["gpu"])] if info["gpu"] else []
+    records = device_records(Workspace(settings.workspace).state_dir, info["host"], gpus)
+    for line in kill_recorded_trainers(records):
+        log.warning("%s: %s", info["name"], line)
 
 
 def _warm_imports() -> None:

@@ -1,14 +1,14 @@
 """Phase 4's core: run the trainer as a child process and turn its output into progress events.
 
-The trainer gets its own process group (so cancel reaches every process it starts) and dies with
-the thread that started it (PR_SET_PDEATHSIG), so a killed worker never leaves a trainer behind.
+The trainer runs under `autotrain.guard` in a session of its own: cancel reaches every process it
+starts, and when the worker dies the guard kills the trainer's whole tree (PR_SET_PDEATHSIG alone
+would reach only `accelerate launch`, not the training script it starts).
 """
 
 from __future__ import annotations
 
 import codecs
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autotrain.guard import die_with_parent, guarded_command
 from autotrain.progress import ProgressEvent, TrainerOutputParser
 
 __all__ = ["TrainerRun", "run_trainer", "stop_process_group"]
-
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -40,6 +39,8 @@ class TrainerRun:
     last_loss: float | None = None
     error_event: dict[str, Any] | None = None
     tail: list[str] = field(default_factory=list)
+    trainer_versions: dict[str, str] = field(default_factory=dict)  # set by phase 4
+    resume: dict[str, Any] | None = None  # how this run resumed (phase 4), None when it did not
 
     @property
     def succeeded(self) -> bool:
@@ -56,25 +57,32 @@ def run_trainer(
     on_output: Callable[[str], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     grace_seconds: float = 5.0,
+    on_start: Callable[[int], None] | None = None,
+    parser_options: dict[str, Any] | None = None,
 ) -> TrainerRun:
-    """Run `command` to the end (or until `should_cancel()`), streaming events as they come."""
+    """Run `command` to the end (or until `should_cancel()`), streaming events as they come.
+
+    `on_start(session)` gets the trainer's session id (its guard's pid) as soon as it runs.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    parser = TrainerOutputParser()
+    parser = TrainerOutputParser(**(parser_options or {}))
     tail: deque[str] = deque(maxlen=40)
     state: dict[str, Any] = {"step": 0, "total": None, "loss": None, "error": None}
     started = time.time()
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
         proc = subprocess.Popen(
-            command,
+            guarded_command(command, grace_seconds),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=cwd,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
+        if on_start:
+            on_start(proc.pid)
         cancelled = threading.Event()
         watcher = _start_cancel_watcher(proc, should_cancel, cancelled, grace_seconds)
 
@@ -117,8 +125,12 @@ def run_trainer(
 
 
 def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
-    """SIGTERM the whole group, then SIGKILL whatever is left after the grace period."""
-    for sig, wait in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 5.0)):
+    """SIGTERM the whole group, then SIGKILL whatever is left after the grace period.
+
+    The guard leading the group escalates by itself after the same grace; the extra seconds here
+    are for a guard that is stuck.
+    """
+    for sig, wait in ((signal.SIGTERM, grace_seconds + 3.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
@@ -175,12 +187,3 @@ def _start_cancel_watcher(
     watcher = _Watcher(watch)
     watcher.start()
     return watcher
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: receive SIGKILL when the thread that started us dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass

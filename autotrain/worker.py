@@ -19,7 +19,16 @@ from dataclasses import dataclass, field
 from autotrain.celery_app import GPU_QUEUE, PREP_QUEUE, gpu_queue_name
 from autotrain.settings import Settings
 
-__all__ = ["Gpu", "WorkerProcess", "discover_gpus", "plan_workers", "run_workers", "WORKER_KEY"]
+__all__ = [
+    "Gpu",
+    "WorkerProcess",
+    "discover_gpus",
+    "compute_processes",
+    "driver_version",
+    "plan_workers",
+    "run_workers",
+    "WORKER_KEY",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,18 @@ class WorkerProcess:
     # Prep tasks run in threads so that validation may start its own decoding processes
     # (a prefork pool child is daemonic and may not have children).
     pool: str = "prefork"
+
+    def kill_leftover_trainers(self) -> list[str]:
+        """After this worker died: kill what is left of the trainer it ran (see autotrain.guard)."""
+        from autotrain.guard import device_records, kill_recorded_trainers
+        from autotrain.workspace import Workspace
+
+        workspace, host = self.env.get("AUTOTRAIN_WORKSPACE"), self.env.get("AUTOTRAIN_HOST")
+        if not workspace or not host or "AUTOTRAIN_GPU_INDEX" not in self.env:
+            return []  # the prep worker runs no trainer
+        gpu = self.env["AUTOTRAIN_GPU_INDEX"]
+        records = device_records(Workspace(workspace).state_dir, host, [int(gpu)] if gpu else [])
+        return kill_recorded_trainers(records)
 
     def argv(self) -> list[str]:
         return [
@@ -81,6 +102,43 @@ def discover_gpus() -> tuple[list[Gpu], str | None]:
                     memory.total, memory.free)
             )  # fmt: skip
         return gpus, None if gpus else "the NVIDIA driver reports no GPU"
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def compute_processes(indices: list[int]) -> list[tuple[int, int, int]]:
+    """(gpu, pid, MiB used) of every compute process NVML sees on these GPUs; [] without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no package, no driver: nothing to check
+        return []
+    found = []
+    try:
+        for index in indices:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                found.append((index, proc.pid, (proc.usedGpuMemory or 0) >> 20))
+    except pynvml.NVMLError as exc:
+        log.warning("NVML could not list the processes of GPUs %s: %s", indices, exc)
+    finally:
+        pynvml.nvmlShutdown()
+    return found
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver version, None without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no package, no driver
+        return None
+    try:
+        return _text(pynvml.nvmlSystemGetDriverVersion())
+    except pynvml.NVMLError:
+        return None
     finally:
         pynvml.nvmlShutdown()
 
@@ -156,6 +214,8 @@ def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 1
             code = procs[worker.name].poll()
             if code is None or stopping.is_set():
                 continue
+            for line in worker.kill_leftover_trainers():
+                say(f"{worker.name}: {line}")
             recent = [t for t in restarts[worker.name] if time.time() - t < 60]
             restarts[worker.name] = recent + [time.time()]
             if len(recent) >= 5:
@@ -167,6 +227,9 @@ def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 1
             say(f"{worker.name} exited with {code}; restarting it")
             start(worker)
     _stop_all(procs, say, stop_timeout)
+    for worker in workers:
+        for line in worker.kill_leftover_trainers():
+            say(f"{worker.name}: {line}")
     return 0
 
 
