@@ -92,6 +92,7 @@ def render_plan(
         # accelerate launch gets the same value; sd-scripts asserts full_bf16 etc. against it.
         config["mixed_precision"] = profile.mixed_precision
     config.update(_model_paths(profile, settings))
+    _keep_a_state_to_fall_back_to(config)
 
     class_tokens = profile.class_tokens.replace("{name}", name)
     subsets = _effective_subsets(report, profile, class_tokens)
@@ -293,6 +294,18 @@ def _save_interval(
     if config.get("save_every_n_epochs"):
         return int(config["save_every_n_epochs"]) * _steps_per_epoch(config, subsets, processes)
     return None
+
+
+def _keep_a_state_to_fall_back_to(config: dict[str, Any]) -> None:
+    """Keep at least the two newest step states, so one bad save costs one interval, not all.
+
+    sd-scripts removes the state `save_last_n_steps_state` steps behind the one it just saved
+    (library/train_util.py:5973-5983); below one interval that leaves a single state.
+    """
+    every = config.get("save_every_n_steps")
+    keep = config.get("save_last_n_steps_state") or config.get("save_last_n_steps")
+    if config.get("save_state") and every and keep and int(keep) < int(every):
+        config["save_last_n_steps_state"] = int(every)
 
 
 def _write_atomic(path: Path, text: str) -> None:

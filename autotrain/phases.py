@@ -18,9 +18,10 @@ from autotrain.errors import TrainingError
 from autotrain.plan import TrainPlan
 from autotrain.profile import Profile, load_profile
 from autotrain.progress import ProgressEvent
+from autotrain.resume import ResumeLaunch, ResumeRecord, choose_state, fold_resumed_attempts
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
-from autotrain.trainers import get_backend, newest_state_dir
+from autotrain.trainers import get_backend
 from autotrain.training import TrainerRun, run_trainer
 from autotrain.workspace import Workspace
 
@@ -61,19 +62,33 @@ def prepare_phase(
     *,
     dry_run: bool = False,
     progress: PhaseProgress | None = None,
+    job_id: str | None = None,
 ):
-    """Phase 2: the valid images staged atomically under input/<name>/."""
+    """Phase 2: the valid images staged atomically under input/<name>/, output/<name>/ claimed.
+
+    `job_id` owns the output folder; an earlier run's files there are moved under `runs/`.
+    """
+    from autotrain.outputs import claim_output_dir
     from autotrain.stage import stage_dataset
 
-    return stage_dataset(
+    workspace = Workspace(settings.workspace)
+    staged = stage_dataset(
         report,
-        Workspace(settings.workspace),
+        workspace,
         min_images=spec.min_images,
         skip_copy=spec.skip_copy,
         force=spec.force,
         dry_run=dry_run,
         progress=_for_phase(progress, "stage"),
     )
+    owner = job_id or f"local-{time.strftime('%Y%m%d-%H%M%S')}"
+    note = claim_output_dir(workspace, spec.name, owner, spec.profile, dry_run=dry_run)
+    if note:
+        staged.notes.append(note)
+    if not dry_run:
+        workspace.model_dir(spec.name).mkdir(parents=True, exist_ok=True)
+        workspace.log_dir(spec.name).mkdir(parents=True, exist_ok=True)
+    return staged
 
 
 def _for_phase(progress: PhaseProgress | None, phase: str) -> Callable[[int, int], None] | None:
@@ -98,13 +113,13 @@ def trainer_command(
     spec: JobSpec,
     plan: TrainPlan,
     settings: Settings,
-    resume_from: Path | None = None,
+    resume: ResumeLaunch | None = None,
     gpus: list[int] | None = None,
 ) -> list[str]:
     """The trainer's argument list; `gpus` are the physical GPUs it runs on (default: pinned ones)."""
     profile = profile_for(spec, settings)
     gpus = spec.gpu_ids if gpus is None else gpus
-    return get_backend(profile).command(plan, profile, settings, gpus, resume_from)
+    return get_backend(profile).command(plan, profile, settings, gpus, resume)
 
 
 def train_phase(
@@ -117,15 +132,28 @@ def train_phase(
     should_cancel: Callable[[], bool] | None = None,
     gpus: list[int] | None = None,
     resume_since: float | None = None,
+    on_start: Callable[[int], None] | None = None,
+    attempt: int = 1,
+    extra_versions: dict[str, str | None] | None = None,
 ) -> tuple[TrainerRun, list[str], Path | None]:
-    """Phase 4: run the trainer, resuming from the newest saved state when one exists.
+    """Phase 4: run the trainer, continuing from the newest complete saved state when one exists.
 
     `gpus` are the physical GPUs the trainer may use; None keeps the caller's own view (a CPU
     worker, or `--immediate`). Only states saved since `resume_since` (the job's first training
-    attempt) are resumed. Returns the run, the command and the state it resumed from.
+    attempt) are resumed, and only with the trainer they were saved with. Returns the run, the
+    command and the state it resumed from.
     """
-    resume_from = newest_state_dir(plan.model_dir, since=resume_since or time.time())
-    command = trainer_command(spec, plan, settings, resume_from, gpus)
+    profile = profile_for(spec, settings)
+    backend = get_backend(profile)
+    gpus_used = spec.gpu_ids if gpus is None else gpus
+    output_name = plan.config.get("output_name") or "last"
+    fold_resumed_attempts(plan.model_dir, output_name)  # what a crashed attempt left
+    versions = backend.versions(profile, settings) | (extra_versions or {})
+    resume = _plan_resume(backend, profile, plan, versions, resume_since, attempt)
+    command = backend.command(plan, profile, settings, gpus_used, resume)
+    for path, text in backend.launch_files(plan, profile, gpus_used).items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     # sd-scripts logs through rich, which wraps at 80 columns when not on a terminal.
@@ -133,17 +161,79 @@ def train_phase(
     if gpus is not None:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
-    run = run_trainer(
-        command,
-        log_path=plan.log_dir / "trainer.log",
-        env=env,
-        cwd=settings.workspace,
-        on_event=on_event,
-        on_output=on_output,
-        should_cancel=should_cancel,
-        grace_seconds=settings.cancel_grace_seconds,
-    )
-    return run, command, resume_from
+    record = ResumeRecord.load(plan.model_dir)
+    parser_options = {}
+    if resume is not None:
+        total = resume.end_step or record.total_steps
+        parser_options = {"step_offset": resume.step_offset, "fixed_total": total}
+    try:
+        run = run_trainer(
+            command,
+            log_path=plan.log_dir / "trainer.log",
+            env=env,
+            cwd=settings.workspace,
+            on_event=_learning(plan.model_dir, on_event, first=resume is None),
+            on_output=on_output,
+            should_cancel=should_cancel,
+            grace_seconds=settings.cancel_grace_seconds,
+            on_start=on_start,
+            parser_options=parser_options,
+        )
+    finally:
+        fold_resumed_attempts(plan.model_dir, output_name)
+    run.trainer_versions = versions
+    if resume is not None:
+        run.resume = {"state": str(resume.state), "saved_step": resume.saved_step,
+                      "retrained_steps": resume.retrained_steps, "how": resume.note}  # fmt: skip
+    return run, command, resume.state if resume else None
+
+
+def _plan_resume(backend, profile: Profile, plan: TrainPlan, versions: dict[str, str | None],
+                 since: float | None, attempt: int) -> ResumeLaunch | None:  # fmt: skip
+    """The resume of this attempt, None to start afresh; refuses a trainer that changed."""
+    record = ResumeRecord.load(plan.model_dir)
+    output_name = plan.config.get("output_name") or "last"
+    state = choose_state(plan.model_dir, output_name, since=time.time() if since is None else since)
+    if state is None:
+        record.trainer = versions
+        record.save(plan.model_dir)
+        return None
+    changed = {
+        key: (old, versions.get(key))
+        for key, old in (record.trainer or {}).items()
+        if old and versions.get(key) and versions.get(key) != old
+    }
+    if changed:
+        listing = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())
+        raise TrainingError(
+            f"Not resuming from {state}: the trainer changed since it was saved ({listing}). A "
+            "state is only loaded by the trainer that wrote it. Restore that version, or move "
+            f"the *-state folders out of {plan.model_dir} to train this job from the start."
+        )
+    resume = backend.plan_resume(profile, plan, state, record, attempt)
+    if resume.output_name:
+        record.attempts[resume.output_name] = {
+            "name": resume.name_offset, "epoch": resume.epoch_offset
+        }  # fmt: skip
+        record.save(plan.model_dir)
+    return resume
+
+
+def _learning(model_dir: Path, on_event, first: bool):
+    """Pass events on; from a first attempt, keep what a resume needs to know (batches, total)."""
+
+    def handle(event: ProgressEvent) -> None:
+        if first and event.kind in ("batches_per_epoch", "total") and event.total:
+            record = ResumeRecord.load(model_dir)
+            if event.kind == "batches_per_epoch":
+                record.batches_per_epoch = event.total
+            else:
+                record.total_steps = event.total
+            record.save(model_dir)
+        if on_event:
+            on_event(event)
+
+    return handle
 
 
 def raise_for_trainer(run: TrainerRun, plan: TrainPlan) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from autotrain import phases
 from autotrain.errors import AutotrainError
-from autotrain.job import Job, JobStore
+from autotrain.job import Job, JobStore, NameInUse
 from autotrain.phases import PhaseProgress
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings, load_settings
@@ -228,7 +228,10 @@ def run_batch_pipeline(
     create_batch(store.redis, batch_id, max_concurrent)
     result = BatchResult(batch_id=batch_id)
     for spec in specs:
-        result.jobs.append(submit_job(store, spec))
+        try:
+            result.jobs.append(submit_job(store, spec))
+        except NameInUse as exc:
+            result.rejected.append((str(spec.dataset_path), str(exc)))
     log.info("queued batch %s: %d jobs, max %d at once", batch_id, len(specs), max_concurrent)
     return result
 
@@ -257,6 +260,8 @@ def run_immediate(
     phases.raise_for_trainer(run, plan)
     info = phases.host_info() | {
         "command": command,
+        "trainer_version": run.trainer_versions,
+        "attempts_log": [{"attempt": 1, "resume": run.resume, "returncode": run.returncode}],
         "resumed_from": str(resumed) if resumed else None,
         "last_step": run.last_step,
         "last_loss": run.last_loss,

@@ -21,12 +21,11 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 __all__ = ["ProgressEvent", "TrainerOutputParser", "EventKind", "EVENT_KINDS", "parse_text"]
 
-EventKind = Literal["step", "total", "epoch", "checkpoint", "state", "sample", "error", "message"]
-EVENT_KINDS: tuple[str, ...] = (
+EventKind = Literal[
     "step",
     "total",
     "epoch",
@@ -35,7 +34,9 @@ EVENT_KINDS: tuple[str, ...] = (
     "sample",
     "error",
     "message",
-)
+    "batches_per_epoch",
+]
+EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
 
 
 @dataclass(slots=True)
@@ -103,6 +104,8 @@ _RICH_CONTINUATION = re.compile(r"^\s{20,}(?P<msg>\S.*?)\s*$")
 
 _EPOCH = re.compile(r"^epoch (?P<epoch>\d+)/(?P<epochs>\d+)$")
 _TOTAL = re.compile(r"total optimization steps(?:\s*/[^:\d]*)?:\s*(?P<total>\d+)")
+# train_network.py:990 prints len(train_dataloader): what its resume arithmetic divides by
+_BATCHES = re.compile(r"num batches per epoch(?:\s*/[^:]*)?:\s*(?P<batches>\d+)")
 _CHECKPOINT = re.compile(
     r"^(?:saving checkpoint:|saving model:|save trained model as [\w ]+? to)\s*(?P<path>\S.*)$"
 )
@@ -170,12 +173,19 @@ class TrainerOutputParser:
     """Stateful, chunk-boundary-proof parser: `feed()` any text as it arrives, `finish()` at EOF.
 
     `train_descs` are the tqdm descriptions that mean "training steps". `step_offset` is added to
-    the bar's counters, for a trainer that restarts its bar at 0 when it resumes from step N.
+    the bar's counters, for a trainer that restarts its bar at 0 when it resumes from step N;
+    `fixed_total`, when given, is the run's true total whatever the resumed bar says.
     """
 
-    def __init__(self, train_descs: tuple[str, ...] = ("steps",), step_offset: int = 0) -> None:
+    def __init__(
+        self,
+        train_descs: tuple[str, ...] = ("steps",),
+        step_offset: int = 0,
+        fixed_total: int | None = None,
+    ) -> None:
         self.train_descs = frozenset(train_descs)
         self.step_offset = step_offset
+        self.fixed_total = fixed_total
         self.last_step: int | None = None
         self.total: int | None = None
         self.epoch: int | None = None
@@ -268,7 +278,7 @@ class TrainerOutputParser:
         if desc not in self.train_descs:
             return
         step = int(match["n"]) + self.step_offset
-        total = int(match["total"]) + self.step_offset
+        total = self.fixed_total or int(match["total"]) + self.step_offset
         self.last_step, self.total = step, total
         events.append(
             ProgressEvent(
@@ -296,8 +306,10 @@ class TrainerOutputParser:
             self.epoch, self.epochs = int(m["epoch"]), int(m["epochs"])
             events.append(ProgressEvent(kind="epoch", epoch=self.epoch, epochs=self.epochs))
         elif m := _TOTAL.search(text):
-            self.total = int(m["total"])
+            self.total = self.fixed_total or int(m["total"])
             events.append(ProgressEvent(kind="total", total=self.total))
+        elif m := _BATCHES.search(text):
+            events.append(ProgressEvent(kind="batches_per_epoch", total=int(m["batches"])))
         elif m := _CHECKPOINT.match(text):
             events.append(ProgressEvent(kind="checkpoint", step=self.last_step, path=m["path"]))
         elif m := _STATE.match(text):

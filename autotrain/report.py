@@ -63,6 +63,7 @@ def write_run_report(
             "version": run_info.get("trainer_version"),
             "resumed_from": run_info.get("resumed_from"),
             "attempts": run_info.get("attempts", 1),
+            "attempts_log": run_info.get("attempts_log", []),
         },
         "host": run_info.get("host") or platform.node(),
         "gpu": run_info.get("gpu"),

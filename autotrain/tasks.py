@@ -22,6 +22,7 @@ from autotrain import phases
 from autotrain.celery_app import app
 from autotrain.connection import get_redis
 from autotrain.errors import AutotrainError
+from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
 from autotrain.heartbeat import WORKER_PREFIX  # importing it registers the worker signals
 from autotrain.job import Job, JobState, JobStore
 from autotrain.lease import (
@@ -37,6 +38,8 @@ from autotrain.plan import TrainPlan
 from autotrain.queue import current_host, dispatch_training
 from autotrain.recorder import ProgressRecorder, read_loss_history
 from autotrain.settings import Settings, load_settings
+from autotrain.worker import compute_processes, driver_version
+from autotrain.workspace import Workspace
 
 __all__ = ["validate", "prepare", "configure", "train", "report"]
 
@@ -107,7 +110,7 @@ def validate(self: Task, job_id: str) -> str:
 def prepare(self: Task, job_id: str) -> str:
     with phase(self, job_id, JobState.PREPARING) as ctx:
         staged = phases.prepare_phase(
-            ctx.job.spec, _report(ctx), ctx.settings, progress=_files_progress(ctx)
+            ctx.job.spec, _report(ctx), ctx.settings, progress=_files_progress(ctx), job_id=job_id
         )
         ctx.store.put_data(job_id, "stage", staged.model_dump(mode="json"))
     return job_id
@@ -190,7 +193,16 @@ def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
 
 def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan: TrainPlan,
                  gpus: list[int], first_started: float, lease: Lease):  # fmt: skip
-    """Phase 4 with its events going to the job's stream, progress.jsonl and Flower."""
+    """Phase 4 with its events going to the job's stream, progress.jsonl and Flower.
+
+    No trainer outlives its job: before the trainer starts, what is left of an earlier one on
+    these GPUs (a worker killed with its guard) is killed; while it runs, its session is recorded
+    per GPU for the supervisor and a restarted worker to act on (autotrain.guard).
+    """
+    records = device_records(Workspace(settings.workspace).state_dir, current_host(), gpus)
+    for line in kill_recorded_trainers(records):
+        log.warning("%s %s: %s", job.name, job.id, line)
+    _warn_about_gpu_processes(plan, gpus)
     recorder = ProgressRecorder(
         plan.log_dir,
         plan.model_dir / "sample",
@@ -208,9 +220,27 @@ def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan
             should_cancel=lambda: lease.lost.is_set() or store.cancel_requested(job.id),
             gpus=gpus or None,
             resume_since=first_started,
+            attempt=job.attempt + 1,
+            extra_versions={"driver": driver_version()} if gpus else None,
+            on_start=lambda session: record_trainer(records, session, job.id),
         )
     finally:
         recorder.close()
+        for path in records:
+            path.unlink(missing_ok=True)
+
+
+def _warn_about_gpu_processes(plan: TrainPlan, gpus: list[int]) -> None:
+    """Where a driver exists: say in the trainer log which other processes hold these GPUs."""
+    others = [(g, pid, mib) for g, pid, mib in compute_processes(gpus) if pid != os.getpid()]
+    if not others:
+        return
+    listing = ", ".join(f"pid {pid} on GPU {g} ({mib} MiB)" for g, pid, mib in others)
+    message = f"GPU already in use before the trainer started: {listing}"
+    log.warning(message)
+    plan.log_dir.mkdir(parents=True, exist_ok=True)
+    with open(plan.log_dir / "trainer.log", "a", encoding="utf-8") as trainer_log:
+        trainer_log.write(f"\nautotrain: warning: {message}\n")
 
 
 def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run, command: list[str],
@@ -220,10 +250,12 @@ def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run
     info["attempts_log"].append(
         {"attempt": attempt, "worker": worker, "started_at": run.started_at,
          "finished_at": run.finished_at, "returncode": run.returncode,
-         "resumed_from": str(resumed) if resumed else None}
+         "resumed_from": str(resumed) if resumed else None, "resume": run.resume,
+         "last_step": run.last_step, "trainer_version": run.trainer_versions}
     )  # fmt: skip
     info.update(
         command=command,
+        trainer_version=run.trainer_versions,
         resumed_from=str(resumed) if resumed else info.get("resumed_from"),
         last_step=run.last_step,
         last_loss=run.last_loss,

@@ -28,7 +28,7 @@ from autotrain.profile import builtin_templates_dir, load_profile
 from autotrain.settings import load_settings
 from autotrain.spec import JobSpec
 from autotrain.workspace import Workspace
-from tests.standins.sd_scripts.standin_trainer import (
+from tests.standins.sd_scripts.standin_support import (
     load_argument_list,
     load_dataset_keys,
     value_fits,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -95,15 +96,43 @@ def test_worker_killed_mid_run_resumes_without_repeating_saved_steps(kohya, tmp_
     job = store.get(job_id)
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.attempt == 2
+    assert (job.step, job.total) == (30, 30)
     log = (kohya.root / "output" / "cat" / "log" / "trainer.log").read_text(errors="replace")
     runs = log.split("\n$ ")
     assert len(runs) == 3, "two trainer invocations were logged"
     resumed = runs[2].split("\n", 1)
-    assert "--resume" in resumed[0]
+    assert "--resume" in resumed[0] and "--skip_until_initial_step" in resumed[0]
     saved = int(resumed[0].split("-step")[-1].split("-state")[0])
-    steps = [e.step for e in parse_text(resumed[1]) if e.kind == "step"]
-    # The resumed bar starts at the saved step: the steps before it are not trained again.
-    assert saved >= 10 and min(steps) == saved and steps[-1] == 30
+    bar = [e.step for e in parse_text(resumed[1]) if e.kind == "step"]
+    # sd-scripts' own bar restarts at 0; it trains only the steps after the saved state
+    assert saved >= 10 and min(bar) == 0 and max(bar) == 30 - saved
+    # the job record showed true steps all along
+    events = [e for _id, e in store.read_events(job_id) if e.get("kind") == "step"]
+    assert events[-1]["step"] == 30 and min(e["step"] for e in events) >= 0
+    names = sorted(p.name for p in model_dir.glob("cat-step*.safetensors"))
+    assert names and not [p for p in model_dir.iterdir() if ".r2" in p.name]
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    assert manifest["trainer"]["attempts"] == 2
+    attempts = manifest["trainer"]["attempts_log"]
+    assert attempts[-1]["resume"]["saved_step"] == saved
+    assert manifest["trainer"]["version"]["accelerate"]
+
+
+def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
+    """Killed while the trainer loads its models (silent, as real model loading is)."""
+    kohya.env["STANDIN_LOAD_SECONDS"] = "120"
+    kohya.start_worker("h1")
+    _submit(kohya, tmp_path)
+    script = str(STANDIN / "flux_train_network.py")
+
+    def trainers() -> list[str]:
+        out = subprocess.run(["pgrep", "-f", script], capture_output=True, text=True).stdout
+        return out.split()
+
+    wait_for(trainers, 60, "the trainer to start loading")
+    for pid in kohya.worker_pids("cpu@h1"):
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not trainers(), 10, "no trainer process left after the worker died")
 
 
 def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):

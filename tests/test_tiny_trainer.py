@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw
 from autotrain.plan import TrainPlan
 from autotrain.profile import load_profile
 from autotrain.progress import ProgressEvent, TrainerOutputParser, parse_text
+from autotrain.resume import ResumeLaunch, choose_state
 from autotrain.settings import Settings
-from autotrain.trainers import get_backend, newest_state_dir
+from autotrain.trainers import get_backend
 from autotrain.trainers import tiny as tiny_backend
 from autotrain.trainers.tiny import TinyBackend
 
@@ -77,7 +78,8 @@ def command_for(plan: TrainPlan, tmp_path: Path, resume: Path | None = None) -> 
     profile = load_profile("Tiny")
     backend = get_backend(profile)
     assert isinstance(backend, TinyBackend)
-    return backend.command(plan, profile, Settings(workspace=tmp_path), [], resume)
+    launch = None if resume is None else ResumeLaunch(resume, 0, ["--resume", str(resume)])
+    return backend.command(plan, profile, Settings(workspace=tmp_path), [], launch)
 
 
 def run(command: list[str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
@@ -129,7 +131,7 @@ def test_trains_and_writes_kohya_layout(trained: dict) -> None:
         "shapes-step00000030.safetensors",
         "shapes.safetensors",
     ]
-    assert newest_state_dir(model_dir) == model_dir / "shapes-step00000030-state"
+    assert choose_state(model_dir, "shapes") == model_dir / "shapes-step00000030-state"
     assert (model_dir / "sample" / "shapes_000030_00.png").is_file()
     assert trained["plan"].log_dir.is_dir()
 
@@ -257,7 +259,7 @@ def test_sigterm_stops_promptly(tmp_path: Path) -> None:
     model_dir = plan.model_dir
     assert not (model_dir / "long.safetensors").exists()
     assert not list(model_dir.glob(".*.partial")), "half-written files left behind"
-    assert newest_state_dir(model_dir) is not None
+    assert choose_state(model_dir, "long") is not None
 
 
 def test_backend_command_and_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

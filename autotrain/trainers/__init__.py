@@ -10,9 +10,10 @@ from typing import Protocol
 
 from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
+from autotrain.resume import ResumeLaunch, ResumeRecord
 from autotrain.settings import Settings
 
-__all__ = ["TrainerBackend", "get_backend", "newest_state_dir"]
+__all__ = ["TrainerBackend", "get_backend"]
 
 
 class TrainerBackend(Protocol):
@@ -24,9 +25,22 @@ class TrainerBackend(Protocol):
         profile: Profile,
         settings: Settings,
         gpu_ids: list[int],
-        resume_from: Path | None = None,
+        resume: ResumeLaunch | None = None,
     ) -> list[str]:
         """The trainer's argument list (never a shell string)."""
+
+    def plan_resume(
+        self, profile: Profile, plan: TrainPlan, state: Path, record: ResumeRecord, attempt: int
+    ) -> ResumeLaunch:
+        """How the trainer continues from a saved state (autotrain.resume)."""
+
+    def versions(self, profile: Profile, settings: Settings) -> dict[str, str | None]:
+        """What would run (trainer commit, library versions), for run.json and resume checks."""
+
+    def launch_files(
+        self, plan: TrainPlan, profile: Profile, gpu_ids: list[int]
+    ) -> dict[Path, str]:
+        """Files the launch reads (path -> text), written by phase 4 right before it starts."""
 
     def check(self, profile: Profile, settings: Settings) -> list[str]:
         """Problems that stop this profile from training on this host, each naming its fix."""
@@ -40,21 +54,3 @@ def get_backend(profile: Profile) -> TrainerBackend:
     from autotrain.trainers.kohya import KohyaBackend
 
     return KohyaBackend()
-
-
-def newest_state_dir(model_dir: Path, since: float | None = None) -> Path | None:
-    """The newest `*-state` directory (kohya's save_state layout, which Tiny follows too).
-
-    `since` (a timestamp) ignores states older than the job: a new job for a dataset name
-    trained before must start afresh, not resume the earlier job's run.
-    """
-    if not model_dir.is_dir():
-        return None
-    states = [
-        p
-        for p in model_dir.iterdir()
-        if p.is_dir()
-        and p.name.endswith("-state")
-        and (since is None or p.stat().st_mtime >= since)
-    ]
-    return max(states, key=lambda p: p.stat().st_mtime_ns, default=None)

@@ -2,22 +2,34 @@
 
 GPU selection: `gpu_ids` are physical GPU indices (PCI bus order) of the job: the worker's own
 GPU, or the GPUs the job is pinned to. accelerate's launcher copies `--gpu_ids` into the child's
-CUDA_VISIBLE_DEVICES, so they must be physical ids, never indices local to a restricted view;
+CUDA_VISIBLE_DEVICES (accelerate utils/launch.py, prepare_simple_launcher_cmd_env and
+prepare_multi_gpu_env), so they must be physical ids, never indices local to a restricted view;
 the worker sets the same CUDA_VISIBLE_DEVICES, so both agree.
+
+The launch is autotrain's own: every job gets an accelerate config file of its own
+(`output/<name>/log/accelerate.json`, passed as accelerate's `--config_file`, which replaces the
+user's `default_config.yaml` entirely: accelerate commands/launch.py `_validate_launch_command`).
+Without it, a `default_config.yaml` that says `distributed_type: MULTI_GPU` (what `accelerate
+config default` writes on a host with two GPUs) turns multi-GPU on whatever `--num_processes`
+says, and a single-GPU launch fails with "Less than two GPU ids were configured".
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 
 from autotrain.errors import ConfigError
 from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
+from autotrain.resume import ResumeLaunch, ResumeRecord, plan_resume
 from autotrain.settings import CONFIG_FILE_NAME, ENV_PREFIX, Settings
 
-__all__ = ["KohyaBackend", "setting_hint"]
+__all__ = ["KohyaBackend", "setting_hint", "git_commit"]
 
 
 class KohyaBackend:
@@ -31,9 +43,9 @@ class KohyaBackend:
         profile: Profile,
         settings: Settings,
         gpu_ids: list[int],
-        resume_from: Path | None = None,
+        resume: ResumeLaunch | None = None,
     ) -> list[str]:
-        """`python -m accelerate.commands.launch ... <script> --config_file <toml> [--resume DIR]`.
+        """`python -m accelerate.commands.launch ... <script> --config_file <toml> [resume args]`.
 
         `gpu_ids` are physical ids; several run data-parallel. See the module doc.
         """
@@ -43,11 +55,14 @@ class KohyaBackend:
             settings.python_for_sd_scripts,
             "-m",
             "accelerate.commands.launch",
+            "--config_file",
+            str(accelerate_config_path(plan)),
             "--num_processes",
             str(processes),
         ]
         if processes > 1:
-            command.append("--multi_gpu")
+            # a port of its own, so two multi-GPU jobs on one host never meet on 29500
+            command += ["--multi_gpu", "--main_process_port", str(_free_port())]
         if gpu_ids:
             command += ["--gpu_ids", ",".join(str(g) for g in gpu_ids)]
         command += [
@@ -64,9 +79,59 @@ class KohyaBackend:
             "--config_file",
             str(plan.config_path),
         ]
-        if resume_from is not None:
-            command += ["--resume", str(resume_from)]
+        if resume is not None:
+            command += resume.extra_args
         return command
+
+    def plan_resume(
+        self, profile: Profile, plan: TrainPlan, state: Path, record: ResumeRecord, attempt: int
+    ) -> ResumeLaunch:
+        """How this profile's script continues from `state` (see autotrain.resume)."""
+        return plan_resume(profile.script or "", state, plan.config, record, attempt)
+
+    def versions(self, profile: Profile, settings: Settings) -> dict[str, str | None]:
+        """What would run: the sd-scripts commit and the trainer Python's accelerate and torch."""
+        found: dict[str, str | None] = {
+            "sd_scripts_commit": None,
+            "accelerate": None,
+            "torch": None,
+        }
+        if settings.sd_scripts_dir is not None:
+            found["sd_scripts_commit"] = git_commit(Path(settings.sd_scripts_dir))
+        probe = (
+            "import importlib.metadata as m, json\n"
+            "def v(n):\n"
+            "    try: return m.version(n)\n"
+            "    except m.PackageNotFoundError: return None\n"
+            "print(json.dumps({n: v(n) for n in ('accelerate', 'torch')}))"
+        )
+        try:
+            out = subprocess.run(
+                [settings.python_for_sd_scripts, "-c", probe],
+                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+            found.update(json.loads(out.stdout.strip().splitlines()[-1]))
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+            pass
+        return found
+
+    def launch_files(
+        self, plan: TrainPlan, profile: Profile, gpu_ids: list[int]
+    ) -> dict[Path, str]:
+        """The accelerate config of this launch; phase 4 writes it just before starting."""
+        processes = max(1, len(gpu_ids))
+        config = {
+            "compute_environment": "LOCAL_MACHINE",
+            "distributed_type": "MULTI_GPU" if processes > 1 else "NO",
+            "num_processes": processes,
+            "num_machines": 1,
+            "machine_rank": 0,
+            "gpu_ids": ",".join(str(g) for g in gpu_ids) if gpu_ids else "all",
+            "mixed_precision": profile.mixed_precision,
+            "use_cpu": False,  # a CPU worker hides every GPU instead
+            "debug": False,
+        }
+        return {accelerate_config_path(plan): json.dumps(config, indent=2) + "\n"}
 
     def check(self, profile: Profile, settings: Settings) -> list[str]:
         """Problems that stop `profile` from training here; each names the setting and the fix."""
@@ -142,6 +207,34 @@ class KohyaBackend:
             problems = self.check_sd_scripts(profile, settings)
             raise ConfigError(problems[0] if problems else "sd-scripts is not configured.")
         return Path(settings.sd_scripts_dir) / profile.script
+
+
+def git_commit(checkout: Path) -> str | None:
+    """The commit a git checkout is at, read from `.git` (no git binary needed); None if unknown."""
+    git = checkout / ".git"
+    try:
+        head = (git / "HEAD").read_text(encoding="utf-8").strip()
+        if not head.startswith("ref: "):
+            return head or None
+        ref = head[5:]
+        if (git / ref).is_file():
+            return (git / ref).read_text(encoding="utf-8").strip()
+        for line in (git / "packed-refs").read_text(encoding="utf-8").splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
+
+
+def accelerate_config_path(plan: TrainPlan) -> Path:
+    return plan.log_dir / "accelerate.json"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def setting_hint(field: str) -> str:

@@ -6,12 +6,14 @@ orchestrator never imports torch: `check` only asks whether the packages are ins
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import sys
 from pathlib import Path
 
 from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
+from autotrain.resume import ResumeLaunch, ResumeRecord, state_step
 from autotrain.settings import Settings
 
 __all__ = ["TinyBackend", "TINY_MODULE", "TINY_REQUIREMENTS", "MISSING_EXTRA_MESSAGE"]
@@ -35,16 +37,40 @@ class TinyBackend:
         profile: Profile,
         settings: Settings,
         gpu_ids: list[int],
-        resume_from: Path | None = None,
+        resume: ResumeLaunch | None = None,
     ) -> list[str]:
         """Unbuffered (`-u`) so every progress line reaches the worker the moment it is written.
 
         Tiny trains on one device: with several `gpu_ids` it uses the first visible GPU.
         """
         command = [sys.executable, "-u", "-m", TINY_MODULE, "--config_file", str(plan.config_path)]
-        if resume_from is not None:
-            command += ["--resume", str(resume_from)]
+        if resume is not None:
+            command += resume.extra_args
         return command
+
+    def plan_resume(
+        self, profile: Profile, plan: TrainPlan, state: Path, record: ResumeRecord, attempt: int
+    ) -> ResumeLaunch:
+        """Tiny restores the step itself and continues exactly (tiny_trainer/state.py)."""
+        step = state_step(state) or 0
+        return ResumeLaunch(state=state, saved_step=step, extra_args=["--resume", str(state)],
+                            note=f"continues at step {step}")  # fmt: skip
+
+    def versions(self, profile: Profile, settings: Settings) -> dict[str, str | None]:
+        from autotrain import __version__
+
+        found: dict[str, str | None] = {"autotrain": __version__}
+        for name in ("torch", "diffusers", "peft"):
+            try:
+                found[name] = importlib.metadata.version(name)
+            except importlib.metadata.PackageNotFoundError:
+                found[name] = None
+        return found
+
+    def launch_files(
+        self, plan: TrainPlan, profile: Profile, gpu_ids: list[int]
+    ) -> dict[Path, str]:
+        return {}
 
     def check(self, profile: Profile, settings: Settings) -> list[str]:
         missing = [name for name in TINY_REQUIREMENTS if importlib.util.find_spec(name) is None]

@@ -1,0 +1,298 @@
+"""Support for the sd-scripts STAND-IN (tests only): argument and dataset checks, output, files.
+
+See standin_trainer.py for what the stand-in imitates. Line references are to kohya-ss/sd-scripts
+at commit 48d368fa (and accelerate 1.6.0, which its requirements.txt pins, where marked acc:).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import struct
+import sys
+import tomllib
+import zlib
+from pathlib import Path
+from typing import Any
+
+ARGS_DIR = Path(__file__).resolve().parents[2] / "data" / "sd_scripts_args"
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".PNG",
+    ".JPG",
+    ".JPEG",
+    ".WEBP",
+    ".BMP",
+)
+NETWORK_SCRIPTS = {"flux_train_network"}
+RANK = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
+WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+logger = logging.getLogger("standin")
+
+
+def setup_logging(simple: bool = False) -> None:
+    """library/utils.py:41-86: a RichHandler on stderr (library/utils.py:62-68), or with
+    `console_log_simple` a plain handler on stdout (:74-76); message only, dates as
+    %Y-%m-%d %H:%M:%S (:78-81). Called at import and again with the arguments, which replaces
+    the handler (train_network.py:497, flux_train.py:60, sdxl_train.py:104).
+
+    accelerate's loggers log on the main process only (acc: logging.py:33-36), and so does this.
+    """
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    handler = (
+        logging.StreamHandler(sys.stdout) if simple else RichHandler(console=Console(stderr=True))
+    )
+    handler.setFormatter(logging.Formatter(fmt="%(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if RANK == 0 else logging.WARNING)
+    logger.propagate = False
+
+
+def log(message: str) -> None:
+    """`logger.info`: through rich, on stderr."""
+    logger.info(message)
+
+
+def say(message: str = "") -> None:
+    """`accelerator.print`: builtin print to stdout on the local main process (acc: state.py:696-698)."""
+    if RANK == 0:
+        print(message, flush=True)
+
+
+def load_argument_list(script: str) -> dict[str, tuple[str, list[str]]]:
+    """`name -> (type, choices)` from the committed list extracted from sd-scripts' parser."""
+    found: dict[str, tuple[str, list[str]]] = {}
+    for line in (ARGS_DIR / f"{script}.txt").read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        found[parts[0]] = (parts[1], parts[2].split("|") if len(parts) > 2 else [])
+    return found
+
+
+def load_dataset_keys() -> dict[str, set[str]]:
+    """Allowed keys per table of a dataset config: general, datasets, datasets.subsets."""
+    tables: dict[str, set[str]] = {}
+    current = None
+    for line in (ARGS_DIR / "dataset_config.txt").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = line.strip("[]")
+            tables[current] = set()
+        elif current is not None:
+            tables[current].add(line)
+    return tables
+
+
+def value_fits(kind: str, choices: list[str], value: Any) -> bool:
+    """Whether a TOML value is what the argument would hold after argparse (no conversion)."""
+    if isinstance(value, list) or kind.startswith("list["):
+        inner = kind[5:-1] if kind.startswith("list[") else ""
+        return isinstance(value, list) and all(value_fits(inner, [], item) for item in value)
+    if kind == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if kind == "int":
+        ok = isinstance(value, int)
+    elif kind in ("float", "int_or_float"):
+        ok = isinstance(value, int | float)
+    else:  # str, path and custom converters read strings
+        ok = isinstance(value, str)
+    return ok and (not choices or str(value) in choices)
+
+
+def check_arguments(
+    parser: argparse.ArgumentParser,
+    config: dict[str, Any],
+    known: dict[str, tuple[str, list[str]]],
+    source: str,
+) -> None:
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        parser.error(
+            "unrecognized arguments in " + source + ": " + " ".join(f"--{key}" for key in unknown)
+        )
+    for key, value in config.items():
+        kind, choices = known[key]
+        if not value_fits(kind, choices, value):
+            allowed = f" (choose from {', '.join(choices)})" if choices else ""
+            parser.error(f"argument --{key}: invalid {kind} value: {value!r}{allowed}")
+
+
+def flatten(data: dict[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def read_dataset(
+    parser: argparse.ArgumentParser, config: dict[str, Any], script: str
+) -> list[tuple[str, int, int]]:
+    """(image_dir, images, repeats) per subset of the dataset config."""
+    if not config.get("dataset_config"):
+        parser.error("this stand-in needs --dataset_config (autotrain's kohya profiles use one)")
+    path = config["dataset_config"]
+    log(
+        (
+            "Loading dataset config from "
+            if script in NETWORK_SCRIPTS
+            else "Load dataset config from "
+        )
+        + str(path)
+    )
+    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    allowed = load_dataset_keys()
+    general = data.get("general", {})
+    _check_table(parser, general, allowed["general"], f"{path} [general]")
+    extra = set(data) - {"general", "datasets"}
+    if extra:
+        parser.error(f"invalid dataset config {path}: unknown tables {sorted(extra)}")
+    subsets = []
+    for dataset in data.get("datasets", []):
+        _check_table(
+            parser,
+            {k: v for k, v in dataset.items() if k != "subsets"},
+            allowed["datasets"],
+            f"{path} [[datasets]]",
+        )
+        for subset in dataset.get("subsets", []):
+            _check_table(
+                parser, subset, allowed["datasets.subsets"], f"{path} [[datasets.subsets]]"
+            )
+            if "image_dir" not in subset:
+                parser.error(f"invalid dataset config {path}: a subset needs image_dir")
+            repeats = subset.get(
+                "num_repeats", dataset.get("num_repeats", general.get("num_repeats", 1))
+            )
+            folder = Path(subset["image_dir"])
+            count = (
+                len([p for p in folder.iterdir() if p.suffix in IMAGE_EXTENSIONS])
+                if folder.is_dir()
+                else 0
+            )
+            if not folder.is_dir():
+                log(f"not directory: {folder}")
+            subsets.append((str(folder), count, int(repeats)))
+    return subsets
+
+
+def _check_table(
+    parser: argparse.ArgumentParser, table: dict[str, Any], allowed: set[str], where: str
+) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        parser.error(f"invalid dataset config {where}: extra keys not allowed {unknown}")
+
+
+def parse_prompt_line(line: str) -> dict[str, Any]:
+    """The meaning kohya gives a prompt line: text before the first ` --`, then options."""
+    parts = line.split(" --")
+    found: dict[str, Any] = {"prompt": parts[0]}
+    patterns = [
+        ("width", r"w (\d+)", int),
+        ("height", r"h (\d+)", int),
+        ("seed", r"d (\d+)", int),
+        ("sample_steps", r"s (\d+)", int),
+        ("scale", r"l ([\d\.]+)", float),
+        ("guidance_scale", r"g ([\d\.]+)", float),
+        ("negative_prompt", r"n (.+)", str),
+        ("sample_sampler", r"ss (.+)", str),
+        ("controlnet_image", r"cn (.+)", str),
+    ]
+    for part in parts:  # kohya also applies the patterns to the prompt text itself
+        for key, pattern, convert in patterns:
+            match = re.match(pattern, part, re.IGNORECASE)
+            if match:
+                found[key] = convert(match.group(1))
+                break
+    return found
+
+
+def _safetensors_bytes(step: int) -> bytes:
+    """A valid safetensors file holding one float32 tensor; metadata records the step."""
+    header = json.dumps(
+        {
+            "__metadata__": {"ss_steps": str(step), "standin": "true"},
+            "w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+        }
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    return struct.pack("<Q", len(header)) + header + struct.pack("<f", float(step))
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 grey PNG, written without image libraries."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    raw = zlib.compress(b"\x00\x80")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
+
+
+def out_of_memory(script: str) -> None:
+    """What a CUDA OOM in the training step looks like on stderr; exit status 1."""
+    sys.stdout.flush()
+    sys.stderr.write(
+        "Traceback (most recent call last):\n"
+        f'  File "{script}.py", line 1003, in <module>\n'
+        "    train(args)\n"
+        f'  File "{script}.py", line 648, in train\n'
+        "    accelerator.backward(loss)\n"
+        '  File "torch/autograd/graph.py", line 825, in _engine_run_backward\n'
+        "    return Variable._execution_engine.run_backward(  # Calls into the C++ engine\n"
+        "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 216.00 MiB. GPU 0 has a "
+        "total capacity of 23.55 GiB of which 180.62 MiB is free. Including non-PyTorch memory, "
+        "this process has 23.36 GiB memory in use. Of the allocated memory 22.71 GiB is allocated "
+        "by PyTorch, and 198.40 MiB is reserved by PyTorch but unallocated. If reserved but "
+        "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+        "to avoid fragmentation.  See documentation for Memory Management  "
+        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def record_environment() -> None:
+    target = os.environ.get("STANDIN_ENV_FILE")
+    if target and RANK == 0:
+        Path(target).write_text(
+            json.dumps(
+                {
+                    "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                    "WORLD_SIZE": WORLD_SIZE,
+                    "ACCELERATE_MIXED_PRECISION": os.environ.get("ACCELERATE_MIXED_PRECISION"),
+                    "argv": sys.argv,
+                }
+            ),
+            encoding="utf-8",
+        )
+
+
+def write_safetensors(path: Path, step: int) -> None:
+    path.write_bytes(_safetensors_bytes(step))
