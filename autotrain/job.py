@@ -21,7 +21,7 @@ from autotrain.connection import KEY_PREFIX
 from autotrain.errors import AutotrainError
 from autotrain.spec import JobSpec
 
-__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES"]
+__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES", "NameInUse"]
 
 
 class JobState(StrEnum):
@@ -91,15 +91,57 @@ class Job(BaseModel):
         return min(1.0, self.step / self.total)
 
 
-# Refuses to move a job out of a final state: a cancelled job never restarts.
-_SET_STATE = """
+_FINAL_JSON = "{['\"succeeded\"']=1, ['\"failed\"']=1, ['\"cancelled\"']=1}"
+
+# KEYS: job hash, index, name key. ARGV: job id, created_at, then field/value pairs.
+# Refuses an id that exists (never merge two jobs) and a name a job in progress holds; returns
+# {1} when created, {0} on an id collision, {-1, holder} when the name is taken.
+_CREATE = (
+    "local final = "
+    + _FINAL_JSON
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then
+  local state = redis.call('HGET', KEYS[1]:sub(1, #KEYS[1] - #ARGV[1]) .. holder, 'state')
+  if state and not final[state] then return {-1, holder} end
+end
+redis.call('SET', KEYS[3], ARGV[1])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return {1}
+"""
+)
+
+# KEYS: job hash, name key. ARGV: 'force' or '-', job id, then field/value pairs.
+# Refuses to move a job out of a final state (a cancelled job never restarts); a job that becomes
+# final lets go of its dataset name.
+_SET_STATE = (
+    "local final = "
+    + _FINAL_JSON
+    + """
 local current = redis.call('HGET', KEYS[1], 'state')
 if not current then return -1 end
-local final = {['"succeeded"']=1, ['"failed"']=1, ['"cancelled"']=1}
 if final[current] and ARGV[1] ~= 'force' then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local now = redis.call('HGET', KEYS[1], 'state')
+if final[now] and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+)
+
+
+class NameInUse(AutotrainError):
+    """Another job still in progress trains a dataset of this name."""
+
+    def __init__(self, name: str, holder: str) -> None:
+        self.name, self.holder = name, holder
+        super().__init__(
+            f"Dataset name {name!r} is in use by job {holder}, which is still in progress: two "
+            f"jobs would write the same output/{name}/. Wait for it to finish, cancel it "
+            f"(`autotrain train cancel --job {holder}`), or pass --dataset-name to train this "
+            "one under another name."
+        )
 
 
 class JobStore:
@@ -109,6 +151,7 @@ class JobStore:
         self.redis = client
         self.stream_maxlen = stream_maxlen
         self._set_state = client.register_script(_SET_STATE)
+        self._create = client.register_script(_CREATE)
 
     # Keys
     @staticmethod
@@ -125,14 +168,26 @@ class JobStore:
 
     INDEX = f"{KEY_PREFIX}jobs"
 
+    @staticmethod
+    def name_key(name: str) -> str:
+        """The job in progress that owns `output/<name>/` (held from submit until final)."""
+        return f"{KEY_PREFIX}name:{name}"
+
     # Records
     def create(self, spec: JobSpec, **fields: Any) -> Job:
-        job = Job(id=_new_job_id(), spec=spec, **fields)
-        pipe = self.redis.pipeline()
-        pipe.hset(self.key(job.id), mapping=_encode(job.model_dump(mode="json")))
-        pipe.zadd(self.INDEX, {job.id: job.created_at})
-        pipe.execute()
-        return job
+        """A new job record; raises NameInUse while another job in progress has the name."""
+        for _ in range(10):
+            job = Job(id=_new_job_id(), spec=spec, **fields)
+            args: list[Any] = [job.id, job.created_at]
+            for name, value in _encode(job.model_dump(mode="json")).items():
+                args += [name, value]
+            keys = [self.key(job.id), self.INDEX, self.name_key(spec.name)]
+            outcome = self._create(keys=keys, args=args)
+            if outcome[0] == 1:
+                return job
+            if outcome[0] == -1:
+                raise NameInUse(spec.name, outcome[1])
+        raise AutotrainError("Could not find a free job id after 10 tries; is the clock stuck?")
 
     def get(self, job_id: str) -> Job:
         """A job by id or unique id prefix; a clear error when there is none."""
@@ -169,10 +224,12 @@ class JobStore:
     ) -> bool:
         """Move to `state` unless the job is already final; returns whether it moved."""
         values = _encode({"state": state, **fields})
-        args: list[str] = ["force" if force else "-"]
+        args: list[str] = ["force" if force else "-", job_id]
         for name, value in values.items():
             args += [name, value]
-        return self._set_state(keys=[self.key(job_id)], args=args) == 1
+        name = self.redis.hget(self.key(job_id), "spec")
+        name_key = self.name_key(json.loads(name)["name"]) if name else self.name_key("-")
+        return self._set_state(keys=[self.key(job_id), name_key], args=args) == 1
 
     def state(self, job_id: str) -> JobState | None:
         raw = self.redis.hget(self.key(job_id), "state")

@@ -236,6 +236,8 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
     )
     for job in result.jobs:
         console.print(f"  {job.id}  {job.name}")
+    for dataset, why in result.rejected:
+        err_console.print(f"[red]Not queued[/] {dataset}: {why}")
     if monitor:
         from autotrain.cli.train import monitor_batch
 

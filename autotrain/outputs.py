@@ -1,0 +1,77 @@
+"""One job, one output folder: `output/<name>/` belongs to the job that trains it now.
+
+A dataset name is held by at most one job in progress (`JobStore.create` refuses a second). When a
+new job takes a name trained before, the earlier run's files are moved, not overwritten, to
+`output/<name>/runs/<earlier job id>/`, so its weights, samples, logs and run.json stay as they
+were. The owner is noted in `output/<name>/job.json`; a re-queued attempt of the same job keeps
+the folder as it is, so it can resume from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from autotrain.workspace import Workspace
+
+__all__ = ["claim_output_dir", "output_owner", "OWNER_FILE", "RUNS_DIR"]
+
+OWNER_FILE = "job.json"
+RUNS_DIR = "runs"
+
+
+def output_owner(output_dir: Path) -> str | None:
+    """The job id that owns `output_dir`, None when nobody claimed it."""
+    try:
+        return json.loads((output_dir / OWNER_FILE).read_text(encoding="utf-8")).get("job")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def claim_output_dir(
+    workspace: Workspace, name: str, job_id: str, profile: str, *, dry_run: bool = False
+) -> str | None:
+    """Make `output/<name>/` this job's; returns a note when an earlier run's files were moved."""
+    output_dir = workspace.output_dir(name)
+    previous = output_owner(output_dir)
+    if previous == job_id:
+        return None
+    leftovers = _run_files(output_dir)
+    note = None
+    if leftovers:
+        label = previous or _legacy_label(output_dir)
+        archive = output_dir / RUNS_DIR / label
+        note = (
+            f"outputs of the earlier run {label} {'would be ' if dry_run else ''}moved to {archive}"
+        )
+        if not dry_run:
+            archive.mkdir(parents=True, exist_ok=True)
+            for path in leftovers:
+                os.replace(path, archive / path.name)
+    if not dry_run:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        owner = {"job": job_id, "profile": profile, "claimed_at": time.time()}
+        tmp = output_dir / f".{OWNER_FILE}.tmp"
+        tmp.write_text(json.dumps(owner), encoding="utf-8")
+        os.replace(tmp, output_dir / OWNER_FILE)
+    return note
+
+
+def _run_files(output_dir: Path) -> list[Path]:
+    """Everything a run left in the folder: all but the archive of earlier runs (and empty dirs)."""
+    if not output_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(output_dir.iterdir()):
+        if path.name == RUNS_DIR or (path.is_dir() and not any(path.rglob("*"))):
+            continue
+        found.append(path)
+    return found
+
+
+def _legacy_label(output_dir: Path) -> str:
+    """A name for a run that left no job.json: when it last wrote."""
+    newest = max((p.stat().st_mtime for p in output_dir.rglob("*")), default=time.time())
+    return "before-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(newest))
