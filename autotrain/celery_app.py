@@ -12,9 +12,17 @@ from celery import Celery
 
 from autotrain.settings import Settings, load_settings
 
-__all__ = ["app", "configure_app", "PREP_QUEUE", "GPU_QUEUE", "gpu_queue_name"]
+__all__ = [
+    "app",
+    "configure_app",
+    "PREP_QUEUE",
+    "PREP_ONGOING_QUEUE",
+    "GPU_QUEUE",
+    "gpu_queue_name",
+]
 
-PREP_QUEUE = "prep"
+PREP_QUEUE = "prep"  # validation of new jobs
+PREP_ONGOING_QUEUE = "prep.ongoing"  # phases 2, 3 and 5 of jobs under way: served first
 GPU_QUEUE = "gpu"
 
 app = Celery("autotrain", include=["autotrain.tasks"])
@@ -47,9 +55,15 @@ def configure_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_default_queue=PREP_QUEUE,
         task_routes={"autotrain.train": {"queue": GPU_QUEUE}},
+        task_ignore_result=True,  # the job record holds every outcome
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
+        # A worker takes from its queues in the order it lists them (kombu's "priority"
+        # strategy): prep.ongoing before prep, a GPU's own queue before the shared one.
+        broker_transport_options={
+            "visibility_timeout": 7 * 24 * 3600,
+            "queue_order_strategy": "priority",
+        },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         broker_pool_limit=4,

@@ -6,16 +6,24 @@ workspace (a unix socket under `.autotrain/`), so every process on the host find
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from autotrain.errors import AutotrainError
 from autotrain.settings import Settings
 
-__all__ = ["redis_url_for", "get_redis", "check_redis", "KEY_PREFIX"]
+__all__ = ["redis_url_for", "get_redis", "check_redis", "until_redis_back", "KEY_PREFIX"]
 
 KEY_PREFIX = "autotrain:"
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def redis_url_for(settings: Settings) -> str:
@@ -34,13 +42,36 @@ def get_redis(settings: Settings) -> redis.Redis:
 
 @lru_cache(maxsize=8)
 def _client(url: str) -> redis.Redis:
+    # A blip (a dropped connection, a failover) is retried here, briefly; outages longer than
+    # that are the callers' to wait out (`until_redis_back`), where waiting is right.
     return redis.Redis.from_url(
         url,
         decode_responses=True,
         health_check_interval=30,
         socket_connect_timeout=5,
-        retry_on_timeout=True,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+
+
+def until_redis_back(action: Callable[[], T], seconds: float, what: str) -> T:
+    """Run `action`, retrying through a Redis (or broker) outage of up to `seconds`.
+
+    For the steps that finish a phase (record it, release locks, send the next one): a finished
+    training must never turn into a new attempt because Redis restarted at that moment.
+    """
+    from kombu.exceptions import OperationalError
+
+    deadline, pause = time.monotonic() + seconds, 0.2
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("%s: Redis unreachable (%s); retrying", what, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
 
 def check_redis(settings: Settings) -> redis.Redis:

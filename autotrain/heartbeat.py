@@ -1,8 +1,10 @@
 """What every worker process does besides running tasks: announce itself and reap lost jobs.
 
 On `worker_ready` the worker's main process starts a thread that refreshes its registry entry
-(`autotrain:worker:<name>`, read by `autotrain status`) and runs the reaper, so any live worker
-of the fleet recovers jobs whose host died.
+(`autotrain:workers`, a sorted set by heartbeat, and `autotrain:worker:<name>`, read by
+`autotrain status`) and registers the queues it consumes. Prep workers also run the reaper, so
+any prep worker of the fleet recovers jobs whose worker died; GPU workers never spend a pass on
+it.
 """
 
 from __future__ import annotations
@@ -17,26 +19,31 @@ import time
 import redis
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
-from autotrain.connection import KEY_PREFIX
+from autotrain import keys
 
 __all__ = ["live_workers", "WORKER_PREFIX"]
 
 log = logging.getLogger(__name__)
 
-WORKER_PREFIX = f"{KEY_PREFIX}worker:"
+WORKER_PREFIX = f"{keys.PREFIX}worker:"
 _stop = threading.Event()
 
 
-def live_workers(client: redis.Redis) -> list[dict]:
-    """Workers that announced themselves within their TTL, with the job each is training."""
+def live_workers(client: redis.Redis, within: float = 90.0) -> list[dict]:
+    """Workers that announced themselves in the last `within` seconds, with their busy job."""
+    names = client.zrangebyscore(keys.WORKERS, time.time() - within, "+inf")
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(keys.worker(name))
+        pipe.get(keys.worker_job(name))
+    replies = pipe.execute()
     workers = []
-    for key in client.scan_iter(match=f"{WORKER_PREFIX}*", count=500):
-        if key.endswith(":job"):
-            continue
-        raw = client.get(key)
+    for raw, busy in zip(replies[::2], replies[1::2], strict=True):
         if raw:
             info = json.loads(raw)
-            info["job"] = client.get(f"{key}:job")
+            info["job"] = busy
             workers.append(info)
     return sorted(workers, key=lambda w: w["name"])
 
@@ -61,12 +68,15 @@ def _start_background(sender=None, **_kwargs) -> None:
     interval = max(1.0, settings.lease_seconds / 3)
     _kill_leftover_trainers(settings, info)
 
+    reaps = "prep" in info["queues"]
+
     def loop() -> None:
         store = worker_store()
         while True:
             try:
-                store.redis.set(f"{WORKER_PREFIX}{name}", json.dumps(info), ex=int(interval * 3))
-                _reap_once(store, settings)
+                _announce(store.redis, name, info, interval)
+                if reaps:
+                    _reap_once(store, settings)
             except redis.RedisError as exc:
                 log.warning("worker heartbeat failed (Redis unreachable?): %s", exc)
             except Exception:  # noqa: BLE001 - the loop must outlive one bad pass
@@ -102,15 +112,24 @@ def _warm_imports() -> None:
     from autotrain import configure, stage, validate  # noqa: F401
 
 
+def _announce(client: redis.Redis, name: str, info: dict, interval: float) -> None:
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    pipe.set(keys.worker(name), json.dumps(info), ex=int(interval * 3) + 1)
+    pipe.zadd(keys.WORKERS, {name: now})
+    pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 86400)  # gone for a day: forget it
+    if info["queues"]:
+        pipe.sadd(keys.QUEUES, *info["queues"])
+    pipe.execute()
+
+
 def _reap_once(store, settings) -> None:
-    from autotrain.queue import reap_expired
+    from autotrain.reaper import reap
 
     # One reaper pass per interval across the fleet is enough.
-    if store.redis.set(
-        f"{KEY_PREFIX}reaper", "1", nx=True, px=int(max(1.0, settings.lease_seconds / 3) * 900)
-    ):
-        for job_id in reap_expired(store, settings):
-            log.warning("re-queued job %s whose worker stopped renewing its lease", job_id)
+    lock_ms = int(max(1.0, settings.lease_seconds / 3) * 900)
+    if store.redis.set(keys.REAPER, "1", nx=True, px=lock_ms):
+        reap(store, settings)
 
 
 @worker_shutdown.connect
@@ -122,7 +141,9 @@ def _stop_background(sender=None, **_kwargs) -> None:
     name = getattr(sender, "hostname", None)
     if name:
         with contextlib.suppress(redis.RedisError):
-            worker_store().redis.delete(f"{WORKER_PREFIX}{name}")
+            client = worker_store().redis
+            client.delete(keys.worker(name))
+            client.zrem(keys.WORKERS, name)
 
 
 @worker_process_init.connect

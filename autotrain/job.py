@@ -1,8 +1,10 @@
 """Jobs: the unit users see, stored in Redis as the source of truth for state and progress.
 
 Celery task states are an implementation detail; every command reads the job record instead.
-Each job is a hash `autotrain:job:<id>` (fields JSON-encoded), listed in the sorted set
-`autotrain:jobs`, with its progress events in the stream `autotrain:job:<id>:events`.
+Each job is a hash `autotrain:job:<id>` (fields JSON-encoded), indexed by creation time in
+`autotrain:jobs` (all), `autotrain:jobs:active` (not final) and its batch's index, with its
+progress events in the stream `autotrain:job:<id>:events` (see autotrain.keys). Who owns a job
+(the queue, a worker, its batch) changes only through `JobStore.move` (autotrain.scripts).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from autotrain.connection import KEY_PREFIX
+from autotrain import keys, scripts
 from autotrain.errors import AutotrainError
 from autotrain.spec import JobSpec
 
@@ -46,7 +48,7 @@ class Job(BaseModel):
     id: str
     spec: JobSpec
     state: JobState = JobState.QUEUED
-    attempt: int = 0
+    attempt: int = 1  # every re-queue is a new attempt
     host: str | None = None
     gpu: str | None = None
     worker: str | None = None  # the worker of the current (or last) phase
@@ -66,6 +68,10 @@ class Job(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     queue: str | None = None
+    owner: str = ""  # "queue:<task id>", "worker:<token>", "parked" or "" (see autotrain.scripts)
+    phase: str | None = None  # the phase its owner runs or waits for
+    next_task: dict[str, Any] | None = None  # the message for that phase: name, id, queue
+    prep_host: str | None = None  # where phases 1-3 and 5 ran (host/gpu say where it trained)
     task_ids: list[str] = Field(default_factory=list)
     plan: dict[str, Any] | None = None
     result: dict[str, Any] | None = None
@@ -91,46 +97,6 @@ class Job(BaseModel):
         return min(1.0, self.step / self.total)
 
 
-_FINAL_JSON = "{['\"succeeded\"']=1, ['\"failed\"']=1, ['\"cancelled\"']=1}"
-
-# KEYS: job hash, index, name key. ARGV: job id, created_at, then field/value pairs.
-# Refuses an id that exists (never merge two jobs) and a name a job in progress holds; returns
-# {1} when created, {0} on an id collision, {-1, holder} when the name is taken.
-_CREATE = (
-    "local final = "
-    + _FINAL_JSON
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {0} end
-local holder = redis.call('GET', KEYS[3])
-if holder and holder ~= ARGV[1] then
-  local state = redis.call('HGET', KEYS[1]:sub(1, #KEYS[1] - #ARGV[1]) .. holder, 'state')
-  if state and not final[state] then return {-1, holder} end
-end
-redis.call('SET', KEYS[3], ARGV[1])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
-return {1}
-"""
-)
-
-# KEYS: job hash, name key. ARGV: 'force' or '-', job id, then field/value pairs.
-# Refuses to move a job out of a final state (a cancelled job never restarts); a job that becomes
-# final lets go of its dataset name.
-_SET_STATE = (
-    "local final = "
-    + _FINAL_JSON
-    + """
-local current = redis.call('HGET', KEYS[1], 'state')
-if not current then return -1 end
-if final[current] and ARGV[1] ~= 'force' then return 0 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local now = redis.call('HGET', KEYS[1], 'state')
-if final[now] and redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
-)
-
-
 class NameInUse(AutotrainError):
     """Another job still in progress trains a dataset of this name."""
 
@@ -147,42 +113,38 @@ class NameInUse(AutotrainError):
 class JobStore:
     """Reads and writes job records; every process (CLI, workers, monitors) goes through it."""
 
-    def __init__(self, client: redis.Redis, stream_maxlen: int = 5000) -> None:
+    def __init__(
+        self, client: redis.Redis, stream_maxlen: int = 5000, retention_seconds: float = 7 * 86400
+    ) -> None:
         self.redis = client
         self.stream_maxlen = stream_maxlen
-        self._set_state = client.register_script(_SET_STATE)
-        self._create = client.register_script(_CREATE)
+        self.retention_seconds = int(retention_seconds)
+        self._create = client.register_script(scripts.CREATE)
+        self._move = client.register_script(scripts.MOVE)
+        self._renew = client.register_script(scripts.RENEW)
 
-    # Keys
-    @staticmethod
-    def key(job_id: str) -> str:
-        return f"{KEY_PREFIX}job:{job_id}"
-
-    @staticmethod
-    def events_key(job_id: str) -> str:
-        return f"{KEY_PREFIX}job:{job_id}:events"
-
-    @staticmethod
-    def data_key(job_id: str, what: str) -> str:
-        return f"{KEY_PREFIX}job:{job_id}:{what}"
-
-    INDEX = f"{KEY_PREFIX}jobs"
-
-    @staticmethod
-    def name_key(name: str) -> str:
-        """The job in progress that owns `output/<name>/` (held from submit until final)."""
-        return f"{KEY_PREFIX}name:{name}"
+    # Keys (see autotrain.keys)
+    key = staticmethod(keys.job)
+    events_key = staticmethod(keys.job_events)
+    data_key = staticmethod(keys.job_data)
+    name_key = staticmethod(keys.name)
+    INDEX = keys.JOBS
 
     # Records
-    def create(self, spec: JobSpec, **fields: Any) -> Job:
-        """A new job record; raises NameInUse while another job in progress has the name."""
+    def create(self, spec: JobSpec, dispatch_until: float | None = None, **fields: Any) -> Job:
+        """A new job record; raises NameInUse while another job in progress has the name.
+
+        `dispatch_until`: the job is born owned by the queue, and the message for its first
+        phase must be confirmed sent by then (else the reaper sends it).
+        """
         for _ in range(10):
             job = Job(id=_new_job_id(), spec=spec, **fields)
-            args: list[Any] = [job.id, job.created_at]
+            args: list[Any] = [job.id, job.created_at, dispatch_until or ""]
             for name, value in _encode(job.model_dump(mode="json")).items():
                 args += [name, value]
-            keys = [self.key(job.id), self.INDEX, self.name_key(spec.name)]
-            outcome = self._create(keys=keys, args=args)
+            batch_index = keys.batch_jobs(spec.batch_id) if spec.batch_id else keys.JOBS
+            index_keys = [self.key(job.id), keys.JOBS, keys.name(spec.name), keys.ACTIVE]
+            outcome = self._create(keys=[*index_keys, batch_index, keys.DISPATCH], args=args)
             if outcome[0] == 1:
                 return job
             if outcome[0] == -1:
@@ -193,7 +155,7 @@ class JobStore:
         """A job by id or unique id prefix; a clear error when there is none."""
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
-            matches = [j for j in self.redis.zrange(self.INDEX, 0, -1) if j.startswith(job_id)]
+            matches = self._ids_starting_with(job_id)
             if len(matches) == 1:
                 raw = self.redis.hgetall(self.key(matches[0]))
             elif len(matches) > 1:
@@ -202,34 +164,136 @@ class JobStore:
             raise AutotrainError(f"No job with id {job_id!r}. See `autotrain train list`.")
         return Job.model_validate(_decode(raw))
 
+    def _ids_starting_with(self, prefix: str) -> list[str]:
+        """Ids with this prefix among the jobs in progress and the newest 10,000 (bounded)."""
+        if not prefix:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrange(keys.ACTIVE, 0, -1)
+        pipe.zrevrange(keys.JOBS, 0, 9999)
+        found: list[str] = []
+        for rows in pipe.execute():
+            found += [i for i in rows if i.startswith(prefix) and i not in found]
+        return found[:6]
+
+    def page(
+        self,
+        *,
+        states: set[JobState] | None = None,
+        batch_id: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> list[Job]:
+        """Jobs newest first, one page; reads only the index that can hold them.
+
+        Jobs in progress come from the active index (its size follows live work, not history);
+        a batch from its own index; everything else from the full index, a page at a time.
+        """
+        if batch_id:
+            index = keys.batch_jobs(batch_id)
+        elif states and not states & FINAL_STATES:
+            index = keys.ACTIVE
+        else:
+            index = keys.JOBS
+        found: list[Job] = []
+        skipped, start, chunk = 0, 0, max(limit, 100)
+        while len(found) < limit:
+            ids = self.redis.zrevrange(index, start, start + chunk - 1)
+            if not ids:
+                break
+            start += chunk
+            for job in self.many(ids):
+                if states is None or job.state in states:
+                    if skipped < offset:
+                        skipped += 1
+                        continue
+                    found.append(job)
+                    if len(found) == limit:
+                        break
+        return found
+
     def list(self, states: set[JobState] | None = None, batch_id: str | None = None) -> list[Job]:
-        ids = self.redis.zrange(self.INDEX, 0, -1)
-        pipe = self.redis.pipeline()
+        """Every matching job, newest first (a batch or the active jobs are cheap; all is not)."""
+        return self.page(states=states, batch_id=batch_id, limit=10**9)
+
+    def many(self, ids: list[str]) -> list[Job]:
+        pipe = self.redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(self.key(job_id))
-        jobs = [Job.model_validate(_decode(raw)) for raw in pipe.execute() if raw]
-        return [
-            j
-            for j in jobs
-            if (states is None or j.state in states)
-            and (batch_id is None or j.spec.batch_id == batch_id)
-        ]
+        return [Job.model_validate(_decode(raw)) for raw in pipe.execute() if raw]
+
+    def count_active(self) -> dict[JobState, int]:
+        """Jobs in progress per state (reads the active index only)."""
+        counts: dict[JobState, int] = {}
+        ids = self.redis.zrange(keys.ACTIVE, 0, -1)
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hget(self.key(job_id), "state")
+        for raw in pipe.execute():
+            if raw:
+                state = JobState(json.loads(raw))
+                counts[state] = counts.get(state, 0) + 1
+        return counts
 
     def update(self, job_id: str, **fields: Any) -> None:
-        """Set fields without touching state (progress, host, plan...)."""
+        """Set fields without touching state or owner (progress, plan...)."""
         self.redis.hset(self.key(job_id), mapping=_encode(fields))
 
-    def set_state(
-        self, job_id: str, state: JobState, *, force: bool = False, **fields: Any
-    ) -> bool:
-        """Move to `state` unless the job is already final; returns whether it moved."""
-        values = _encode({"state": state, **fields})
-        args: list[str] = ["force" if force else "-", job_id]
-        for name, value in values.items():
+    def move(
+        self,
+        job_id: str,
+        *,
+        expected: str | None,
+        owner: str | None,
+        state: JobState | None = None,
+        lease_until: float | None = None,
+        dispatch_until: float | None = None,
+        lease_expired_before: float | None = None,
+        **fields: Any,
+    ) -> int:
+        """Change a job's owner (and state, fields) atomically; see autotrain.scripts.MOVE.
+
+        `expected` None moves whoever owns it; `owner` None keeps the owner. Returns 1 when it
+        moved, 0 when the owner was not `expected`, -1 when the job is final, -2 when unknown.
+        """
+        args: list[Any] = [
+            job_id,
+            "*" if expected is None else json.dumps(expected),
+            "*" if owner is None else json.dumps(owner),
+            "" if lease_until is None else lease_until,
+            "" if dispatch_until is None else dispatch_until,
+            "" if lease_expired_before is None else lease_expired_before,
+            max(1, self.retention_seconds),
+            "" if state is None else json.dumps(str(state)),
+        ]
+        for name, value in _encode(fields).items():
             args += [name, value]
         name = self.redis.hget(self.key(job_id), "spec")
-        name_key = self.name_key(json.loads(name)["name"]) if name else self.name_key("-")
-        return self._set_state(keys=[self.key(job_id), name_key], args=args) == 1
+        name_key = keys.name(json.loads(name)["name"]) if name else keys.name("-")
+        bulky = [keys.job_events(job_id), *(keys.job_data(job_id, w) for w in keys.JOB_DATA)]
+        job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key, *bulky]
+        return int(self._move(keys=job_keys, args=args))
+
+    def set_state(self, job_id: str, state: JobState, **fields: Any) -> bool:
+        """Move to `state` whoever owns the job, unless it is final; returns whether it moved.
+
+        Reaching a final state also clears the owner.
+        """
+        owner = "" if state in FINAL_STATES else None
+        return self.move(job_id, expected=None, owner=owner, state=state, **fields) == 1
+
+    def renew(self, job_id: str, owner: str, until: float) -> bool:
+        """Extend a worker's lease; False when that worker no longer owns the job."""
+        args = [job_id, json.dumps(owner), until]
+        return bool(self._renew(keys=[self.key(job_id), keys.LEASES], args=args))
+
+    def expired_leases(self, before: float, limit: int = 1000) -> list[str]:
+        """Jobs whose owning worker has not renewed since `before` (cost: the expired ones)."""
+        return self.redis.zrangebyscore(keys.LEASES, "-inf", before, start=0, num=limit)
+
+    def undelivered(self, before: float, limit: int = 1000) -> list[str]:
+        """Jobs handed to the queue whose message was not confirmed sent by `before`."""
+        return self.redis.zrangebyscore(keys.DISPATCH, "-inf", before, start=0, num=limit)
 
     def state(self, job_id: str) -> JobState | None:
         raw = self.redis.hget(self.key(job_id), "state")

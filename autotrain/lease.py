@@ -1,27 +1,27 @@
 """Leases, GPU locks and batch slots: the Redis-side coordination of long jobs.
 
-A task holds `autotrain:lease:<job>` while it works and renews it; when a host dies the lease
-expires and the reaper (a thread in every worker) re-queues the job, which resumes from its newest
-checkpoint. Messages are acknowledged early, so the broker never redelivers anything by itself.
+A worker that takes a job (autotrain.scripts.MOVE, owner "worker:<token>") holds its lease: a
+deadline in `autotrain:leases` that a thread renews every third of the lease, only while the
+worker still owns the job. When a worker dies its deadline passes and the reaper re-queues the
+job (autotrain.reaper); a job waiting in a queue holds no lease and is never reaped. Messages are
+acknowledged early, so the broker never redelivers anything by itself.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 
 import redis
 
-from autotrain.connection import KEY_PREFIX
+from autotrain import keys
 
 __all__ = [
     "Lease",
-    "hold_lease",
-    "lease_key",
+    "new_owner",
     "acquire_batch_slot",
     "release_batch_slot",
     "create_batch",
@@ -33,50 +33,48 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def lease_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}lease:{job_id}"
+def new_owner(worker: str) -> str:
+    """A worker's owner token for one job: unique even for a restarted worker of that name."""
+    return f"worker:{worker}/{secrets.token_hex(4)}"
 
 
 class Lease:
-    """A renewed Redis key naming the worker that owns a job right now.
+    """Renews a worker's ownership of a job until stopped.
 
-    Renewal only extends a lease that is still this holder's (or gone, e.g. after a Redis
-    restart). If another holder took it, because the reaper re-queued the job while this worker
-    was cut off, `lost` is set: the holder must stop working on the job and leave it alone.
+    If the job was moved away meanwhile (re-queued because this worker was cut off, or
+    cancelled), `lost` is set: the holder must stop working on the job and leave it alone.
+    While Redis is unreachable it keeps trying: the reaper waits a grace beyond the deadline.
     """
 
-    def __init__(self, client: redis.Redis, job_id: str, owner: str, seconds: float) -> None:
-        self.client, self.job_id = client, job_id
-        self.owner = f"{owner}/{secrets.token_hex(4)}"  # unique even for a restarted worker
-        self.ms = int(seconds * 1000)
+    def __init__(self, store, job_id: str, owner: str, seconds: float) -> None:
+        self.store, self.job_id, self.owner, self.seconds = store, job_id, owner, seconds
         self.extra: list[Callable[[], None]] = []
         self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew_forever, daemon=True)
 
+    def deadline(self) -> float:
+        return time.time() + self.seconds
+
     def start(self) -> Lease:
-        self.client.set(lease_key(self.job_id), self.owner, px=self.ms)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        with contextlib.suppress(redis.RedisError):
-            self.client.eval(_DELETE_IF_MINE, 1, lease_key(self.job_id), self.owner)
 
     def _renew_forever(self) -> None:
-        while not self._stop.wait(self.ms / 3000):
+        while not self._stop.wait(self.seconds / 3):
             try:
-                if not self.client.eval(
-                    _TAKE_IF_FREE_OR_MINE, 1, lease_key(self.job_id), self.owner, self.ms
-                ):
-                    log.warning("lease of %s was taken over; this worker lets go", self.job_id)
-                    self.lost.set()
+                if not self.store.renew(self.job_id, self.owner, self.deadline()):
+                    if not self._stop.is_set():
+                        log.warning("%s was moved away from this worker; letting go", self.job_id)
+                        self.lost.set()
                     return
                 for renew in self.extra:
                     renew()
-            except redis.RedisError as exc:  # Redis restarting: retry until the lease runs out
+            except redis.RedisError as exc:  # Redis restarting: retry; the reaper waits a grace
                 log.warning("lease renewal for %s failed: %s", self.job_id, exc)
 
 
@@ -93,15 +91,6 @@ _DELETE_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
-
-
-@contextmanager
-def hold_lease(client: redis.Redis, job_id: str, owner: str, seconds: float) -> Iterator[Lease]:
-    lease = Lease(client, job_id, owner, seconds).start()
-    try:
-        yield lease
-    finally:
-        lease.stop()
 
 
 # Batch slots: at most `max_concurrent` jobs of a batch train at once. A job that finds the batch
@@ -129,7 +118,7 @@ return nxt[1]
 
 
 def _batch_keys(batch_id: str) -> list[str]:
-    base = f"{KEY_PREFIX}batch:{batch_id}"
+    base = keys.batch(batch_id)
     return [f"{base}:training", f"{base}:parked", base]
 
 
@@ -151,8 +140,7 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
 # never deadlock; the locks expire with the lease if the host dies.
 
 
-def gpu_lock_key(host: str, gpu: int) -> str:
-    return f"{KEY_PREFIX}gpu:{host}:{gpu}"
+gpu_lock_key = keys.gpu_lock
 
 
 def acquire_gpus(

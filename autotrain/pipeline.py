@@ -73,7 +73,9 @@ def job_store(settings: Settings) -> JobStore:
     """The job store of the configured (or embedded) Redis; errors say how to start it."""
     from autotrain.connection import check_redis
 
-    return JobStore(check_redis(settings), settings.progress_stream_maxlen)
+    return JobStore(
+        check_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
+    )
 
 
 def prepare_pipeline(

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     )
     cancel_grace_seconds: float = Field(5.0, description="SIGTERM to SIGKILL delay when cancelling")
     progress_stream_maxlen: int = Field(5000, description="Events kept per job progress stream")
+    retention_days: float = Field(
+        7.0,
+        description="Days a finished job's progress events and reports stay in Redis (its record "
+        "stays until `train prune`)",
+    )
 
     flower_address: str = Field("127.0.0.1", description="Flower listen address")
     flower_port: int = Field(5555, description="Flower port")

@@ -1,8 +1,10 @@
-"""The five phase tasks. Each takes a job id, works from the job record and returns the id.
+"""The five phase tasks. Each takes a job id, works from the job record and sends the next phase.
 
-A task first checks the job is still wanted (a cancelled job never starts), holds the job's lease
-while it works, and records every outcome on the job record: that record, not the Celery task
-state, is what users see.
+A task first takes the job from the queue (atomically, by its own message id: a stale or re-sent
+message finds the job owned by someone else and does nothing), holds the job's lease while it
+works, and records every outcome on the job record: that record, not the Celery task state, is
+what users see. Finishing a phase (recording it, releasing locks, sending the next one) waits
+out a Redis outage instead of failing (autotrain.connection.until_redis_back).
 """
 
 from __future__ import annotations
@@ -18,24 +20,23 @@ from functools import lru_cache
 from celery import Task
 from celery.exceptions import Ignore
 
-from autotrain import phases
+from autotrain import keys, phases
 from autotrain.celery_app import app
-from autotrain.connection import get_redis
+from autotrain.connection import get_redis, until_redis_back
 from autotrain.errors import AutotrainError
 from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
-from autotrain.heartbeat import WORKER_PREFIX  # importing it registers the worker signals
+from autotrain.heartbeat import WORKER_PREFIX  # noqa: F401 - importing it registers the signals
 from autotrain.job import Job, JobState, JobStore
 from autotrain.lease import (
     Lease,
     acquire_batch_slot,
     acquire_gpus,
-    hold_lease,
-    release_batch_slot,
+    new_owner,
     release_gpus,
     renew_gpus,
 )
 from autotrain.plan import TrainPlan
-from autotrain.queue import current_host, dispatch_training
+from autotrain.queue import current_host, hand_on, hand_on_batch_slot
 from autotrain.recorder import ProgressRecorder, read_loss_history
 from autotrain.settings import Settings, load_settings
 from autotrain.worker import compute_processes, driver_version
@@ -53,7 +54,9 @@ def worker_settings() -> Settings:
 
 def worker_store() -> JobStore:
     settings = worker_settings()
-    return JobStore(get_redis(settings), settings.progress_stream_maxlen)
+    return JobStore(
+        get_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
+    )
 
 
 def worker_gpu() -> int | None:
@@ -69,136 +72,163 @@ class PhaseContext:
     settings: Settings
     lease: Lease
 
+    @property
+    def outage(self) -> float:
+        """How long finishing a phase waits for Redis: well past a lease."""
+        return self.settings.lease_seconds * 10
+
+    def hand_on(self, phase: str, **fields) -> None:
+        """This phase is done: the queue of `phase` owns the job now."""
+        self.lease.stop()  # from here the move decides; a renewal would only see it gone
+        hand_on(self.store, self.job.id, self.lease.owner, phase, self.settings.lease_seconds,
+                self.outage, **fields)  # fmt: skip
+
+    def finish(self, state: JobState, **fields) -> bool:
+        """End the job in a final state, if this worker still owns it."""
+        self.lease.stop()
+        moved = until_redis_back(
+            lambda: self.store.move(self.job.id, expected=self.lease.owner, owner="", state=state,
+                                    finished_at=time.time(), **fields),
+            self.outage, f"finishing {self.job.id}",
+        )  # fmt: skip
+        if moved == 1:
+            hand_on_batch_slot(self.store, self.store.get(self.job.id))
+        return moved == 1
+
 
 @contextmanager
-def phase(task: Task, job_id: str, state: JobState) -> Iterator[PhaseContext]:
-    """Enter a phase: skip cancelled jobs, take the lease, record failure on the job."""
+def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[PhaseContext]:
+    """Enter a phase: take the job from the queue, hold its lease, record a failure on it."""
     store, settings = worker_store(), worker_settings()
+    worker = task.request.hostname or "?"
+    owner = new_owner(worker)
+    fields = {"worker": worker, "phase": name, "next_task": None}
+    fields["host" if name == "train" else "prep_host"] = current_host()
     job = store.get(job_id)
-    if job.is_final or job.cancel_requested:
-        _finish_cancelled(store, job)
-        raise Ignore()
-    fields = {"worker": task.request.hostname, "host": current_host()}
     if job.started_at is None:
         fields["started_at"] = time.time()
-    store.set_state(job_id, state, **fields)
-    log.info("%s %s: %s on %s", job.name, job_id, state.value, task.request.hostname)
+    moved = store.move(
+        job_id, expected=f"queue:{task.request.id}", owner=owner, state=state,
+        lease_until=time.time() + settings.lease_seconds, **fields,
+    )  # fmt: skip
+    if moved != 1:
+        log.info("%s: %s message %s is stale (the job is %s); ignored", job_id, name,
+                 task.request.id, "final" if moved == -1 else "owned elsewhere")  # fmt: skip
+        raise Ignore()
+    lease = Lease(store, job_id, owner, settings.lease_seconds).start()
+    ctx = PhaseContext(store.get(job_id), store, settings, lease)
+    log.info("%s %s: %s on %s", ctx.job.name, job_id, state.value, worker)
     try:
-        with hold_lease(
-            store.redis, job_id, task.request.hostname or "?", settings.lease_seconds
-        ) as lease:
-            yield PhaseContext(store.get(job_id), store, settings, lease)
+        if ctx.job.cancel_requested:
+            ctx.finish(JobState.CANCELLED, error="cancelled by user")
+            raise Ignore()
+        yield ctx
     except AutotrainError as exc:
-        _fail(store, store.get(job_id), str(exc))
+        _fail(ctx, str(exc))
         raise
     except Ignore:
         raise
     except Exception as exc:
-        _fail(store, store.get(job_id), f"{type(exc).__name__}: {exc}")
+        _fail(ctx, f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        lease.stop()
 
 
 @app.task(name="autotrain.validate", bind=True)
-def validate(self: Task, job_id: str) -> str:
-    with phase(self, job_id, JobState.VALIDATING) as ctx:
+def validate(self: Task, job_id: str) -> None:
+    with phase(self, job_id, "validate", JobState.VALIDATING) as ctx:
         report = phases.validate_phase(ctx.job.spec, ctx.settings, _files_progress(ctx))
         ctx.store.put_data(job_id, "report", report.model_dump(mode="json"))
-    return job_id
+        ctx.hand_on("prepare")
 
 
 @app.task(name="autotrain.prepare", bind=True)
-def prepare(self: Task, job_id: str) -> str:
-    with phase(self, job_id, JobState.PREPARING) as ctx:
+def prepare(self: Task, job_id: str) -> None:
+    with phase(self, job_id, "prepare", JobState.PREPARING) as ctx:
         staged = phases.prepare_phase(
             ctx.job.spec, _report(ctx), ctx.settings, progress=_files_progress(ctx), job_id=job_id
         )
         ctx.store.put_data(job_id, "stage", staged.model_dump(mode="json"))
-    return job_id
+        ctx.hand_on("configure")
 
 
 @app.task(name="autotrain.configure", bind=True)
-def configure(self: Task, job_id: str) -> str:
-    with phase(self, job_id, JobState.CONFIGURING) as ctx:
+def configure(self: Task, job_id: str) -> None:
+    with phase(self, job_id, "configure", JobState.CONFIGURING) as ctx:
         plan = phases.configure_phase(ctx.job.spec, _report(ctx), ctx.settings)
-        ctx.store.update(job_id, plan=plan.model_dump(mode="json"), total=plan.total_steps)
-        ctx.store.set_state(job_id, JobState.WAITING_GPU, worker=None)
-    return job_id
+        ctx.hand_on("train", plan=plan.model_dump(mode="json"), total=plan.total_steps)
 
 
 @app.task(name="autotrain.train", bind=True)
-def train(self: Task, job_id: str) -> str:
-    store, settings = worker_store(), worker_settings()
-    job = store.get(job_id)
-    if job.is_final or job.cancel_requested:
-        _finish_cancelled(store, job)
-        raise Ignore()
-    batch_id = job.spec.batch_id
-    if batch_id and not acquire_batch_slot(store.redis, batch_id, job_id, job.created_at):
-        store.set_state(job_id, JobState.WAITING_GPU, worker=None)
-        log.info("%s %s: parked, its batch is at --max-concurrent", job.name, job_id)
-        raise Ignore()
-    try:
-        _train(self, store, settings, store.get(job_id))
-    finally:
-        if batch_id:
-            nxt = release_batch_slot(store.redis, batch_id, job_id)
-            if nxt:
-                dispatch_training(store, nxt)
-    return job_id
+def train(self: Task, job_id: str) -> None:
+    with phase(self, job_id, "train", JobState.WAITING_GPU) as ctx:
+        batch_id = ctx.job.spec.batch_id
+        if batch_id and not acquire_batch_slot(
+            ctx.store.redis, batch_id, job_id, ctx.job.created_at
+        ):
+            ctx.lease.stop()
+            ctx.store.move(job_id, expected=ctx.lease.owner, owner="parked",
+                           state=JobState.WAITING_GPU, worker=None)  # fmt: skip
+            log.info("%s %s: parked, its batch is at --max-concurrent", ctx.job.name, job_id)
+            raise Ignore()
+        _train(self, ctx)
 
 
-def _train(task: Task, store: JobStore, settings: Settings, job: Job) -> None:
+def _train(task: Task, ctx: PhaseContext) -> None:
+    store, settings, job = ctx.store, ctx.settings, ctx.job
     plan = TrainPlan.model_validate(job.plan)
     host, own_gpu = current_host(), worker_gpu()
     gpus = list(job.spec.gpu_ids) or ([own_gpu] if own_gpu is not None else [])
     worker = task.request.hostname or "?"
-    with phase(task, job.id, JobState.WAITING_GPU) as ctx:
-        cancelled = lambda: store.cancel_requested(job.id)  # noqa: E731
-        if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled):
-            _finish_cancelled(store, store.get(job.id))
-            raise Ignore()
-        ctx.lease.extra.append(
-            lambda: renew_gpus(store.redis, host, gpus, job.id, settings.lease_seconds)
-        )
-        attempt = job.attempt + 1
-        gpu_label = ",".join(map(str, gpus)) or "cpu"
-        first_started = job.training_started_at or time.time()
-        busy_key = f"{WORKER_PREFIX}{worker}:job"  # read by `autotrain status`
+    cancelled = lambda: ctx.lease.lost.is_set() or store.cancel_requested(job.id)  # noqa: E731
+    if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled):
+        if not ctx.lease.lost.is_set():
+            ctx.finish(JobState.CANCELLED, error="cancelled by user")
+        raise Ignore()
+    ctx.lease.extra.append(
+        lambda: renew_gpus(store.redis, host, gpus, job.id, settings.lease_seconds)
+    )
+    gpu_label = ",".join(map(str, gpus)) or "cpu"
+    first_started = job.training_started_at or time.time()
+    busy_key = keys.worker_job(worker)  # read by `autotrain status`
 
-        def mark_busy() -> None:
-            store.redis.set(busy_key, job.id, ex=int(settings.lease_seconds))
+    def mark_busy() -> None:
+        store.redis.set(busy_key, job.id, ex=int(settings.lease_seconds))
 
-        try:
-            store.set_state(
-                job.id, JobState.TRAINING, attempt=attempt, gpu=gpu_label, train_worker=worker,
-                training_started_at=first_started,
-            )  # fmt: skip
-            mark_busy()
-            ctx.lease.extra.append(mark_busy)
-            run, command, resumed = _run_trainer(
-                task, store, settings, job, plan, gpus, first_started, ctx.lease
-            )
-        finally:
-            release_gpus(store.redis, host, gpus, job.id)
-            store.redis.delete(busy_key)
-        if ctx.lease.lost.is_set():
-            raise Ignore()  # re-queued meanwhile: the job belongs to its new attempt
-        if run.cancelled:
-            _finish_cancelled(store, store.get(job.id))
-            raise Ignore()
-        _record_attempt(store, job.id, attempt, worker, run, command, resumed, gpu_label, host)
-        phases.raise_for_trainer(run, plan)
-        store.update(job.id, training_finished_at=time.time())
+    try:
+        store.set_state(job.id, JobState.TRAINING, gpu=gpu_label, train_worker=worker,
+                        training_started_at=first_started)  # fmt: skip
+        mark_busy()
+        ctx.lease.extra.append(mark_busy)
+        run, command, resumed = _run_trainer(task, ctx, plan, gpus, first_started)
+    finally:
+        until_redis_back(lambda: release_gpus(store.redis, host, gpus, job.id), ctx.outage,
+                         "releasing GPUs")  # fmt: skip
+        until_redis_back(lambda: store.redis.delete(busy_key), ctx.outage, "marking idle")
+    if ctx.lease.lost.is_set():
+        raise Ignore()  # re-queued meanwhile: the job belongs to its new attempt
+    if run.cancelled:
+        ctx.finish(JobState.CANCELLED, error="cancelled by user")
+        raise Ignore()
+    until_redis_back(
+        lambda: _record_attempt(store, job.id, job.attempt, worker, run, command, resumed,
+                                gpu_label, host),
+        ctx.outage, "recording the attempt",
+    )  # fmt: skip
+    phases.raise_for_trainer(run, plan)
+    ctx.hand_on("report", training_finished_at=time.time())
 
 
-def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan: TrainPlan,
-                 gpus: list[int], first_started: float, lease: Lease):  # fmt: skip
+def _run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int],
+                 first_started: float):  # fmt: skip
     """Phase 4 with its events going to the job's stream, progress.jsonl and Flower.
 
     No trainer outlives its job: before the trainer starts, what is left of an earlier one on
     these GPUs (a worker killed with its guard) is killed; while it runs, its session is recorded
     per GPU for the supervisor and a restarted worker to act on (autotrain.guard).
     """
+    store, settings, job, lease = ctx.store, ctx.settings, ctx.job, ctx.lease
     records = device_records(Workspace(settings.workspace).state_dir, current_host(), gpus)
     for line in kill_recorded_trainers(records):
         log.warning("%s %s: %s", job.name, job.id, line)
@@ -220,7 +250,7 @@ def _run_trainer(task: Task, store: JobStore, settings: Settings, job: Job, plan
             should_cancel=lambda: lease.lost.is_set() or store.cancel_requested(job.id),
             gpus=gpus or None,
             resume_since=first_started,
-            attempt=job.attempt + 1,
+            attempt=job.attempt,
             extra_versions={"driver": driver_version()} if gpus else None,
             on_start=lambda session: record_trainer(records, session, job.id),
         )
@@ -266,8 +296,8 @@ def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run
 
 
 @app.task(name="autotrain.report", bind=True)
-def report(self: Task, job_id: str) -> str:
-    with phase(self, job_id, JobState.REPORTING) as ctx:
+def report(self: Task, job_id: str) -> None:
+    with phase(self, job_id, "report", JobState.REPORTING) as ctx:
         job = ctx.job
         plan = TrainPlan.model_validate(job.plan)
         info = ctx.store.get_data(job_id, "run") or {}
@@ -285,15 +315,11 @@ def report(self: Task, job_id: str) -> str:
             },
         )
         manifest = phases.report_phase(job.spec, plan, ctx.settings, info)
-        ctx.store.set_state(
-            job_id,
-            JobState.SUCCEEDED,
-            finished_at=time.time(),
-            result={"weights": manifest["weights"][0]["path"], "run_json": str(plan.model_dir.parent / "run.json"),
-                    "final_loss": manifest["final_loss"]},
-        )  # fmt: skip
-        log.info("%s %s: succeeded", job.name, job_id)
-    return job_id
+        result = {"weights": manifest["weights"][0]["path"],
+                  "run_json": str(plan.model_dir.parent / "run.json"),
+                  "final_loss": manifest["final_loss"]}  # fmt: skip
+        if ctx.finish(JobState.SUCCEEDED, result=result):
+            log.info("%s %s: succeeded", job.name, job_id)
 
 
 def _files_progress(ctx: PhaseContext):
@@ -315,13 +341,8 @@ def _report(ctx: PhaseContext):
     return ValidationReport.model_validate(ctx.store.get_data(ctx.job.id, "report"))
 
 
-def _fail(store: JobStore, job: Job, error: str) -> None:
-    store.set_state(job.id, JobState.FAILED, finished_at=time.time(), error=error)
-    logging.getLogger("autotrain.errors").error("%s %s failed: %s", job.name, job.id, error)
-
-
-def _finish_cancelled(store: JobStore, job: Job) -> None:
-    if not job.is_final:
-        store.set_state(
-            job.id, JobState.CANCELLED, finished_at=time.time(), error="cancelled by user"
+def _fail(ctx: PhaseContext, error: str) -> None:
+    if ctx.finish(JobState.FAILED, error=error):
+        logging.getLogger("autotrain.errors").error(
+            "%s %s failed: %s", ctx.job.name, ctx.job.id, error
         )

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from autotrain.celery_app import GPU_QUEUE, PREP_QUEUE, gpu_queue_name
+from autotrain.celery_app import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
 from autotrain.settings import Settings
 
 __all__ = [
@@ -27,12 +27,9 @@ __all__ = [
     "driver_version",
     "plan_workers",
     "run_workers",
-    "WORKER_KEY",
 ]
 
 log = logging.getLogger(__name__)
-
-WORKER_KEY = "autotrain:worker:"
 
 
 @dataclass
@@ -158,7 +155,7 @@ def plan_workers(
         workers.append(
             WorkerProcess(
                 f"cpu@{host}",
-                [GPU_QUEUE, gpu_queue_name(host, "cpu")],
+                [gpu_queue_name(host, "cpu"), GPU_QUEUE],  # its own queue first
                 env={**base_env, "CUDA_VISIBLE_DEVICES": "", "AUTOTRAIN_GPU_INDEX": ""},
             )
         )
@@ -173,14 +170,14 @@ def plan_workers(
             }
             workers.append(
                 WorkerProcess(
-                    f"gpu{gpu.index}@{host}", [GPU_QUEUE, gpu_queue_name(host, gpu.index)], env=env
+                    f"gpu{gpu.index}@{host}", [gpu_queue_name(host, gpu.index), GPU_QUEUE], env=env
                 )
             )
     if consume_prep:
         workers.append(
             WorkerProcess(
                 f"prep@{host}",
-                [PREP_QUEUE],
+                [PREP_ONGOING_QUEUE, PREP_QUEUE],  # jobs under way before new validations
                 concurrency=2,
                 pool="threads",
                 env={**base_env, "CUDA_VISIBLE_DEVICES": ""},

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
 import pytest
 import redis
 
+from autotrain import keys
 from autotrain.job import JobState, JobStore
 from autotrain.lease import (
+    Lease,
     acquire_batch_slot,
     acquire_gpus,
     create_batch,
     gpu_lock_key,
-    hold_lease,
-    lease_key,
     release_batch_slot,
     release_gpus,
 )
@@ -82,14 +83,6 @@ def test_a_final_job_never_leaves_its_state(client):
     assert store.get(job.id).state == JobState.CANCELLED
 
 
-def test_lease_is_renewed_while_held_and_removed_after(client):
-    with hold_lease(client, "j1", "w1", seconds=0.6) as lease:
-        time.sleep(1.0)  # longer than the lease: only renewal keeps it
-        assert client.get(lease_key("j1")) == lease.owner and lease.owner.startswith("w1/")
-        assert not lease.lost.is_set()
-    assert client.get(lease_key("j1")) is None
-
-
 def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
     store = JobStore(client)
     job = store.create(spec())
@@ -98,68 +91,129 @@ def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
         store.get("nope")
 
 
-def _orphaned_training_job(store: JobStore, attempt: int) -> str:
-    job = store.create(spec(), queue="gpu")
-    store.set_state(
-        job.id, JobState.TRAINING, attempt=attempt, worker="cpu@gone", started_at=time.time() - 60
-    )
+def _owned_by_worker(store: JobStore, lease_until: float, attempt: int = 1, phase="train"):
+    """A job a worker took from the queue, with the lease deadline it last renewed to."""
+    job = store.create(spec(), queue="gpu", owner="queue:m1", phase="validate", attempt=attempt)
+    moved = store.move(job.id, expected="queue:m1", owner="worker:cpu@gone/1234",
+                       state=JobState.TRAINING, lease_until=lease_until, phase=phase,
+                       worker="cpu@gone")  # fmt: skip
+    assert moved == 1
     return job.id
 
 
-def test_reaper_requeues_a_job_whose_worker_died(client, redis_server, tmp_path):
+@pytest.fixture
+def reaping(client, redis_server, tmp_path):
     from autotrain.celery_app import configure_app
-    from autotrain.queue import reap_expired
     from autotrain.settings import load_settings
 
     settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
     configure_app(settings)
+    return JobStore(client), settings
+
+
+def test_taking_a_job_is_atomic_and_by_message_id(client):
     store = JobStore(client)
-    job_id = _orphaned_training_job(store, attempt=1)
-    assert reap_expired(store, settings) == [], "a missing lease is first only suspected"
-    time.sleep(0.6)  # the grace is half a lease
-    assert reap_expired(store, settings) == [job_id]
-    assert store.get(job_id).state == JobState.QUEUED
-    assert client.llen("gpu") == 1, "a train task was sent to the gpu queue"
-    assert reap_expired(store, settings) == [], "the lease claim stops a second reaper"
+    job = store.create(spec(), owner="queue:m1", phase="validate")
+    # a stale or re-sent message (another id) finds the job owned by another: nothing happens
+    assert store.move(job.id, expected="queue:other", owner="worker:w2/1") == 0
+    assert store.move(job.id, expected="queue:m1", owner="worker:w1/1", lease_until=1e10) == 1
+    assert store.move(job.id, expected="queue:m1", owner="worker:w3/1") == 0, "taken only once"
+    assert store.get(job.id).owner == "worker:w1/1"
+    assert client.zscore(keys.LEASES, job.id) == 1e10
 
 
-def test_reaper_fails_a_job_that_keeps_killing_its_worker(client, redis_server, tmp_path):
-    from autotrain.queue import reap_expired
-    from autotrain.settings import load_settings
+def test_a_job_waiting_in_a_queue_for_longer_than_a_lease_is_never_reaped(reaping, client):
+    from autotrain.reaper import reap
 
-    settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
-    store = JobStore(client)
-    job_id = _orphaned_training_job(store, attempt=3)
-    reap_expired(store, settings)
-    time.sleep(0.6)
-    reap_expired(store, settings)
+    store, settings = reaping
+    job_id = _owned_by_worker(store, lease_until=time.time() + 60)
+    # the phase ends and hands the job on; its next message then waits for a long time
+    assert store.move(job_id, expected="worker:cpu@gone/1234", owner="queue:m2",
+                      state=JobState.QUEUED, phase="prepare") == 1  # fmt: skip
+    assert client.zscore(keys.LEASES, job_id) is None
+    assert not reap(store, settings, now=time.time() + 3600)
+    assert store.get(job_id).owner == "queue:m2"
+
+
+def test_the_reaper_requeues_the_phase_a_dead_worker_held_as_a_new_attempt(reaping, client):
+    from autotrain.reaper import reap
+
+    store, settings = reaping
+    job_id = _owned_by_worker(store, lease_until=time.time() - 0.2)
+    assert not reap(store, settings), "within the grace (half a lease) it may still renew"
+    result = reap(store, settings, now=time.time() + 1)
+    assert result.requeued == [job_id]
+    job = store.get(job_id)
+    assert (job.state, job.attempt, job.phase) == (JobState.WAITING_GPU, 2, "train")
+    assert job.owner == f"queue:{job.next_task['id']}"
+    assert client.llen("gpu") == 1, "a train message was sent to the gpu queue"
+    assert not reap(store, settings, now=time.time() + 1), "requeued once, not twice"
+
+
+def test_the_reaper_fails_a_job_out_of_attempts(reaping):
+    from autotrain.reaper import reap
+
+    store, settings = reaping
+    job_id = _owned_by_worker(store, lease_until=time.time() - 5, attempt=3)
+    assert reap(store, settings).failed == [job_id]
     job = store.get(job_id)
     assert job.state == JobState.FAILED
-    assert "interrupted 3 times" in job.error and "max_attempts=3" in job.error
+    assert "Interrupted 3 times" in job.error and "max_attempts=3" in job.error
 
 
-def test_reaper_leaves_a_job_whose_worker_renews_in_time(client, redis_server, tmp_path):
-    """After a Redis restart a live worker's lease may be briefly gone: a renewal within the
-    grace keeps its job from being re-queued (and trained twice)."""
-    from autotrain.queue import reap_expired
-    from autotrain.settings import load_settings
+def test_a_worker_renewing_in_time_keeps_its_job(reaping):
+    """After a Redis restart a live worker renews within a third of a lease; the reaper's grace
+    is half a lease past the deadline, so the job is not re-queued (and trained twice)."""
+    from autotrain.reaper import reap
 
-    settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
-    store = JobStore(client)
-    job_id = _orphaned_training_job(store, attempt=1)
-    assert reap_expired(store, settings) == []
-    client.set(lease_key(job_id), "cpu@alive", px=1000)  # the worker renews
-    time.sleep(0.6)
-    assert reap_expired(store, settings) == []
-    client.delete(lease_key(job_id))
-    assert reap_expired(store, settings) == [], "suspicion starts afresh after a renewal"
+    store, settings = reaping
+    job_id = _owned_by_worker(store, lease_until=time.time() - 0.3)
+    assert store.renew(job_id, "worker:cpu@gone/1234", time.time() + 1)
+    assert not reap(store, settings)
     assert store.get(job_id).state == JobState.TRAINING
 
 
-def test_a_lease_taken_over_is_let_go_not_overwritten(client):
-    with hold_lease(client, "j2", "w1", seconds=0.6) as lease:
-        client.set(lease_key("j2"), "cpu@new/abcd", px=5000)  # the reaper re-queued it elsewhere
-        time.sleep(0.5)
-        assert lease.lost.is_set()
-        assert client.get(lease_key("j2")) == "cpu@new/abcd"
-    assert client.get(lease_key("j2")) == "cpu@new/abcd", "stopping must not delete another's lease"
+def test_a_lease_moved_away_is_let_go(client):
+    store = JobStore(client)
+    job_id = _owned_by_worker(store, lease_until=time.time() + 1)
+    lease = Lease(store, job_id, "worker:cpu@gone/1234", seconds=0.6).start()
+    time.sleep(0.5)
+    assert not lease.lost.is_set(), "renewed while it owns the job"
+    store.move(job_id, expected=None, owner="queue:m9", state=JobState.WAITING_GPU)
+    time.sleep(0.5)
+    assert lease.lost.is_set()
+    lease.stop()
+    assert store.get(job_id).owner == "queue:m9", "letting go never touches the new owner"
+
+
+def test_an_unconfirmed_hand_off_is_sent_again_with_the_same_id(reaping, client):
+    from autotrain.reaper import reap
+
+    store, settings = reaping
+    job_id = _owned_by_worker(store, lease_until=time.time() + 60)
+    message = {"name": "autotrain.prepare", "id": "m2", "queue": "prep.ongoing"}
+    # the worker moved the job to the queue, then died before sending the message
+    store.move(job_id, expected="worker:cpu@gone/1234", owner="queue:m2", state=JobState.QUEUED,
+               phase="prepare", next_task=message, dispatch_until=time.time() + 1)  # fmt: skip
+    assert not reap(store, settings)
+    assert reap(store, settings, now=time.time() + 2).resent == [job_id]
+    assert client.llen("prep.ongoing") == 1
+    assert not reap(store, settings, now=time.time() + 2), "confirmed: sent once more only"
+
+
+def test_train_list_reads_one_page_of_ten_thousand_jobs(client):
+    store = JobStore(client)
+    pipe = client.pipeline(transaction=False)
+    for i in range(10_000):
+        job_id = f"20260101-{i:06d}-aaaaaa"
+        pipe.hset(keys.job(job_id), mapping={"id": json.dumps(job_id),
+                  "spec": json.dumps(spec(f"d{i}").model_dump(mode="json")),
+                  "state": json.dumps("succeeded")})  # fmt: skip
+        pipe.zadd(keys.JOBS, {job_id: i})
+    pipe.execute()
+    client.config_resetstat()
+    jobs = store.page(limit=50)
+    calls = client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    assert [j.id for j in jobs][:2] == ["20260101-009999-aaaaaa", "20260101-009998-aaaaaa"]
+    assert len(jobs) == 50 and calls <= 100, f"{calls} job records read for one page"
+    assert store.page(states={JobState.TRAINING}) == []  # the active index: nothing to read

@@ -170,8 +170,14 @@ def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
     assert saved_step > 0
 
 
-def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path):
-    """Redis killed (SIGKILL) while a job trains, then restarted on its data: the job finishes."""
+@pytest.mark.parametrize(
+    ("kill_at_step", "down_seconds"), [(5, 2), (57, 4)], ids=["mid-training", "as-it-ends"]
+)
+def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_step, down_seconds):
+    """Redis killed (SIGKILL) while a job trains, then restarted on its data: the job finishes.
+
+    Killed as the trainer ends and down for longer than the lease (3 s here), finishing the
+    phase waits for Redis: the finished training is recorded, not trained again."""
     import socket
 
     from autotrain.cluster import find_redis_server
@@ -194,10 +200,10 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path):
         dataset = copy_example(tmp_path)
         job_id = cluster.submit(dataset)
         store = cluster.store()
-        wait_for(lambda: store.get(job_id).step >= 5, 60, "training to start")
+        wait_for(lambda: store.get(job_id).step >= kill_at_step, 60, "training to get there")
         server.kill()
         server.wait(10)
-        time.sleep(2)
+        time.sleep(down_seconds)
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
         wait_for(lambda: _answers(cluster.redis), 10, "redis-server to come back")
         wait_for(lambda: store.get(job_id).is_final, 120, "the job to end after the restart")
@@ -206,6 +212,8 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path):
         assert job.attempt == 1, "the trainer went on through the restart; nothing was retried"
         assert job.step == job.total
         assert (cluster.root / "output" / "tiny_shapes" / "run.json").is_file()
+        log = (cluster.root / "output" / "tiny_shapes" / "log" / "trainer.log").read_text()
+        assert log.count("\n$ ") == 1, "the trainer ran once"
     finally:
         cluster.stop()
         server.kill()

@@ -89,6 +89,17 @@ def status_cmd(ctx) -> None:
     )
     depths = queue_depths(JobStore(client))
     console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(depths.items())))
+    memory = client.info("memory")
+    used, limit = memory.get("used_memory", 0), memory.get("maxmemory", 0)
+    line = f"Redis memory: {used / 2**20:.1f} MiB"
+    if limit:
+        line += f" of {limit / 2**20:.0f} MiB maxmemory ({used / limit:.0%})"
+    console.print(line)
+    if limit and used > 0.8 * limit:
+        console.print(
+            "[yellow]Warning:[/] Redis is above 80% of maxmemory; with noeviction it will refuse "
+            "writes when full. Lower retention_days, prune old jobs, or raise maxmemory."
+        )
 
 
 @click.command("worker")

@@ -293,7 +293,12 @@ def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
     from autotrain.connection import get_redis
     from autotrain.heartbeat import live_workers
 
-    workers = live_workers(get_redis(settings))
+    import redis
+
+    try:
+        workers = live_workers(get_redis(settings))
+    except redis.RedisError:
+        return  # the job is queued; a Redis blip right now must not read as a failure
     if queue and workers and not any(queue in w["queues"] for w in workers):
         err_console.print(
             f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "

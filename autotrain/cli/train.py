@@ -35,19 +35,24 @@ def train_group() -> None:
 @train_group.command("list")
 @click.option("--state", "states", multiple=True, type=click.Choice([s.value for s in JobState]),
               help="Only jobs in this state (repeatable).")  # fmt: skip
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Show at most this many jobs (a page).")  # fmt: skip
+@click.option("--offset", default=0, type=click.IntRange(min=0), help="Skip this many first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_cmd(ctx, states, as_json) -> None:
-    """Jobs, newest last.
+def list_cmd(ctx, states, limit, offset, as_json) -> None:
+    """Jobs, newest first, one page at a time.
 
     \b
     Examples:
       autotrain train list
       autotrain train list --state training --state queued
+      autotrain train list --limit 20 --offset 20
       autotrain train list --json | jq '.[].state'
     """
     store = job_store(settings_of(ctx))
-    jobs = store.list(states={JobState(s) for s in states} or None)
+    wanted = {JobState(s) for s in states} or None
+    jobs = store.page(states=wanted, offset=offset, limit=limit)
     if as_json:
         click.echo(
             json.dumps([j.model_dump(mode="json", exclude={"plan"}) for j in jobs], indent=2)
@@ -74,6 +79,9 @@ def list_cmd(ctx, states, as_json) -> None:
             format_age(now - j.created_at),
         )
     console.print(table if jobs else "No jobs yet. Queue one with `autotrain pipeline run`.")
+    if len(jobs) == limit:
+        console.print(f"[dim]Newest {offset + 1}-{offset + limit} shown; --offset "
+                      f"{offset + limit} for the next page.[/]")  # fmt: skip
 
 
 @train_group.command("monitor")
@@ -254,7 +262,8 @@ def format_age(seconds: float) -> str:
 
 
 def _queue_depth(store) -> int:
-    return sum(1 for _ in store.list(states={JobState.QUEUED, JobState.WAITING_GPU}))
+    counts = store.count_active()
+    return counts.get(JobState.QUEUED, 0) + counts.get(JobState.WAITING_GPU, 0)
 
 
 def _final_message(job) -> int:

@@ -1,0 +1,91 @@
+"""Every Redis key autotrain uses, in one place (Celery's own keys are Celery's).
+
+| key                                  | type   | TTL            | written by                      |
+|--------------------------------------|--------|----------------|---------------------------------|
+| autotrain:job:<id>                   | hash   | until pruned   | JobStore (the source of truth)  |
+| autotrain:job:<id>:events            | stream | retention once final | workers (progress)         |
+| autotrain:job:<id>:<what>            | string | retention once final | phases (report, stage, run)|
+| autotrain:jobs                       | zset   | -              | every job by creation time      |
+| autotrain:jobs:active                | zset   | -              | jobs not final, by creation     |
+| autotrain:batch:<b>:jobs             | zset   | -              | a batch's jobs, by creation     |
+| autotrain:batch:<b>                  | hash   | -              | batch settings (max_concurrent) |
+| autotrain:batch:<b>:training/parked  | set/zset | -            | batch slots                     |
+| autotrain:name:<name>                | string | -              | the job in progress owning a name |
+| autotrain:leases                     | zset   | -              | job -> lease deadline (owner is a worker) |
+| autotrain:dispatch                   | zset   | -              | job -> deadline to confirm a sent message |
+| autotrain:workers                    | zset   | -              | worker name -> last heartbeat   |
+| autotrain:worker:<name>              | string | 3 heartbeats   | the worker's description        |
+| autotrain:worker:<name>:job          | string | a lease        | the job a worker trains         |
+| autotrain:queues                     | set    | -              | broker queues workers consume   |
+| autotrain:gpu:<host>:<index>         | string | a lease        | the job holding a GPU           |
+| autotrain:reaper                     | string | a reaper pass  | fleet-wide reaper lock          |
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PREFIX",
+    "job",
+    "job_events",
+    "job_data",
+    "JOBS",
+    "ACTIVE",
+    "batch_jobs",
+    "batch",
+    "name",
+    "LEASES",
+    "DISPATCH",
+    "WORKERS",
+    "worker",
+    "worker_job",
+    "QUEUES",
+    "gpu_lock",
+    "REAPER",
+    "JOB_DATA",
+]
+
+PREFIX = "autotrain:"
+JOBS = f"{PREFIX}jobs"
+ACTIVE = f"{PREFIX}jobs:active"
+LEASES = f"{PREFIX}leases"
+DISPATCH = f"{PREFIX}dispatch"
+WORKERS = f"{PREFIX}workers"
+QUEUES = f"{PREFIX}queues"
+REAPER = f"{PREFIX}reaper"
+JOB_DATA = ("report", "stage", "run")  # bulky per-job data beside the record
+
+
+def job(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:events"
+
+
+def job_data(job_id: str, what: str) -> str:
+    return f"{PREFIX}job:{job_id}:{what}"
+
+
+def batch(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_jobs(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:jobs"
+
+
+def name(dataset_name: str) -> str:
+    return f"{PREFIX}name:{dataset_name}"
+
+
+def worker(worker_name: str) -> str:
+    return f"{PREFIX}worker:{worker_name}"
+
+
+def worker_job(worker_name: str) -> str:
+    return f"{PREFIX}worker:{worker_name}:job"
+
+
+def gpu_lock(host: str, gpu: int) -> str:
+    return f"{PREFIX}gpu:{host}:{gpu}"
