@@ -25,6 +25,7 @@ the fleet's CPU use while idle (a smaller fleet: 2 hosts x 2 GPUs), `train list`
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -249,10 +250,8 @@ def _kill_a_training_worker(store: JobStore) -> str:
         ["pgrep", "-f", "--", f"--hostname {name} "], capture_output=True, text=True
     )
     for pid in out.stdout.split():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     print(f"  killed {name} (training {[w for w in busy if w == name] and 'yes'})", flush=True)
     return name
 

@@ -290,10 +290,10 @@ def print_prepared(result: sdk.PrepareResult) -> None:
 
 def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
     """A job pinned to a GPU no live worker serves would wait silently; say so."""
+    import redis
+
     from autotrain.connection import get_redis
     from autotrain.heartbeat import live_workers
-
-    import redis
 
     try:
         workers = live_workers(get_redis(settings))
