@@ -148,6 +148,8 @@ def train_phase(
     gpus_used = spec.gpu_ids if gpus is None else gpus
     output_name = plan.config.get("output_name") or "last"
     fold_resumed_attempts(plan.model_dir, output_name)  # what a crashed attempt left
+    if resume_since is not None and (done := _already_trained(plan, resume_since)):
+        return done, [], None
     versions = backend.versions(profile, settings) | (extra_versions or {})
     resume = _plan_resume(backend, profile, plan, versions, resume_since, attempt)
     command = backend.command(plan, profile, settings, gpus_used, resume)
@@ -188,12 +190,34 @@ def train_phase(
     return run, command, resume.state if resume else None
 
 
+def _already_trained(plan: TrainPlan, since: float) -> TrainerRun | None:
+    """A run that finished (its final weights are complete) but whose worker died before
+    recording it is not trained again: the weights are what the next attempt would make."""
+    from autotrain.report import finished_weights
+
+    final = finished_weights(plan, since)
+    if final is None:
+        return None
+    total = ResumeRecord.load(plan.model_dir).total_steps or plan.total_steps
+    now = time.time()
+    line = f"autotrain: {final} is complete: the training had finished; not training it again"
+    with open(plan.log_dir / "trainer.log", "a", encoding="utf-8") as log:
+        log.write(f"\n{line}\n")
+    return TrainerRun(returncode=0, cancelled=False, started_at=now, finished_at=now,
+                      last_step=total, total=total, tail=[line])  # fmt: skip
+
+
 def _plan_resume(backend, profile: Profile, plan: TrainPlan, versions: dict[str, str | None],
                  since: float | None, attempt: int) -> ResumeLaunch | None:  # fmt: skip
     """The resume of this attempt, None to start afresh; refuses a trainer that changed."""
     record = ResumeRecord.load(plan.model_dir)
     output_name = plan.config.get("output_name") or "last"
-    state = choose_state(plan.model_dir, output_name, since=time.time() if since is None else since)
+    state = choose_state(
+        plan.model_dir,
+        output_name,
+        since=time.time() if since is None else since,
+        total=record.total_steps or plan.total_steps,
+    )
     if state is None:
         record.trainer = versions
         record.save(plan.model_dir)

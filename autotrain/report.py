@@ -19,7 +19,15 @@ from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.workspace import Workspace
 
-__all__ = ["write_run_report", "write_loss_curve", "find_weights", "find_samples", "MANIFEST_NAME"]
+__all__ = [
+    "write_run_report",
+    "write_loss_curve",
+    "find_weights",
+    "finished_weights",
+    "safetensors_complete",
+    "find_samples",
+    "MANIFEST_NAME",
+]
 
 MANIFEST_NAME = ".autotrain-manifest.json"
 
@@ -88,6 +96,32 @@ def find_weights(plan: TrainPlan) -> list[Path]:
     final = plan.model_dir / f"{name}.safetensors"
     others = sorted(p for p in plan.model_dir.glob("*.safetensors") if p != final)
     return [final, *others] if final.is_file() else []
+
+
+def finished_weights(plan: TrainPlan, since: float) -> Path | None:
+    """The final weights, if a trainer of this job (since `since`) wrote them completely.
+
+    Trainers write the final model last (after the final state), so complete final weights
+    mean the training finished even if its worker died before recording it.
+    """
+    weights = find_weights(plan)
+    if not weights or weights[0].stat().st_mtime < since:
+        return None
+    return weights[0] if safetensors_complete(weights[0]) else None
+
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether a .safetensors file holds its whole header and every tensor it declares."""
+    try:
+        with open(path, "rb") as handle:
+            header_size = int.from_bytes(handle.read(8), "little")
+            if header_size <= 0 or header_size > 100 << 20:
+                return False
+            header = json.loads(handle.read(header_size))
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+        return path.stat().st_size == 8 + header_size + max(ends, default=0)
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 def find_samples(plan: TrainPlan, newest: int = 8) -> list[Path]:

@@ -135,14 +135,16 @@ def state_step(state: Path, batches_per_epoch: int | None = None) -> int | None:
     return None
 
 
-def choose_state(model_dir: Path, output_name: str, since: float | None = None) -> Path | None:
+def choose_state(
+    model_dir: Path, output_name: str, since: float | None = None, total: int | None = None
+) -> Path | None:
     """The newest complete intermediate state saved since `since` (the job's first attempt).
 
     Never the final `<output_name>-state` (saved before the final model, library/train_util.py
     save_state_on_train_end then the model: a crash in between would resume at the last step and
     fail every retry with "max_train_steps should be greater than initial step"), never one an
     attempt has not folded back yet, never an incomplete one: a crash while saving falls back to
-    the state before it.
+    the state before it. Nor one at the `total` step or past it, for the same assertion.
     """
     if not model_dir.is_dir():
         return None
@@ -155,6 +157,8 @@ def choose_state(model_dir: Path, output_name: str, since: float | None = None) 
         if since is not None and path.stat().st_mtime < since:
             continue
         step = state_step(path, record.batches_per_epoch)
+        if total and step is not None and step >= total:
+            continue
         candidates.append((step if step is not None else -1, path.stat().st_mtime_ns, path))
     return max(candidates, default=(0, 0, None))[2]
 

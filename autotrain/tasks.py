@@ -104,12 +104,16 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
     owner = new_owner(worker)
     fields = {"worker": worker, "phase": name, "next_task": None}
     fields["host" if name == "train" else "prep_host"] = current_host()
-    job = store.get(job_id)
+    outage = settings.lease_seconds * 10  # the message is consumed: wait for Redis, never drop it
+    job = until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}")
     if job.started_at is None:
         fields["started_at"] = time.time()
-    moved = store.move(
-        job_id, expected=f"queue:{task.request.id}", owner=owner, state=state,
-        lease_until=time.time() + settings.lease_seconds, **fields,
+    moved = until_redis_back(
+        lambda: store.move(
+            job_id, expected=f"queue:{task.request.id}", owner=owner, state=state,
+            lease_until=time.time() + settings.lease_seconds, **fields,
+        ),
+        outage, f"taking {job_id}",
     )  # fmt: skip
     if moved != 1:
         log.info("%s: %s message %s is stale (the job is %s); ignored", job_id, name,

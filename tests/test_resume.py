@@ -9,6 +9,7 @@ that phase 4 turns it into a run that continues to the true total.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from autotrain import phases
 from autotrain.errors import TrainingError
 from autotrain.progress import parse_text
+from autotrain.report import finished_weights
 from autotrain.resume import ResumeRecord, choose_state
 from autotrain.trainers.kohya import KohyaBackend
 from tests.helpers_kohya import (
@@ -161,3 +163,25 @@ def test_resume_is_refused_when_the_trainer_changed(settings, monkeypatch, tmp_p
     with pytest.raises(TrainingError, match="sd_scripts_commit 48d368fa.* -> 01234567"):
         _train(settings, plan, monkeypatch)
     assert ResumeRecord.load(plan.model_dir).attempts == {}  # nothing was started
+
+
+def test_a_finished_training_whose_worker_died_is_not_trained_again(settings, monkeypatch):
+    profile = quick_profile(settings, **SCHEDULE)
+    plan = staged_plan(settings, profile)
+    started = time.time() - 1
+    first, _, _ = _train(settings, plan, monkeypatch)  # it finished; say the worker died then
+    assert first.succeeded
+    events = []
+    again, command, _ = phases.train_phase(
+        _spec(plan), plan, settings, on_event=events.append, gpus=[0], resume_since=started
+    )
+    assert again.succeeded and command == [] and not events, "no trainer was started"
+    assert "not training it again" in (plan.log_dir / "trainer.log").read_text()
+    # a final file cut short by a crash while writing it does not count
+    final = plan.model_dir / "cat.safetensors"
+    final.write_bytes(final.read_bytes()[:-2])
+    assert finished_weights(plan, started) is None
+    run, _steps, resumed = _train(settings, plan, monkeypatch)
+    # trained again from the last state short of the end (one at step 60 could not resume)
+    assert resumed == plan.model_dir / "cat-step00000045-state"
+    assert run.succeeded and finished_weights(plan, started)

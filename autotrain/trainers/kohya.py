@@ -21,6 +21,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from autotrain.errors import ConfigError
@@ -98,21 +99,7 @@ class KohyaBackend:
         }
         if settings.sd_scripts_dir is not None:
             found["sd_scripts_commit"] = git_commit(Path(settings.sd_scripts_dir))
-        probe = (
-            "import importlib.metadata as m, json\n"
-            "def v(n):\n"
-            "    try: return m.version(n)\n"
-            "    except m.PackageNotFoundError: return None\n"
-            "print(json.dumps({n: v(n) for n in ('accelerate', 'torch')}))"
-        )
-        try:
-            out = subprocess.run(
-                [settings.python_for_sd_scripts, "-c", probe],
-                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-            found.update(json.loads(out.stdout.strip().splitlines()[-1]))
-        except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-            pass
+        found.update(_library_versions(settings.python_for_sd_scripts))
         return found
 
     def launch_files(
@@ -207,6 +194,32 @@ class KohyaBackend:
             problems = self.check_sd_scripts(profile, settings)
             raise ConfigError(problems[0] if problems else "sd-scripts is not configured.")
         return Path(settings.sd_scripts_dir) / profile.script
+
+
+_PROBE = (
+    "import importlib.metadata as m, json\n"
+    "def v(n):\n"
+    "    try: return m.version(n)\n"
+    "    except m.PackageNotFoundError: return None\n"
+    "print(json.dumps({n: v(n) for n in ('accelerate', 'torch')}))"
+)
+_probed: dict[str, tuple[float, dict[str, str | None]]] = {}
+
+
+def _library_versions(python: str, max_age: float = 300.0) -> dict[str, str | None]:
+    """accelerate and torch of the trainer's Python (without importing them), cached a while:
+    one Python start per job is measurable on a busy host, a venv rarely changes."""
+    cached = _probed.get(python)
+    if cached and time.monotonic() - cached[0] < max_age:
+        return cached[1]
+    try:
+        out = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        found = {}
+    _probed[python] = (time.monotonic(), found)
+    return found
 
 
 def git_commit(checkout: Path) -> str | None:
