@@ -214,6 +214,7 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     memory_before = store.redis.info("memory")["used_memory"]
     print(f"fleet up: {args.hosts} hosts x {args.gpus} GPUs; queueing {args.jobs} jobs", flush=True)
     submitted = time.time()
+    busy_before = _cpu_busy()
     batch = run_batch_pipeline("Scale", dataset_paths=[str(p) for p in datasets],
                                max_concurrent=10**6, settings=settings)  # fmt: skip
     kills = sorted(random.uniform(0.1, 0.7) for _ in range(args.kills))
@@ -229,6 +230,8 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
             break
         time.sleep(1)
     finished = time.time()
+    busy = _cpu_busy(busy_before)
+    print(f"machine CPU busy during the run: {busy:.0%} of {os.cpu_count()} cores", flush=True)
     time.sleep(3)  # retention here is 2 s: finished jobs' events and reports expire
     memory_after = store.redis.info("memory")["used_memory"]
     kept = _memory_by_kind(store.redis)
@@ -237,6 +240,15 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     runs = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
     _report_fleet(args, jobs, runs, submitted, finished, ideal, killed,
                   (memory_after - memory_before) / max(1, len(jobs)), kept / max(1, len(jobs)))  # fmt: skip
+
+
+def _cpu_busy(since: tuple[float, float] | None = None):
+    """/proc/stat: (busy, total) jiffies now, or the busy fraction since an earlier reading."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle, total = fields[3] + fields[4], sum(fields)
+    if since is None:
+        return (total - idle, total)
+    return ((total - idle) - since[0]) / max(1.0, total - since[1])
 
 
 def _kill_a_training_worker(store: JobStore) -> str:
