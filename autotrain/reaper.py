@@ -4,8 +4,10 @@ A job is reaped only when the worker that owns it stopped renewing its lease for
 lease plus a grace, never because its next phase waits in a queue: a waiting job holds no lease.
 The cost of a pass follows the expired leases and undelivered messages, not the history.
 
-The grace (half a lease) covers a Redis restart: leases are deadlines kept in Redis, and a live
-worker renews within a third of a lease of Redis coming back, before any reaper may act.
+Leases are deadlines kept in Redis, so an outage makes every lease look expired when Redis comes
+back. A live worker renews within a third of a lease of that, so for a lease after Redis starts
+(its uptime) the reaper does nothing; beyond that a deadline must be missed by a grace of half a
+lease. An outage of any length that ends in a restart re-queues nothing that is still alive.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def reap(store: JobStore, settings: Settings, now: float | None = None) -> ReapR
     """One pass: every job whose worker is gone, every hand-off whose message was not confirmed."""
     now = time.time() if now is None else now
     result = ReapResult()
+    if store.redis.info("server").get("uptime_in_seconds", 0) < settings.lease_seconds:
+        return result  # just (re)started: live workers have not had their chance to renew
     before = now - settings.lease_seconds / 2
     for job_id in store.expired_leases(before):
         _reap_one(store, settings, job_id, before, now, result)

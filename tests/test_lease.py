@@ -21,6 +21,7 @@ from autotrain.lease import (
     release_gpus,
 )
 from autotrain.spec import JobSpec
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -108,6 +109,8 @@ def reaping(client, redis_server, tmp_path):
 
     settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
     configure_app(settings)
+    # the reaper waits a lease after Redis starts (workers renew first): let a lease pass
+    wait_for(lambda: client.info("server")["uptime_in_seconds"] >= 2, 5, "Redis to be up 2 s")
     return JobStore(client), settings
 
 
