@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -55,7 +56,39 @@ def embedded_redis_url(settings: Settings) -> str:
             "The local Redis is not running (no .autotrain/redis.json in "
             f"{settings.workspace}). Start it with `autotrain up`, or set AUTOTRAIN_REDIS_URL."
         )
-    return f"redis://127.0.0.1:{state['port']}/0"
+    return _local_url(settings, state["port"])
+
+
+def _local_url(settings: Settings, port: int) -> str:
+    """The embedded Redis' URL, with its password (never shown: see `_redact`)."""
+    password = embedded_password(settings)
+    return f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
+
+
+def embedded_password(settings: Settings, create: bool = False) -> str | None:
+    """The embedded Redis' password, made on its first start; readable by this user only.
+
+    Every local command, worker and Flower of the workspace reads it from here, so it never
+    appears on a command line or in the environment.
+    """
+    path = Workspace(settings.workspace).state_dir / "redis.password"
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+# Commands the embedded Redis refuses even with the password: what an attacker on the host would
+# use to write files as this user (CONFIG SET dir/dbfilename), load code or re-point replication.
+# autotrain, Celery and Flower use none of them.
+LOCKED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SLAVEOF", "REPLICAOF", "MIGRATE")
 
 
 def find_redis_server() -> str:
@@ -92,7 +125,7 @@ def up(
     """Start the embedded Redis (if not running) and the local workers (if not running)."""
     if settings.redis_url:
         raise AutotrainError(
-            f"AUTOTRAIN_REDIS_URL is set ({_redact(settings.redis_url)}): `autotrain up` manages only "
+            f"AUTOTRAIN_REDIS_URL is set ({redact(settings.redis_url)}): `autotrain up` manages only "
             "the embedded Redis. Run `autotrain worker` on each GPU host instead."
         )
     status = cluster_status(settings)
@@ -115,7 +148,9 @@ def down(settings: Settings, timeout: float = 30.0) -> list[str]:
     if state and _pid_alive(state["pid"]):
         # The reply to SHUTDOWN is a closed connection.
         with contextlib.suppress(redis.RedisError):
-            redis.Redis(port=state["port"], socket_timeout=5).shutdown(save=False)
+            redis.Redis.from_url(_local_url(settings, state["port"]), socket_timeout=5).shutdown(
+                save=False
+            )
         _terminate(state["pid"], timeout)
         stopped.append(f"redis (pid {state['pid']}, port {state['port']})")
     _redis_state_file(settings).unlink(missing_ok=True)
@@ -126,7 +161,7 @@ def cluster_status(settings: Settings) -> ClusterStatus:
     if settings.redis_url:
         return ClusterStatus(settings.redis_url, _ping(settings.redis_url), None, None, False)
     state = _read_json(_redis_state_file(settings))
-    url = f"redis://127.0.0.1:{state['port']}/0" if state else None
+    url = _local_url(settings, state["port"]) if state else None
     running = bool(state) and _pid_alive(state["pid"]) and _ping(url)
     workers = _read_json(_workers_state_file(settings))
     workers_pid = workers["pid"] if workers and _pid_alive(workers["pid"]) else None
@@ -139,22 +174,14 @@ def start_embedded_redis(settings: Settings) -> int:
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
     binary = find_redis_server()
+    password = embedded_password(settings, create=True)
     # Restarting after a crash: keep the old port, so running workers reconnect by themselves.
     previous = (_read_json(_redis_state_file(settings)) or {}).get("port")
     for attempt in range(5):
         port = previous if attempt == 0 and previous and _port_free(previous) else _free_port()
-        argv = [
-            binary,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--dir", str(data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
-            "--save", "",
-            "--daemonize", "no",
-            "--logfile", str(state_dir / "redis.log"),
-        ]  # fmt: skip
+        config = state_dir / "redis.conf"
+        _write_private(config, _redis_config(port, data_dir, state_dir, password))
+        argv = [binary, str(config)]  # the password stays in the 0600 file, off the command line
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -162,11 +189,38 @@ def start_embedded_redis(settings: Settings) -> int:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        if _wait_for_redis(f"redis://127.0.0.1:{port}/0", proc, timeout=10):
+        if _wait_for_redis(_local_url(settings, port), proc, timeout=10):
             _write_json(_redis_state_file(settings), {"pid": proc.pid, "port": port})
             return port
         proc.kill()
     raise AutotrainError(f"redis-server did not start; see {state_dir / 'redis.log'}.")
+
+
+def _redis_config(port: int, data_dir: Path, state_dir: Path, password: str | None) -> str:
+    """redis.conf of the embedded Redis: loopback, AOF, noeviction, a password, locked commands."""
+    lines = [
+        "bind 127.0.0.1",
+        f"port {port}",
+        f'dir "{data_dir}"',
+        "appendonly yes",
+        "appendfsync everysec",
+        "maxmemory-policy noeviction",
+        'save ""',
+        "daemonize no",
+        f'logfile "{state_dir / "redis.log"}"',
+        "protected-mode yes",
+    ]
+    if password:
+        lines.append(f"requirepass {password}")
+    lines += [f'rename-command {name} ""' for name in LOCKED_COMMANDS]
+    return "\n".join(lines) + "\n"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
 
 
 def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
@@ -274,7 +328,8 @@ def _terminate(pid: int, timeout: float) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """A Redis URL with its password masked, for output."""
     from kombu.utils.url import maybe_sanitize_url
 
     return maybe_sanitize_url(url)

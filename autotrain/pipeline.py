@@ -16,7 +16,7 @@ from typing import Any
 
 from autotrain import phases
 from autotrain.errors import AutotrainError
-from autotrain.job import Job, JobStore, NameInUse
+from autotrain.job import Job, JobStore
 from autotrain.phases import PhaseProgress
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings, load_settings
@@ -178,10 +178,12 @@ def run_pipeline(
     settings: Settings | None = None,
     on_output: Callable[[str], None] | None = None,
     progress: PhaseProgress | None = None,
+    precheck: bool = True,
 ) -> Job | ImmediateResult:
     """Queue the five phases for one dataset and return the job (or run them here if `immediate`).
 
-    `gpu_ids` pins the job to those GPUs of `host` (default: this host).
+    `gpu_ids` pins the job to those GPUs of `host` (default: this host). Unless `precheck` is
+    False (the caller did it), what can be checked here is checked before anything is queued.
     """
     settings = settings or load_settings()
     spec = JobSpec.for_dataset(
@@ -191,8 +193,11 @@ def run_pipeline(
     if immediate:
         return run_immediate(spec, settings, on_output=on_output, progress=progress)
     from autotrain.celery_app import configure_app
+    from autotrain.precheck import check_before_queueing
     from autotrain.queue import submit_job
 
+    if precheck:
+        check_before_queueing(spec, settings)
     store = job_store(settings)
     configure_app(settings)
     job = submit_job(store, spec)
@@ -212,11 +217,13 @@ def run_batch_pipeline(
     """One queued job per dataset; at most `max_concurrent` of them train at once."""
     from autotrain.celery_app import configure_app
     from autotrain.lease import create_batch
+    from autotrain.precheck import check_before_queueing
     from autotrain.queue import submit_job
 
     settings = settings or load_settings()
     if max_concurrent < 1:
         raise AutotrainError(f"--max-concurrent must be at least 1 (got {max_concurrent}).")
+    phases.profile_for(JobSpec(dataset_path=Path("."), name="x", profile=profile), settings)
     batch_id = f"b{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     specs = batch_specs(
         profile,
@@ -231,8 +238,9 @@ def run_batch_pipeline(
     result = BatchResult(batch_id=batch_id)
     for spec in specs:
         try:
+            check_before_queueing(spec, settings)
             result.jobs.append(submit_job(store, spec))
-        except NameInUse as exc:
+        except AutotrainError as exc:  # refused before queueing; the others go on
             result.rejected.append((str(spec.dataset_path), str(exc)))
     log.info("queued batch %s: %d jobs, max %d at once", batch_id, len(specs), max_concurrent)
     return result

@@ -117,8 +117,20 @@ def load_profile(name: str, workspace_templates: Path | None = None) -> Profile:
     profiles = list_profiles(workspace_templates)
     if name not in profiles:
         available = ", ".join(profiles) or "none"
-        raise ConfigError(f"Invalid profile '{name}'. Available: {available}")
+        hint = _did_you_mean(name, list(profiles))
+        raise ConfigError(f"Invalid profile '{name}'.{hint} Available: {available}")
     return profiles[name]
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    """` Did you mean 'FluxLORA'?` for a near miss (case-insensitive), else ``."""
+    import difflib
+
+    by_lower = {k.lower(): k for k in known}
+    if name.lower() in by_lower:
+        return f" Did you mean '{by_lower[name.lower()]}'?"
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" Did you mean '{by_lower[close[0]]}'?" if close else ""
 
 
 def _read_descriptor(directory: Path, source: str) -> Profile:

@@ -93,7 +93,10 @@ def test_unknown_profile_lists_the_available_ones(workspace, tmp_path):
         workspace, "pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Fluxx"
     )
     assert result.returncode == 1
-    assert "Invalid profile 'Fluxx'. Available: Flux, FluxLORA, SDXL, Tiny" in result.stderr
+    assert (
+        "Invalid profile 'Fluxx'. Did you mean 'Flux'? Available: Flux, FluxLORA, SDXL, Tiny"
+        in result.stderr
+    )
     assert not (workspace / "input").exists()
 
 
@@ -238,3 +241,65 @@ def test_every_command_has_help_with_an_example(workspace):
         result = autotrain(workspace, *command, "--help")
         assert result.returncode == 0, command
         assert "autotrain " in result.stdout.split("Options:")[0], f"no example in {command} --help"
+
+
+# --- checks before queueing (no worker runs: a refused job must never reach the queue) ---------
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        ("typo", "Invalid profile 'Tinytest'. Did you mean 'TinyTest'?"),
+        ("missing", "does not exist: check the path"),
+        ("empty", "No image files found in"),
+        ("corrupt", "none of the 3 image files opens as an image"),
+    ],
+)
+def test_run_refuses_at_once_what_it_can_check(cluster, tmp_path, make, expected):
+    dataset, profile = tmp_path / "ds", "TinyTest"
+    if make == "typo":
+        copy_example(tmp_path, "ds")
+        profile = "Tinytest"
+    elif make in ("empty", "corrupt"):
+        dataset.mkdir()
+        for i in range(3 if make == "corrupt" else 0):
+            (dataset / f"img{i}.png").write_bytes(b"not an image at all")
+    run = cluster.cli("pipeline", "run", "--dataset-path", str(dataset), "--profile", profile)
+    assert run.returncode == 1
+    assert expected in run.stderr
+    assert cluster.redis.zcard("autotrain:jobs") == 0, "nothing was queued"
+
+
+def test_a_kohya_profile_without_sd_scripts_is_refused_before_queueing(cluster, tmp_path):
+    dataset = copy_example(tmp_path)
+    run = cluster.cli("pipeline", "run", "--dataset-path", str(dataset), "--profile", "FluxLORA")
+    assert run.returncode == 1
+    assert "cannot train here" in run.stderr and "sd_scripts_dir is not set" in run.stderr
+    assert cluster.redis.zcard("autotrain:jobs") == 0
+
+
+def test_a_batch_with_a_bad_profile_queues_nothing(cluster, tmp_path):
+    copy_example(tmp_path / "sets", "a")
+    run = cluster.cli("pipeline", "batch", "--datasets-dir", str(tmp_path / "sets"),
+                      "--profile", "Tnyi")  # fmt: skip
+    assert run.returncode == 1 and "Invalid profile 'Tnyi'" in run.stderr
+    assert cluster.redis.zcard("autotrain:jobs") == 0
+
+
+def test_a_batch_names_each_refused_dataset_in_full_and_queues_the_rest(cluster, tmp_path):
+    sets = tmp_path / "sets"
+    copy_example(sets, "good")
+    broken = sets / "broken_set_with_a_long_name_that_must_not_be_cut_short"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not an image")
+    run = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", "TinyTest")
+    assert run.returncode == 0, run.stderr
+    assert "1 jobs" in run.stdout
+    assert f"No usable images in {broken.resolve()}" in run.stderr.replace("\n", "")
+
+
+def test_run_says_when_no_worker_will_take_the_job(cluster, tmp_path):
+    run = cluster.cli("pipeline", "run", "--dataset-path", str(copy_example(tmp_path)),
+                      "--profile", "TinyTest")  # fmt: skip
+    assert run.returncode == 0
+    assert "no live worker is connected" in run.stderr and "autotrain worker" in run.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from autotrain.job import JobState
-from tests.conftest import copy_example, job_id_in, wait_for
+from tests.conftest import EXAMPLE_DATASET, copy_example, job_id_in, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -71,10 +71,11 @@ def test_batch_respects_max_concurrent_and_isolates_a_broken_dataset(cluster, tm
     root.mkdir()
     copy_example(root, "alpha")
     copy_example(root, "beta")
-    broken = root / "gamma"
+    broken = root / "gamma"  # truncated PNGs: the header reads (so it is queued), decoding fails
     broken.mkdir()
+    sample = next(EXAMPLE_DATASET.glob("*.png")).read_bytes()
     for i in range(3):
-        (broken / f"img{i}.png").write_bytes(b"not an image at all")
+        (broken / f"img{i}.png").write_bytes(sample[: len(sample) // 2])
     run = cluster.cli("pipeline", "batch", "--datasets-dir", str(root), "--profile", "TinyTest",
                       "--max-concurrent", "1", "--monitor", timeout=300)  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr  # one dataset failed
@@ -82,7 +83,7 @@ def test_batch_respects_max_concurrent_and_isolates_a_broken_dataset(cluster, tm
     assert jobs["alpha"].state == JobState.SUCCEEDED
     assert jobs["beta"].state == JobState.SUCCEEDED
     assert jobs["gamma"].state == JobState.FAILED
-    assert "img0.png" in jobs["gamma"].error or "No image files found" in jobs["gamma"].error
+    assert "img0.png" in jobs["gamma"].error or "No usable images" in jobs["gamma"].error
     spans = sorted(
         (j.training_started_at, j.training_finished_at) for j in (jobs["alpha"], jobs["beta"])
     )

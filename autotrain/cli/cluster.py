@@ -29,7 +29,7 @@ def up_cmd(ctx, no_workers, cpu) -> None:
     settings = settings_of(ctx)
     status = local.up(settings, workers=not no_workers, worker_args=["--cpu"] if cpu else [])
     console.print(
-        f"Redis: {status.redis_url} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
+        f"Redis: {local.redact(status.redis_url or '')} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
     )
     if status.workers_pid:
         console.print(
@@ -67,7 +67,7 @@ def status_cmd(ctx) -> None:
     status = local.cluster_status(settings)
     kind = "embedded" if status.embedded else "shared"
     state = "[green]up[/]" if status.redis_running else "[red]down[/]"
-    console.print(f"Redis ({kind}): {state} {status.redis_url or ''}")
+    console.print(f"Redis ({kind}): {state} {local.redact(status.redis_url or '')}")
     if not status.redis_running:
         console.print(
             "Start it with `autotrain up`." if status.embedded else "Check AUTOTRAIN_REDIS_URL."
@@ -165,16 +165,16 @@ def flower_cmd(ctx, flower_args) -> None:
     settings = settings_of(ctx)
     argv = [sys.executable, "-m", "celery", "-A", "autotrain.celery_app", "flower",
             f"--address={settings.flower_address}", f"--port={settings.flower_port}"]  # fmt: skip
+    env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
     if settings.flower_password:
-        argv.append(
-            f"--basic-auth={settings.flower_user}:{settings.flower_password.get_secret_value()}"
-        )
+        # Flower reads its options from FLOWER_* variables: the password stays off `ps`.
+        secret = settings.flower_password.get_secret_value()
+        env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{secret}"
     elif settings.flower_address not in ("127.0.0.1", "localhost", "::1"):
         raise AutotrainError(
             "Flower on a non-loopback address needs a password: set AUTOTRAIN_FLOWER_PASSWORD."
         )
     console.print(f"Flower on http://{settings.flower_address}:{settings.flower_port}")
-    env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
     # Replace this process, so that signals (Ctrl+C, a service manager's SIGTERM) reach Flower.
     os.execve(sys.executable, [*argv, *flower_args], env)
 

@@ -142,14 +142,18 @@ def run_cmd(
         )
         return
     from autotrain.cluster import ensure_up
+    from autotrain.precheck import check_before_queueing
+    from autotrain.spec import JobSpec
 
-    ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host)
+    check_before_queueing(spec, settings)  # before a cluster is started for it
+    started = ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
     job = sdk.run_pipeline(
         dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
-        host=host, skip_copy=skip_copy, force=force, settings=settings,
+        host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
-    _warn_if_nobody_consumes(settings, job.queue)
+    _warn_if_nobody_consumes(settings, job.queue, just_started=started)
     if monitor:
         from autotrain.cli.train import monitor_job
 
@@ -237,7 +241,10 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
     for job in result.jobs:
         console.print(f"  {job.id}  {job.name}")
     for dataset, why in result.rejected:
-        err_console.print(f"[red]Not queued[/] {dataset}: {why}")
+        err_console.print("[red]Not queued[/]", end=" ")
+        err_console.print(f"{dataset}: {why}", markup=False, soft_wrap=True)
+    if not result.jobs:
+        sys.exit(1)
     if monitor:
         from autotrain.cli.train import monitor_batch
 
@@ -288,8 +295,8 @@ def print_prepared(result: sdk.PrepareResult) -> None:
     console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
 
 
-def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
-    """A job pinned to a GPU no live worker serves would wait silently; say so."""
+def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = False) -> None:
+    """A job no live worker will take would wait silently; say so (not for workers starting)."""
     import redis
 
     from autotrain.connection import get_redis
@@ -299,7 +306,13 @@ def _warn_if_nobody_consumes(settings, queue: str | None) -> None:
         workers = live_workers(get_redis(settings))
     except redis.RedisError:
         return  # the job is queued; a Redis blip right now must not read as a failure
-    if queue and workers and not any(queue in w["queues"] for w in workers):
+    if not workers and not just_started:
+        err_console.print(
+            "[yellow]Note:[/] no live worker is connected to this Redis: the job waits until one "
+            "starts (`autotrain worker` on a GPU host, or `autotrain up` here; see `autotrain "
+            "status`)."
+        )
+    elif queue and workers and not any(queue in w["queues"] for w in workers):
         err_console.print(
             f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "
             "`autotrain worker` runs there (see `autotrain status`)."

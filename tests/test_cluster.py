@@ -1,0 +1,48 @@
+"""The embedded Redis of `autotrain up` (a real redis-server): locked to this user's commands."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+import redis
+
+from autotrain import cluster
+from autotrain.settings import load_settings
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    settings = load_settings(tmp_path / "ws")
+    status = cluster.up(settings, workers=False)
+    yield settings, status
+    cluster.down(settings)
+
+
+def test_the_embedded_redis_needs_its_password_and_refuses_config(embedded):
+    settings, status = embedded
+    password_file = Path(settings.workspace) / ".autotrain" / "redis.password"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    password = password_file.read_text().strip()
+    port = int(status.redis_url.rsplit(":", 1)[1].split("/")[0])
+    stranger = redis.Redis(port=port)
+    with pytest.raises(redis.AuthenticationError):
+        stranger.set("autotrain:job:x", "rewritten")
+    owner = redis.Redis.from_url(cluster.embedded_redis_url(settings))
+    assert owner.ping()
+    with pytest.raises(redis.ResponseError, match="unknown command"):
+        owner.config_set("dir", "/tmp")  # the way to write files as this user
+    # the password is on no command line
+    cmdline = Path(f"/proc/{status.redis_pid}/cmdline").read_bytes().decode()
+    assert password not in cmdline
+    assert password not in cluster.redact(status.redis_url)
+
+
+def test_a_restart_keeps_the_password(embedded):
+    settings, _status = embedded
+    before = cluster.embedded_password(settings)
+    cluster.down(settings)
+    cluster.up(settings, workers=False)
+    assert cluster.embedded_password(settings) == before
+    assert redis.Redis.from_url(cluster.embedded_redis_url(settings)).ping()
