@@ -66,7 +66,7 @@ def configure_app(settings: Settings) -> Celery:
         },
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
-        broker_pool_limit=4,
+        broker_pool_limit=10,  # Celery's default; 4 starved Flower (its inspect calls hung)
     )
     return app
 

@@ -60,7 +60,7 @@ def _start_background(sender=None, **_kwargs) -> None:
         "gpu": os.environ.get("AUTOTRAIN_GPU_INDEX", ""),
         "gpu_uuid": os.environ.get("AUTOTRAIN_GPU_UUID", ""),
         "pid": os.getpid(),
-        "queues": sorted(q.name for q in sender.app.amqp.queues.consume_from.values())
+        "queues": [q.name for q in sender.app.amqp.queues.consume_from.values()]  # taken in order
         if sender
         else [],
         "started_at": time.time(),

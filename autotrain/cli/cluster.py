@@ -38,16 +38,43 @@ def up_cmd(ctx, no_workers, cpu) -> None:
 
 
 @click.command("down")
+@click.option("--force", is_flag=True, help="Stop even while jobs are training.")
 @click.pass_context
-def down_cmd(ctx) -> None:
+def down_cmd(ctx, force) -> None:
     """Stop the local workers and the embedded Redis; queued jobs are kept for the next `up`.
 
+    A job training now is interrupted; it resumes from its newest saved state after the next
+    `up`. So `down` refuses while a job trains, unless given --force.
+
     \b
-    Example:
+    Examples:
       autotrain down
+      autotrain down --force
     """
-    stopped = local.down(settings_of(ctx))
+    settings = settings_of(ctx)
+    training = [] if force else _training_jobs(settings)
+    if training:
+        listing = ", ".join(f"{j.id} ({j.name}, {j.step}/{j.total or '?'})" for j in training[:5])
+        raise AutotrainError(
+            f"{len(training)} job(s) training: {listing}. Stopping interrupts them (they resume "
+            "from their newest saved state after the next `autotrain up`). Wait, cancel them, or "
+            "run `autotrain down --force`."
+        )
+    stopped = local.down(settings)
     console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+def _training_jobs(settings) -> list:
+    """Jobs training on this workspace's embedded Redis, [] when it is not running."""
+    from autotrain.job import JobState, JobStore
+
+    status = local.cluster_status(settings)
+    if not status.embedded or not status.redis_running:
+        return []
+    import redis
+
+    store = JobStore(redis.Redis.from_url(status.redis_url, decode_responses=True))
+    return store.page(states={JobState.TRAINING}, limit=100)
 
 
 @click.command("status")
