@@ -66,6 +66,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) ->
     if spec.gpu_ids and not spec.host:
         spec = spec.model_copy(update={"host": current_host()})
     message = _message(store, "validate", training_queue(spec))
+    message["label"] = _label(spec)
     job = store.create(
         spec,
         dispatch_until=time.time() + confirm_seconds,
@@ -86,7 +87,7 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     Survives a Redis outage of up to `outage_seconds`: the worker keeps its lease meanwhile.
     """
     job = until_redis_back(lambda: store.get(job_id), outage_seconds, "reading the job")
-    message = _message(store, phase, job.queue or GPU_QUEUE)
+    message = _message(store, phase, job.queue or GPU_QUEUE, _label(job.spec))
     moved = until_redis_back(
         lambda: store.move(
             job_id, expected=owner, owner=f"queue:{message['id']}",
@@ -105,7 +106,9 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
 
 def send_next(store: JobStore, job_id: str, message: dict) -> None:
     """Publish a phase message (again, if need be: same id) and confirm it was sent."""
-    app.send_task(message["name"], args=[job_id], task_id=message["id"], queue=message["queue"])
+    # Flower shows argsrepr: say which job it is, not only its id.
+    app.send_task(message["name"], args=[job_id], task_id=message["id"], queue=message["queue"],
+                  argsrepr=f"({job_id!r},) {message.get('label', '')}".rstrip())  # fmt: skip
     owner = f"queue:{message['id']}"
     store.move(job_id, expected=owner, owner=owner)  # confirmed: leaves the dispatch set
 
@@ -113,7 +116,7 @@ def send_next(store: JobStore, job_id: str, message: dict) -> None:
 def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> bool:
     """Send `train` for a job its batch had parked, now that it has a slot."""
     job = store.get(job_id)
-    message = _message(store, "train", job.queue or GPU_QUEUE)
+    message = _message(store, "train", job.queue or GPU_QUEUE, _label(job.spec))
     moved = store.move(
         job_id, expected="parked", owner=f"queue:{message['id']}", state=JobState.WAITING_GPU,
         dispatch_until=time.time() + confirm_seconds, phase="train", next_task=message,
@@ -123,13 +126,18 @@ def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0)
     return moved == 1
 
 
-def _message(store: JobStore, phase: str, train_queue: str) -> dict:
+def _message(store: JobStore, phase: str, train_queue: str, label: str = "") -> dict:
     task_name = PHASES[phase][0]
     if phase == "train":
         queue = train_queue
     else:
         queue = PREP_QUEUE if phase == "validate" else PREP_ONGOING_QUEUE
-    return {"name": task_name, "id": str(uuid.uuid4()), "queue": queue}
+    return {"name": task_name, "id": str(uuid.uuid4()), "queue": queue, "label": label}
+
+
+def _label(spec: JobSpec) -> str:
+    """`dataset=cat profile=FluxLORA`: what a task is about, for Flower."""
+    return f"dataset={spec.name} profile={spec.profile}"
 
 
 def cancel_job(store: JobStore, job_id: str) -> Job:

@@ -16,7 +16,7 @@ import logging
 import time
 
 from autotrain.job import JobState, JobStore
-from autotrain.queue import _message, hand_on_batch_slot, send_next, waiting_state
+from autotrain.queue import _label, _message, hand_on_batch_slot, send_next, waiting_state
 from autotrain.settings import Settings
 
 __all__ = ["reap", "ReapResult"]
@@ -81,7 +81,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             hand_on_batch_slot(store, job)
         return
     phase = job.phase or "validate"
-    message = _message(store, phase, job.queue or "gpu")
+    message = _message(store, phase, job.queue or "gpu", _label(job.spec))
     moved = store.move(
         job_id, expected=job.owner, owner=f"queue:{message['id']}", state=waiting_state(phase),
         dispatch_until=now + settings.lease_seconds, lease_expired_before=before,

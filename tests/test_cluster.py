@@ -11,6 +11,7 @@ import redis
 
 from autotrain import cluster
 from autotrain.settings import load_settings
+from tests.conftest import copy_example
 
 
 @pytest.fixture
@@ -126,6 +127,20 @@ def test_flower_lists_the_workers_with_auth_and_keeps_the_password_off_ps(tmp_pa
         assert refused.value.code == 401
         argv = Path(f"/proc/{flower.pid}/cmdline").read_bytes().decode()
         assert "s3cret-pw" not in argv
+        # a job's tasks say which dataset and profile they are about
+        dataset = copy_example(tmp_path)
+        subprocess.run([*cli, "pipeline", "run", "--dataset-path", str(dataset), "--profile",
+                        "Tiny"], env=env, check=True, capture_output=True, timeout=120)  # fmt: skip
+        tasks_url = f"http://127.0.0.1:{port}/api/tasks"
+        tasks = urllib.request.Request(tasks_url, headers=auth.headers)
+
+        def described() -> bool:
+            with urllib.request.urlopen(tasks, timeout=20) as reply:
+                listing = json.loads(reply.read())
+            return any("dataset=tiny_shapes profile=Tiny" in (t.get("args") or "")
+                       for t in listing.values())  # fmt: skip
+
+        wait_for(described, 60, "Flower to show the job's task with its dataset and profile")
     finally:
         os.killpg(flower.pid, 9)
         subprocess.run([*cli, "down", "--force"], env=env, capture_output=True, timeout=120)
