@@ -19,9 +19,8 @@ from redis.retry import Retry
 from autotrain.errors import AutotrainError
 from autotrain.settings import Settings
 
-__all__ = ["redis_url_for", "get_redis", "check_redis", "until_redis_back", "KEY_PREFIX"]
+__all__ = ["redis_url_for", "get_redis", "check_redis", "until_redis_back"]
 
-KEY_PREFIX = "autotrain:"
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 

@@ -52,15 +52,20 @@ def guarded_command(command: list[str], grace_seconds: float) -> list[str]:
 
 def die_with_parent() -> None:
     """In the child before exec: SIGTERM when the thread that started it dies."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _prctl(option: int, value: int) -> None:
+    """Linux prctl(2); a no-op where libc has none."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(option, value)
 
 
-def kill_tree(root: int, include_root: bool = False) -> int:
+def kill_tree(root: int) -> int:
     """SIGKILL every descendant of `root` until none is left; returns how many were killed."""
     killed = 0
     for _ in range(50):
-        victims = _descendants(root) + ([root] if include_root and _alive(root) else [])
+        victims = _descendants(root)
         if not victims:
             return killed
         for pid in victims:
@@ -142,11 +147,6 @@ def _start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None  # field 22, starttime
 
 
-def _alive(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return fields is not None and fields[0] != "Z"
-
-
 def _all_stats() -> dict[int, list[str]]:
     stats = {}
     for entry in os.listdir("/proc"):
@@ -183,8 +183,7 @@ def _reap_children() -> None:
 
 def _main(argv: list[str]) -> int:
     parent, grace, command = _parse(argv)
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
     me = os.getpid()
     if os.getppid() != parent:  # the worker died before PDEATHSIG was armed
         return 137

@@ -21,11 +21,10 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from autotrain import keys
 
-__all__ = ["live_workers", "WORKER_PREFIX"]
+__all__ = ["live_workers"]
 
 log = logging.getLogger(__name__)
 
-WORKER_PREFIX = f"{keys.PREFIX}worker:"
 _stop = threading.Event()
 
 

@@ -268,8 +268,9 @@ class JobStore:
         ]
         for name, value in _encode(fields).items():
             args += [name, value]
-        name = self.redis.hget(self.key(job_id), "spec")
-        name_key = keys.name(json.loads(name)["name"]) if name else keys.name("-")
+        name_key = keys.name("-")  # used only by a move to a final state (it frees the name)
+        if state in FINAL_STATES and (spec := self.redis.hget(self.key(job_id), "spec")):
+            name_key = keys.name(json.loads(spec)["name"])
         bulky = [keys.job_events(job_id), *(keys.job_data(job_id, w) for w in keys.JOB_DATA)]
         job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key, *bulky]
         return int(self._move(keys=job_keys, args=args))

@@ -140,9 +140,6 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
 # never deadlock; the locks expire with the lease if the host dies.
 
 
-gpu_lock_key = keys.gpu_lock
-
-
 def acquire_gpus(
     client: redis.Redis,
     host: str,
@@ -155,13 +152,13 @@ def acquire_gpus(
     """Take every GPU in order, waiting for busy ones; False when `should_stop()` says give up."""
     for gpu in sorted(gpus):
         while not client.eval(
-            _TAKE_IF_FREE_OR_MINE, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000)
+            _TAKE_IF_FREE_OR_MINE, 1, keys.gpu_lock(host, gpu), job_id, int(lease_seconds * 1000)
         ):
             if should_stop():
                 release_gpus(client, host, gpus, job_id)
                 return False
             if on_wait:
-                on_wait(gpu, client.get(gpu_lock_key(host, gpu)) or "?")
+                on_wait(gpu, client.get(keys.gpu_lock(host, gpu)) or "?")
             threading.Event().wait(1.0)
             renew_gpus(client, host, [g for g in gpus if g < gpu], job_id, lease_seconds)
     return True
@@ -172,10 +169,10 @@ def renew_gpus(
 ) -> None:
     for gpu in gpus:
         client.eval(
-            _TAKE_IF_FREE_OR_MINE, 1, gpu_lock_key(host, gpu), job_id, int(lease_seconds * 1000)
+            _TAKE_IF_FREE_OR_MINE, 1, keys.gpu_lock(host, gpu), job_id, int(lease_seconds * 1000)
         )
 
 
 def release_gpus(client: redis.Redis, host: str, gpus: list[int], job_id: str) -> None:
     for gpu in gpus:
-        client.eval(_DELETE_IF_MINE, 1, gpu_lock_key(host, gpu), job_id)
+        client.eval(_DELETE_IF_MINE, 1, keys.gpu_lock(host, gpu), job_id)

@@ -146,8 +146,7 @@ def train_phase(
     profile = profile_for(spec, settings)
     backend = get_backend(profile)
     gpus_used = spec.gpu_ids if gpus is None else gpus
-    output_name = plan.config.get("output_name") or "last"
-    fold_resumed_attempts(plan.model_dir, output_name)  # what a crashed attempt left
+    fold_resumed_attempts(plan.model_dir, plan.output_name)  # what a crashed attempt left
     if resume_since is not None and (done := _already_trained(plan, resume_since)):
         return done, [], None
     versions = backend.versions(profile, settings) | (extra_versions or {})
@@ -182,7 +181,7 @@ def train_phase(
             parser_options=parser_options,
         )
     finally:
-        fold_resumed_attempts(plan.model_dir, output_name)
+        fold_resumed_attempts(plan.model_dir, plan.output_name)
     run.trainer_versions = versions
     if resume is not None:
         run.resume = {"state": str(resume.state), "saved_step": resume.saved_step,
@@ -211,10 +210,9 @@ def _plan_resume(backend, profile: Profile, plan: TrainPlan, versions: dict[str,
                  since: float | None, attempt: int) -> ResumeLaunch | None:  # fmt: skip
     """The resume of this attempt, None to start afresh; refuses a trainer that changed."""
     record = ResumeRecord.load(plan.model_dir)
-    output_name = plan.config.get("output_name") or "last"
     state = choose_state(
         plan.model_dir,
-        output_name,
+        plan.output_name,
         since=time.time() if since is None else since,
         total=record.total_steps or plan.total_steps,
     )

@@ -28,3 +28,8 @@ class TrainPlan(BaseModel):
     )
     dataset_config: dict[str, Any] | None = None
     sample_prompts: str = ""
+
+    @property
+    def output_name(self) -> str:
+        """The name the trainer gives its files; sd-scripts' own default is "last"."""
+        return self.config.get("output_name") or "last"

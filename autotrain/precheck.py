@@ -26,20 +26,16 @@ def check_before_queueing(
 ) -> Profile:
     """Raise ValidationError (or ConfigError) naming the fault and the fix; returns the profile."""
     from autotrain.dataset import scan_dataset
-    from autotrain.validate import _backend_problems, _no_images_message
+    from autotrain.validate import _backend_problems, _no_images_message, dataset_root
 
     profile = load_profile(spec.profile, Workspace(settings.workspace).templates_dir)
-    root = Path(spec.dataset_path).expanduser()
-    if not root.exists():
-        raise ValidationError(f"Dataset folder {root} does not exist: check the path.")
-    if not root.is_dir():
-        raise ValidationError(f"Dataset path {root} is not a folder: pass the folder of images.")
-    scan = scan_dataset(root.resolve())
+    root = dataset_root(spec)
+    scan = scan_dataset(root)
     if not scan.images:
-        raise ValidationError(_no_images_message(root.resolve(), scan.junk, scan.ignored))
-    if not _any_image_opens(root.resolve(), [i.relpath for i in scan.images], budget_seconds):
+        raise ValidationError(_no_images_message(root, scan.junk, scan.ignored))
+    if not _any_image_opens(root, [i.relpath for i in scan.images], budget_seconds):
         raise ValidationError(
-            f"No usable images in {root.resolve()}: none of the {len(scan.images)} image files "
+            f"No usable images in {root}: none of the {len(scan.images)} image files "
             "opens as an image (corrupt or not images). Replace or remove them."
         )
     problems = _backend_problems(profile, settings)

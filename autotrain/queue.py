@@ -65,7 +65,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) ->
     """Create the job record, owned by the queue, and send its first phase."""
     if spec.gpu_ids and not spec.host:
         spec = spec.model_copy(update={"host": current_host()})
-    message = _message(store, "validate", training_queue(spec))
+    message = _message("validate", training_queue(spec))
     message["label"] = _label(spec)
     job = store.create(
         spec,
@@ -87,13 +87,13 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     Survives a Redis outage of up to `outage_seconds`: the worker keeps its lease meanwhile.
     """
     job = until_redis_back(lambda: store.get(job_id), outage_seconds, "reading the job")
-    message = _message(store, phase, job.queue or GPU_QUEUE, _label(job.spec))
+    message = _message(phase, job.queue or GPU_QUEUE, _label(job.spec))
     moved = until_redis_back(
         lambda: store.move(
             job_id, expected=owner, owner=f"queue:{message['id']}",
             state=waiting_state(phase), dispatch_until=time.time() + confirm_seconds,
             phase=phase, next_task=message, worker=None,
-            task_ids=[*job.task_ids[-9:], message["id"]], **fields,
+            task_ids=_task_ids(job, message), **fields,
         ),
         outage_seconds, f"handing {job_id} on to {phase}",
     )  # fmt: skip
@@ -116,7 +116,7 @@ def send_next(store: JobStore, job_id: str, message: dict) -> None:
 def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> bool:
     """Send `train` for a job its batch had parked, now that it has a slot."""
     job = store.get(job_id)
-    message = _message(store, "train", job.queue or GPU_QUEUE, _label(job.spec))
+    message = _message("train", job.queue or GPU_QUEUE, _label(job.spec))
     moved = store.move(
         job_id, expected="parked", owner=f"queue:{message['id']}", state=JobState.WAITING_GPU,
         dispatch_until=time.time() + confirm_seconds, phase="train", next_task=message,
@@ -126,13 +126,18 @@ def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0)
     return moved == 1
 
 
-def _message(store: JobStore, phase: str, train_queue: str, label: str = "") -> dict:
+def _message(phase: str, train_queue: str, label: str = "") -> dict:
     task_name = PHASES[phase][0]
     if phase == "train":
         queue = train_queue
     else:
         queue = PREP_QUEUE if phase == "validate" else PREP_ONGOING_QUEUE
     return {"name": task_name, "id": str(uuid.uuid4()), "queue": queue, "label": label}
+
+
+def _task_ids(job: Job, message: dict) -> list[str]:
+    """The job's newest Celery task ids with this message's (ten at most; Flower finds them)."""
+    return [*job.task_ids[-9:], message["id"]]
 
 
 def _label(spec: JobSpec) -> str:

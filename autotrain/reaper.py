@@ -15,8 +15,16 @@ from __future__ import annotations
 import logging
 import time
 
+from autotrain import keys
 from autotrain.job import JobState, JobStore
-from autotrain.queue import _label, _message, hand_on_batch_slot, send_next, waiting_state
+from autotrain.queue import (
+    _label,
+    _message,
+    _task_ids,
+    hand_on_batch_slot,
+    send_next,
+    waiting_state,
+)
 from autotrain.settings import Settings
 
 __all__ = ["reap", "ReapResult"]
@@ -55,7 +63,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
               result: ReapResult) -> None:  # fmt: skip
     job = store.get(job_id)
     if not job.owner.startswith("worker:"):
-        store.redis.zrem("autotrain:leases", job_id)  # a stale entry; nothing owns it by lease
+        store.redis.zrem(keys.LEASES, job_id)  # a stale entry; nothing owns it by lease
         return
     dead = job.worker or job.owner
     if job.cancel_requested:
@@ -81,12 +89,12 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             hand_on_batch_slot(store, job)
         return
     phase = job.phase or "validate"
-    message = _message(store, phase, job.queue or "gpu", _label(job.spec))
+    message = _message(phase, job.queue or "gpu", _label(job.spec))
     moved = store.move(
         job_id, expected=job.owner, owner=f"queue:{message['id']}", state=waiting_state(phase),
         dispatch_until=now + settings.lease_seconds, lease_expired_before=before,
         attempt=job.attempt + 1, phase=phase, next_task=message, worker=None,
-        task_ids=[*job.task_ids[-9:], message["id"]],
+        task_ids=_task_ids(job, message),
     )  # fmt: skip
     if moved == 1:
         log.warning("re-queueing %s (%s, attempt %d): worker %s stopped renewing its lease",
@@ -101,7 +109,7 @@ def _resend(store: JobStore, settings: Settings, job_id: str, now: float,
     message = job.next_task
     owner = f"queue:{message['id']}" if message else None
     if message is None or job.owner != owner:
-        store.redis.zrem("autotrain:dispatch", job_id)
+        store.redis.zrem(keys.DISPATCH, job_id)
         return
     # Keep it in the dispatch set until a worker takes it: a lost send is tried again.
     if (

@@ -41,7 +41,7 @@ def write_run_report(
     if not weights:
         raise TrainingError(
             f"The trainer finished but no weights were found in {plan.model_dir} "
-            f"(expected {plan.config.get('output_name', plan.name)}.safetensors); see "
+            f"(expected {plan.output_name}.safetensors); see "
             f"{plan.log_dir / 'trainer.log'}."
         )
     losses = [tuple(p) for p in run_info.get("loss_history", []) if p[1] is not None]
@@ -92,8 +92,7 @@ def write_run_report(
 
 def find_weights(plan: TrainPlan) -> list[Path]:
     """The final weights first, then any step checkpoints."""
-    name = plan.config.get("output_name", plan.name)
-    final = plan.model_dir / f"{name}.safetensors"
+    final = plan.model_dir / f"{plan.output_name}.safetensors"
     others = sorted(p for p in plan.model_dir.glob("*.safetensors") if p != final)
     return [final, *others] if final.is_file() else []
 

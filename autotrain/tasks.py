@@ -20,12 +20,15 @@ from functools import lru_cache
 from celery import Task
 from celery.exceptions import Ignore
 
-from autotrain import keys, phases
+from autotrain import (
+    heartbeat,  # noqa: F401 - importing it registers the worker signals
+    keys,
+    phases,
+)
 from autotrain.celery_app import app
 from autotrain.connection import get_redis, until_redis_back
 from autotrain.errors import AutotrainError
 from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
-from autotrain.heartbeat import WORKER_PREFIX  # noqa: F401 - importing it registers the signals
 from autotrain.job import Job, JobState, JobStore
 from autotrain.lease import (
     Lease,
@@ -74,8 +77,7 @@ class PhaseContext:
 
     @property
     def outage(self) -> float:
-        """How long finishing a phase waits for Redis: well past a lease."""
-        return self.settings.lease_seconds * 10
+        return _outage(self.settings)
 
     def hand_on(self, phase: str, **fields) -> None:
         """This phase is done: the queue of `phase` owns the job now."""
@@ -96,6 +98,11 @@ class PhaseContext:
         return moved == 1
 
 
+def _outage(settings: Settings) -> float:
+    """How long taking or finishing a phase waits for Redis: well past a lease."""
+    return settings.lease_seconds * 10
+
+
 @contextmanager
 def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[PhaseContext]:
     """Enter a phase: take the job from the queue, hold its lease, record a failure on it."""
@@ -104,7 +111,7 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
     owner = new_owner(worker)
     fields = {"worker": worker, "phase": name, "next_task": None}
     fields["host" if name == "train" else "prep_host"] = current_host()
-    outage = settings.lease_seconds * 10  # the message is consumed: wait for Redis, never drop it
+    outage = _outage(settings)  # the message is consumed: wait for Redis, never drop it
     job = until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}")
     if job.started_at is None:
         fields["started_at"] = time.time()

@@ -30,6 +30,7 @@ __all__ = [
     "ValidImage",
     "ValidationReport",
     "validate_dataset",
+    "dataset_root",
     "report_table",
     "GB",
 ]
@@ -122,12 +123,7 @@ def validate_dataset(
         check_dataset_name(spec.name)
     except AutotrainError as exc:
         raise ValidationError(str(exc)) from None
-    root = Path(spec.dataset_path).expanduser()
-    if not root.exists():
-        raise ValidationError(f"Dataset folder {root} does not exist: check the path.")
-    if not root.is_dir():
-        raise ValidationError(f"Dataset path {root} is not a folder: pass the folder of images.")
-    root = root.resolve()
+    root = dataset_root(spec)
 
     scan = scan_dataset(root)
     report = ValidationReport(
@@ -162,6 +158,16 @@ def validate_dataset(
     report.fatal += _disk_problems(settings, profile, report, spec)
     report.fatal += _backend_problems(profile, settings)
     return report
+
+
+def dataset_root(spec: JobSpec) -> Path:
+    """The dataset folder, resolved; a ValidationError when it is missing or not a folder."""
+    root = Path(spec.dataset_path).expanduser()
+    if not root.exists():
+        raise ValidationError(f"Dataset folder {root} does not exist: check the path.")
+    if not root.is_dir():
+        raise ValidationError(f"Dataset path {root} is not a folder: pass the folder of images.")
+    return root.resolve()
 
 
 # What sd-scripts' dataset loader globs for: one case or the other, never mixed, and no GIF/TIFF.

@@ -47,6 +47,7 @@ from autotrain import keys  # noqa: E402
 from autotrain.cluster import find_redis_server  # noqa: E402
 from autotrain.job import JobState, JobStore, _encode  # noqa: E402
 from autotrain.profile import builtin_templates_dir  # noqa: E402
+from autotrain.spec import JobSpec  # noqa: E402
 
 GPU_HOST = REPO / "tests" / "standins" / "gpu_host.py"
 LAUNCHER = """#!/bin/sh
@@ -345,7 +346,6 @@ def history_run(root: Path, url: str, env: dict[str, str], args) -> None:
 
     from autotrain.reaper import reap
     from autotrain.settings import load_settings
-    from autotrain.spec import JobSpec
 
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
@@ -358,7 +358,7 @@ def history_run(root: Path, url: str, env: dict[str, str], args) -> None:
         "\nfinished jobs | reaper pass | idle fleet CPU | train list (SDK / CLI) | status (SDK / CLI) | workers listed"
     )
     for count in [int(c) for c in args.history.split(",")]:
-        stored = _fill(client, stored, count, JobSpec)
+        stored = _fill(client, stored, count)
         passes = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -380,7 +380,7 @@ def history_run(root: Path, url: str, env: dict[str, str], args) -> None:
     _stop_fleet(procs)
 
 
-def _fill(client, stored: int, target: int, JobSpec) -> int:
+def _fill(client, stored: int, target: int) -> int:
     """Finished job records as the store keeps them (record, index entries), `target` in all."""
     now = time.time()
     for start in range(stored, target, 1000):

@@ -16,7 +16,6 @@ from autotrain.lease import (
     acquire_batch_slot,
     acquire_gpus,
     create_batch,
-    gpu_lock_key,
     release_batch_slot,
     release_gpus,
 )
@@ -49,13 +48,13 @@ def test_a_gpu_held_by_one_job_waits_for_another(client):
     release_gpus(client, "h", [0, 1], "job-a")
     waiter.join(5)
     assert got == [True]
-    assert client.get(gpu_lock_key("h", 1)) == "job-b"
+    assert client.get(keys.gpu_lock("h", 1)) == "job-b"
 
 
 def test_waiting_for_a_gpu_gives_up_when_cancelled(client):
     acquire_gpus(client, "h", [0], "job-a", 5, should_stop=lambda: False)
     assert not acquire_gpus(client, "h", [1, 0], "job-b", 5, should_stop=lambda: True)
-    assert client.get(gpu_lock_key("h", 1)) is None, "a job that gives up releases what it took"
+    assert client.get(keys.gpu_lock("h", 1)) is None, "a job that gives up releases what it took"
 
 
 def test_gpu_locks_expire_with_a_dead_host(client):

@@ -66,15 +66,13 @@ def down_cmd(ctx, force) -> None:
 
 def _training_jobs(settings) -> list:
     """Jobs training on this workspace's embedded Redis, [] when it is not running."""
-    from autotrain.job import JobState, JobStore
+    from autotrain.job import JobState
+    from autotrain.pipeline import job_store
 
     status = local.cluster_status(settings)
     if not status.embedded or not status.redis_running:
         return []
-    import redis
-
-    store = JobStore(redis.Redis.from_url(status.redis_url, decode_responses=True))
-    return store.page(states={JobState.TRAINING}, limit=100)
+    return job_store(settings).page(states={JobState.TRAINING}, limit=100)
 
 
 @click.command("status")

@@ -248,11 +248,11 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
         if initial_step > 0:  # skip_first_batches(initial_step - 1), then one more (:1410-1419)
             skip, initial_step = initial_step, 0
         for batch in range(plan["batches"]):
-            current_step = global_step
+            current_step = global_step  # current_step.value, before the step (:1416)
             if batch < skip:
                 continue
             if (batch + 1) % plan["accumulation"] and batch + 1 != plan["batches"]:
-                continue  # gradients accumulate; no optimizer step yet
+                continue  # gradients accumulate: no sync_gradients, no step (:1486)
             if sleep:
                 time.sleep(sleep)
             if RANK == 0 and oom_at and global_step + 1 == oom_at:
@@ -260,7 +260,7 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
                 out_of_memory(script)
             if RANK == 0 and crash_at and global_step + 1 == crash_at:
                 _die()
-            bar.update(1)
+            bar.update(1)  # progress_bar.update(1); global_step += 1 (:1486-1488)
             global_step += 1
             losses.append(0.08 + 0.3 * math.exp(-global_step / 40) + 0.01 * math.sin(global_step))
             _maybe_sample(config, output_dir, name, global_step)
@@ -268,10 +268,13 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
             if RANK == 0 and every and global_step % int(every) == 0:
                 _save_step(config, output_dir, name, global_step, epoch, network, current_step)
             window = losses[-plan["per_epoch"] :]
+            # the moving average of the loss as the postfix (train_network.py:1514-1516)
             bar.set_postfix(avr_loss=sum(window) / len(window))
             if global_step >= plan["max_train_steps"]:  # leaves the batch loop only (:1605-1606)
                 break
     bar.close()
+    # the network trainer saves the last state on the main process only (:1722); the full
+    # fine-tunes on every process (flux_train.py:772-776, sdxl_train.py:864-867)
     if (RANK == 0 or not network) and (
         config.get("save_state") or config.get("save_state_on_train_end")
     ):
