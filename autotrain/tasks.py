@@ -28,6 +28,7 @@ from autotrain import (
 from autotrain.celery_app import app
 from autotrain.connection import get_redis, until_redis_back
 from autotrain.errors import AutotrainError
+from autotrain.flower import progress_sender
 from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
 from autotrain.job import Job, JobState, JobStore
 from autotrain.lease import (
@@ -249,7 +250,7 @@ def _run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int]
         plan.model_dir / "sample",
         store,
         job.id,
-        flower_update=lambda meta: task.update_state(state="PROGRESS", meta=meta),
+        flower_update=progress_sender(task),
     )
     try:
         return phases.train_phase(
