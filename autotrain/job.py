@@ -77,6 +77,7 @@ class Job(BaseModel):
     result: dict[str, Any] | None = None
     samples: list[str] = Field(default_factory=list)
     files: list[int] | None = None  # [done, total] of the phase checking or copying files
+    waiting_for: str | None = None  # what its worker waits for (a GPU another job holds)
 
     @property
     def name(self) -> str:

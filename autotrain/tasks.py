@@ -194,7 +194,15 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     gpus = list(job.spec.gpu_ids) or ([own_gpu] if own_gpu is not None else [])
     worker = task.request.hostname or "?"
     cancelled = lambda: ctx.lease.lost.is_set() or store.cancel_requested(job.id)  # noqa: E731
-    if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled):
+    holders: dict[int, str] = {}
+
+    def note_holder(gpu: int, holder: str) -> None:  # for `train list` and the monitors
+        if holders.get(gpu) != holder:
+            holders[gpu] = holder
+            store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, held by job {holder}")
+
+    if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled,
+                        on_wait=note_holder):  # fmt: skip
         if not ctx.lease.lost.is_set():
             ctx.finish(JobState.CANCELLED, error="cancelled by user")
         raise Ignore()
@@ -210,7 +218,7 @@ def _train(task: Task, ctx: PhaseContext) -> None:
 
     try:
         store.set_state(job.id, JobState.TRAINING, gpu=gpu_label, train_worker=worker,
-                        training_started_at=first_started)  # fmt: skip
+                        training_started_at=first_started, waiting_for=None)  # fmt: skip
         mark_busy()
         ctx.lease.extra.append(mark_busy)
         run, command, resumed = _run_trainer(task, ctx, plan, gpus, first_started)

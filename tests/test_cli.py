@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tomllib
@@ -303,3 +304,51 @@ def test_run_says_when_no_worker_will_take_the_job(cluster, tmp_path):
                       "--profile", "TinyTest")  # fmt: skip
     assert run.returncode == 0
     assert "no live worker is connected" in run.stderr and "autotrain worker" in run.stderr
+    listing = cluster.cli("train", "list")
+    assert "no live worker is connected" in listing.stdout.replace("\n", " ")
+
+
+def test_a_monitor_keeps_saying_that_no_worker_will_take_the_job(cluster, tmp_path):
+    dataset = copy_example(tmp_path)
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "autotrain.cli", "pipeline", "run", "--dataset-path", str(dataset),
+         "--profile", "TinyTest", "--monitor"],
+        env=cluster.env, cwd=cluster.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        out, err = monitor.communicate(timeout=8)
+    except subprocess.TimeoutExpired:
+        monitor.send_signal(signal.SIGINT)
+        out, err = monitor.communicate(timeout=20)
+    assert "queued | no live worker is connected" in out, out + err
+    assert monitor.returncode == 130 and "Detached; the job goes on" in out
+
+
+# --- exit codes: each one the README documents (0, 1, 2 here; 130 in the monitor test above) ---
+
+
+def test_the_readme_lists_the_exit_codes_these_tests_check():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("Exit codes, the same for every command:")[1].split("\n\n")[1]
+    codes = [row.split("|")[1].strip() for row in table.splitlines()[2:]]
+    assert codes == ["0", "1", "2", "130"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "says"),
+    [
+        (["config", "show"], 0, "workspace"),
+        (
+            ["pipeline", "prepare", "--dataset-path", "no/such", "--profile", "Tiny"],
+            1,
+            "does not exist",
+        ),
+        (["pipeline", "run", "--profile", "Tiny", "--no-such-option"], 2, "No such option"),
+        (["train", "list", "--limit", "0"], 2, "Invalid value for '--limit'"),
+        (["no-such-command"], 2, "No such command"),
+    ],
+)
+def test_exit_codes(workspace, args, code, says):
+    result = autotrain(workspace, *args)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert says in result.stdout + result.stderr

@@ -42,3 +42,21 @@ def test_batch_line_with_queue_next_and_overall_progress():
 def test_eta_with_hours_and_unknown():
     assert format_eta(3 * 3600 + 61) == "03:01:01"
     assert format_eta(None) == "--:--:--"
+
+
+def test_a_waiting_job_says_why_and_how_to_fix_it():
+    from autotrain.waiting import why_waiting
+
+    queued = job("cat", JobState.QUEUED, owner="queue:t1", next_task={"queue": "gpu"})
+    assert "no live worker is connected" in why_waiting(queued, [])
+    assert "autotrain worker" in why_waiting(queued, [])
+    prep_only = [{"name": "prep@a", "queues": ["prep.ongoing", "prep"], "job": None}]
+    assert "no live worker takes queue 'gpu'" in why_waiting(queued, prep_only)
+    busy = [{"name": "gpu0@a", "queues": ["gpu.a.0", "gpu"], "job": "20261202-000000-aaaaaa"}]
+    assert "busy: gpu0@a (job 20261202-000000-aaaaaa)" in why_waiting(queued, busy)
+    assert why_waiting(queued, [{**busy[0], "job": None}]) is None, "an idle worker will take it"
+    parked = job("dog", JobState.WAITING_GPU, owner="parked")
+    assert "slot of its batch (--max-concurrent 2)" in why_waiting(parked, busy, batch_limit=2)
+    held = job("owl", JobState.WAITING_GPU, owner="worker:gpu1@a/x", waiting_for="waits for GPU 1")
+    assert why_waiting(held, busy) == "waits for GPU 1"
+    assert why_waiting(job("done", JobState.SUCCEEDED, waiting_for="stale"), busy) is None

@@ -90,6 +90,10 @@ def test_batch_respects_max_concurrent_and_isolates_a_broken_dataset(cluster, tm
     assert spans[0][1] <= spans[1][0], f"two jobs trained at once: {spans}"
     assert {jobs["alpha"].train_worker, jobs["beta"].train_worker} <= {"cpu@h1", "cpu@h2"}
     assert "Progress: 3/3 (100.0%)" in run.stdout
+    summary = run.stdout.split("Progress: 3/3 (100.0%)")[-1]
+    assert "queued" in summary and "training" in summary
+    # the error in full on one line of its own, below the table, never cut at a width
+    assert f"gamma ({jobs['gamma'].id}) failed: {jobs['gamma'].error}" in summary
 
 
 def test_cancel_queued_job_never_starts(cluster, tmp_path):
@@ -229,7 +233,7 @@ def _answers(client) -> bool:
 
 def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     """--gpu-ids "0,1" trains on GPU 0's worker holding both GPUs; a job pinned to GPU 1 waits."""
-    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.15"
     log = open(cluster.root / "gpu-host.log", "ab")  # noqa: SIM115
     host = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "standins" / "gpu_host.py"), "g1", "2"],
@@ -246,6 +250,9 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     store = cluster.store()
     wait_for(lambda: store.get(first_id).state == JobState.TRAINING, 60, "the two-GPU job to train")
     second_id = cluster.submit(one, "--gpu-ids", "1", "--host", "g1")
+    # `train list` says why the second job waits, and for whom
+    held = f"{second_id} one waits for GPU 1 of g1, held by job {first_id}"
+    wait_for(lambda: held in cluster.cli("train", "list").stdout, 30, "train list to say why")
     wait_for(
         lambda: store.get(second_id).is_final and store.get(first_id).is_final,
         120,

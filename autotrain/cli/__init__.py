@@ -12,7 +12,7 @@ from rich.console import Console
 from autotrain.errors import AutotrainError
 from autotrain.settings import Settings, load_settings
 
-__all__ = ["main", "console", "err_console", "settings_of"]
+__all__ = ["main", "console", "err_console", "settings_of", "FAILED", "USAGE", "INTERRUPTED"]
 
 # In pipes and logs rich would assume 80 columns and squeeze tables; use a wide default there.
 _width = None if sys.stdout.isatty() else int(os.environ.get("COLUMNS", "200"))
@@ -20,18 +20,27 @@ console = Console(highlight=False, width=_width)
 err_console = Console(stderr=True, highlight=False, width=_width)
 
 
+# Exit codes, as the README lists them: 0 success; 1 an error, a refused input or a job that did
+# not succeed; 2 a usage error (click's own); 130 interrupted (Ctrl+C).
+FAILED, USAGE, INTERRUPTED = 1, 2, 130
+
+
 class _Group(click.Group):
-    """Turns AutotrainError into a one-line message and exit code 1 instead of a traceback."""
+    """Turns AutotrainError into a one-line message and exit code 1 instead of a traceback, and
+    Ctrl+C into 130 (click's own handler would say "Aborted!" and exit 1)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err_console.print("\nInterrupted.")
+            sys.exit(INTERRUPTED)
         except AutotrainError as exc:
             err_console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
             # Into logs/autotrain_errors.log when this command writes logs (a dry run does not).
             if logging.getLogger("autotrain").handlers:
                 logging.getLogger("autotrain.errors").error("%s", exc)
-            sys.exit(1)
+            sys.exit(FAILED)
 
 
 def settings_of(ctx: click.Context) -> Settings:

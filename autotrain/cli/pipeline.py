@@ -18,7 +18,7 @@ from rich.progress import (
 )
 
 from autotrain import pipeline as sdk
-from autotrain.cli import console, err_console, settings_of
+from autotrain.cli import INTERRUPTED, console, err_console, settings_of
 from autotrain.spec import parse_gpu_ids
 
 __all__ = ["COMMANDS"]
@@ -135,7 +135,7 @@ def run_cmd(
             )
         except KeyboardInterrupt:
             err_console.print("\nInterrupted: the trainer was stopped; nothing is left running.")
-            sys.exit(130)
+            sys.exit(INTERRUPTED)
         console.print(f"\n[green]Succeeded.[/] Weights: {result.manifest['weights'][0]['path']}")
         console.print(
             f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"

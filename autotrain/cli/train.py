@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from autotrain.cli import console, settings_of
+from autotrain.cli import INTERRUPTED, console, settings_of
 from autotrain.job import JobState
 from autotrain.monitor import (
     batch_line,
@@ -23,6 +23,7 @@ from autotrain.monitor import (
 )
 from autotrain.pipeline import job_store
 from autotrain.settings import Settings
+from autotrain.waiting import waiting_reasons
 
 __all__ = ["COMMANDS", "monitor_job", "monitor_batch"]
 
@@ -53,10 +54,11 @@ def list_cmd(ctx, states, limit, offset, as_json) -> None:
     store = job_store(settings_of(ctx))
     wanted = {JobState(s) for s in states} or None
     jobs = store.page(states=wanted, offset=offset, limit=limit)
+    reasons = waiting_reasons(store.redis, jobs)
     if as_json:
-        click.echo(
-            json.dumps([j.model_dump(mode="json", exclude={"plan"}) for j in jobs], indent=2)
-        )
+        rows = [j.model_dump(mode="json", exclude={"plan"}) | {"waiting_reason": reasons.get(j.id)}
+                for j in jobs]  # fmt: skip
+        click.echo(json.dumps(rows, indent=2))
         return
     table = Table(box=None, pad_edge=False)
     for column in ("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age"):
@@ -79,6 +81,9 @@ def list_cmd(ctx, states, limit, offset, as_json) -> None:
             format_age(now - j.created_at),
         )
     console.print(table if jobs else "No jobs yet. Queue one with `autotrain pipeline run`.")
+    for j in jobs:
+        if j.id in reasons:
+            console.print(f"[yellow]{j.id}[/] {j.name} {reasons[j.id]}", soft_wrap=True)
     if len(jobs) == limit:
         console.print(f"[dim]Newest {offset + 1}-{offset + limit} shown; --offset "
                       f"{offset + limit} for the next page.[/]")  # fmt: skip
@@ -162,7 +167,7 @@ def monitor_job(settings: Settings, job_id: str) -> int:
     store = job_store(settings)
     job = store.get(job_id)
     job_id = job.id  # a prefix was resolved
-    depth, depth_at = 0, 0.0
+    depth, depth_at, reason = 0, 0.0, None
     try:
         with LiveView(console) as view:
             for job, events in follow_job(store, job_id):  # noqa: B020 - keep the newest record
@@ -173,12 +178,14 @@ def monitor_job(settings: Settings, job_id: str) -> int:
                         view.note(f"  {event['kind']}: {event.get('path') or event.get('message')}")
                 if time.monotonic() - depth_at > 2:
                     depth, depth_at = _queue_depth(store), time.monotonic()
-                view.update(job_line(job, depth), key=_change_key(job))
+                    reason = waiting_reasons(store.redis, [job]).get(job.id)
+                line = job_line(job, depth) + (f" | {reason}" if reason else "")
+                view.update(line, key=(*_change_key(job), reason, _minute_if(reason)))
     except KeyboardInterrupt:
         console.print(
             f"\nDetached; the job goes on. Re-attach: autotrain train monitor --job {job.id}"
         )
-        return 0
+        return INTERRUPTED
     return _final_message(job)
 
 
@@ -189,21 +196,40 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
     try:
         with LiveView(console) as view:
             for jobs in follow_batch(store, batch_id):
-                key = tuple((j.state, (j.step * 10) // (j.total or 1)) for j in jobs)
-                view.update("\n".join(batch_line(j, jobs) for j in jobs), key=key)
+                reasons = waiting_reasons(store.redis, jobs)
+                lines = [batch_line(j, jobs) + (f" | {reasons[j.id]}" if j.id in reasons else "")
+                         for j in jobs]  # fmt: skip
+                key = tuple(
+                    (j.state, (j.step * 10) // (j.total or 1), reasons.get(j.id)) for j in jobs
+                )
+                view.update("\n".join(lines), key=(key, _minute_if(reasons)))
     except KeyboardInterrupt:
         console.print("\nDetached; the jobs go on. Watch them: autotrain train list")
-        return 0
-    table = Table("name", "state", "steps", "final loss", "time", "error / weights")
-    for j in jobs:
-        took = (j.finished_at or time.time()) - j.created_at
-        outcome = (
-            (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else (j.error or "")
-        )
-        table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
-                      f"{j.loss:.4f}" if j.loss is not None else "-", format_eta(took), str(outcome)[:120])  # fmt: skip
-    console.print(table)
+        return INTERRUPTED
+    print_batch_summary(jobs)
     return 0 if all(j.state == JobState.SUCCEEDED for j in jobs) else 1
+
+
+def print_batch_summary(jobs: list) -> None:
+    """One row per job, queued and training time apart; errors in full below the table."""
+    table = Table("name", "state", "steps", "final loss", "queued", "training")
+    table.add_column("weights", overflow="fold")  # a path is never cut at the terminal's width
+    now = time.time()
+    for j in jobs:
+        began_training = j.training_started_at or j.finished_at or now
+        training = (j.training_finished_at or j.finished_at or now) - j.training_started_at \
+            if j.training_started_at else None  # fmt: skip
+        weights = (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else None
+        table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
+                      f"{j.loss:.4f}" if j.loss is not None else "-",
+                      format_eta(began_training - j.created_at),
+                      format_eta(training) if training is not None else "-",
+                      str(weights or "-"))  # fmt: skip
+    console.print(table, soft_wrap=True)
+    for j in jobs:
+        if j.error and j.state != JobState.SUCCEEDED:
+            console.print(f"[red]{j.name}[/] ({j.id}) {j.state.value}:", end=" ")
+            console.print(j.error, markup=False, soft_wrap=True)
 
 
 _NOTED_EVENTS = ("checkpoint", "sample", "error")
@@ -251,6 +277,12 @@ def _change_key(job) -> tuple:
     a quarter of the files of validation or staging, or the state."""
     files = (job.files[0] * 4 // max(job.files[1], 1)) if job.files else 0
     return (job.state, (job.step * 20) // (job.total or 1), files)
+
+
+def _minute_if(waiting: object) -> int | None:
+    """Part of a log monitor's change key: while something waits, a new line every minute, so a
+    log says the job still waits and why."""
+    return int(time.monotonic() // 60) if waiting else None
 
 
 def format_age(seconds: float) -> str:
