@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from autotrain.diskspace import allocated_bytes, free_bytes, human_size, is_disk_full, mount_point
 from autotrain.errors import StagingError
 from autotrain.imagecheck import cpu_count, read_nofollow
 from autotrain.validate import FileRecord, ValidationReport
@@ -285,9 +286,21 @@ def _copy_into_place(
                     f"Could not move the staged copy into {staged}: {exc.strerror}. Another job "
                     "may have staged the same name meanwhile; re-run with --force to replace it."
                 ) from exc
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise _disk_full(staged, files) from exc
         raise
+
+
+def _disk_full(staged: Path, files: list[FileRecord]) -> StagingError:
+    """The filesystem that filled is the workspace's; say which, and how much is missing."""
+    need = allocated_bytes(((f.relpath, f.size) for f in files), staged)
+    return StagingError(
+        f"The workspace filesystem {mount_point(staged)} is full: staging {staged.name} needs "
+        f"{human_size(need)} ({len(files)} files), {human_size(free_bytes(staged))} is free; "
+        "nothing was staged. Free space there or move the workspace (AUTOTRAIN_WORKSPACE)."
+    )
 
 
 def _copy_all(
@@ -325,6 +338,8 @@ def _copy_chunk(source: Path, tmp: Path, chunk: list[FileRecord]) -> int:
         except StagingError:
             raise
         except Exception as exc:
+            if is_disk_full(exc):
+                raise  # about the workspace, not this file: see _disk_full
             raise StagingError(
                 f"Copying {record.relpath} from {source} failed ({exc}); nothing was staged. "
                 "Fix the cause and re-run."

@@ -9,7 +9,6 @@ disk, or a trainer that cannot run here. `raise_for_errors()` turns those into a
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,12 +17,13 @@ from rich.table import Table
 from rich.text import Text
 
 from autotrain.dataset import IMAGE_EXTENSIONS, DatasetImage, Problem, Subset, scan_dataset
+from autotrain.diskspace import allocated_bytes, free_bytes, human_size, mount_point
 from autotrain.errors import AutotrainError, ValidationError
 from autotrain.imagecheck import FileCheck, check_files
 from autotrain.profile import Profile
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
-from autotrain.workspace import check_dataset_name
+from autotrain.workspace import Workspace, check_dataset_name
 
 __all__ = [
     "FileRecord",
@@ -295,26 +295,32 @@ def _no_images_message(root: Path, junk: list[str], ignored: list[str]) -> str:
 def _disk_problems(
     settings: Settings, profile: Profile, report: ValidationReport, spec: JobSpec
 ) -> list[str]:
-    """Room for the staged copy, the profile's weights and the configured reserve."""
-    dataset_bytes = 0 if spec.skip_copy else report.total_bytes
+    """Room on the workspace filesystem for the staged copy as that filesystem counts it (whole
+    blocks per file and folder), the profile's weights and the configured reserve."""
+    staged = Workspace(settings.workspace).input_dir(spec.name)
+    copies = _staging_copies(Path(report.dataset_path), staged, spec.force)
+    files = report.manifest_files() if copies else []
+    dataset_bytes = allocated_bytes(((f.relpath, f.size) for f in files), staged) if copies else 0
     need = dataset_bytes + (profile.disk_gb + settings.min_free_disk_gb) * GB
-    where = _existing_ancestor(Path(settings.workspace))
-    free = shutil.disk_usage(where).free
+    free = free_bytes(staged)
     if free >= need:
         return []
     return [
-        f"Insufficient disk space on {where}: need {need / GB:.2f} GB (dataset "
-        f"{dataset_bytes / GB:.2f} GB + profile {profile.name} disk_gb {profile.disk_gb:g} + "
-        f"min_free_disk_gb {settings.min_free_disk_gb:g}), free {free / GB:.2f} GB. Free some "
-        "space or lower min_free_disk_gb (AUTOTRAIN_MIN_FREE_DISK_GB)."
+        f"Insufficient disk space on the workspace filesystem {mount_point(staged)}: need "
+        f"{human_size(need)} (staged copy {human_size(dataset_bytes)} + profile {profile.name} "
+        f"disk_gb {profile.disk_gb:g} + min_free_disk_gb {settings.min_free_disk_gb:g}), free "
+        f"{human_size(free)}. Free some space there, put the workspace on a larger disk "
+        "(AUTOTRAIN_WORKSPACE), or lower min_free_disk_gb (AUTOTRAIN_MIN_FREE_DISK_GB)."
     ]
 
 
-def _existing_ancestor(path: Path) -> Path:
-    path = path.expanduser().absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+def _staging_copies(source: Path, staged: Path, force: bool) -> bool:
+    """Whether phase 2 will write a copy: not for a dataset staged in place, and not when a
+    staged copy exists and is reused (or refused) rather than replaced. `--skip-copy` with
+    nothing staged yet still copies."""
+    if source.resolve() == staged.resolve():
+        return False
+    return force or not staged.exists()
 
 
 def _backend_problems(profile: Profile, settings: Settings) -> list[str]:
@@ -331,13 +337,6 @@ def _backend_problems(profile: Profile, settings: Settings) -> list[str]:
 def _names(paths: list[str]) -> str:
     shown = ", ".join(paths[:_LIST_LIMIT])
     return shown + (f" and {len(paths) - _LIST_LIMIT} more" if len(paths) > _LIST_LIMIT else "")
-
-
-def _human_size(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
 
 
 def report_table(report: ValidationReport, max_problems: int = 50) -> Table:
@@ -364,7 +363,7 @@ def report_table(report: ValidationReport, max_problems: int = 50) -> Table:
         f"{len(report.captions)} ({len(report.missing_captions)} missing, "
         f"{len(report.empty_captions)} empty)",
     )
-    row("Size", _human_size(report.total_bytes))
+    row("Size", human_size(report.total_bytes))
     if report.junk_skipped:
         row("Junk skipped", _names(report.junk_skipped))
     if report.ignored_files:
