@@ -10,6 +10,7 @@ import contextlib
 
 from celery import Celery
 
+from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
 from autotrain.settings import Settings, load_settings
 
 __all__ = [
@@ -21,16 +22,8 @@ __all__ = [
     "gpu_queue_name",
 ]
 
-PREP_QUEUE = "prep"  # validation of new jobs
-PREP_ONGOING_QUEUE = "prep.ongoing"  # phases 2, 3 and 5 of jobs under way: served first
-GPU_QUEUE = "gpu"
 
 app = Celery("autotrain", include=["autotrain.tasks"])
-
-
-def gpu_queue_name(host: str, gpu: int | str) -> str:
-    """The queue of one GPU of one host (`gpu.<host>.<index>`), or of a host's CPU worker."""
-    return f"{GPU_QUEUE}.{host}.{gpu}"
 
 
 def configure_app(settings: Settings) -> Celery:

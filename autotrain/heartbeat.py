@@ -21,30 +21,11 @@ from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from autotrain import keys
 
-__all__ = ["live_workers"]
+__all__: list[str] = []  # signal handlers only; read the registry with autotrain.registry
 
 log = logging.getLogger(__name__)
 
 _stop = threading.Event()
-
-
-def live_workers(client: redis.Redis, within: float = 90.0) -> list[dict]:
-    """Workers that announced themselves in the last `within` seconds, with their busy job."""
-    names = client.zrangebyscore(keys.WORKERS, time.time() - within, "+inf")
-    if not names:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.get(keys.worker(name))
-        pipe.get(keys.worker_job(name))
-    replies = pipe.execute()
-    workers = []
-    for raw, busy in zip(replies[::2], replies[1::2], strict=True):
-        if raw:
-            info = json.loads(raw)
-            info["job"] = busy
-            workers.append(info)
-    return sorted(workers, key=lambda w: w["name"])
 
 
 @worker_ready.connect

@@ -14,7 +14,7 @@ import secrets
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import BaseModel, Field
@@ -22,24 +22,12 @@ from pydantic import BaseModel, Field
 from autotrain import keys, scripts
 from autotrain.errors import AutotrainError
 from autotrain.spec import JobSpec
+from autotrain.states import FINAL_STATES, JobState
 
-__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES", "NameInUse"]
+if TYPE_CHECKING:
+    from autotrain.settings import Settings
 
-
-class JobState(StrEnum):
-    QUEUED = "queued"
-    VALIDATING = "validating"
-    PREPARING = "preparing"
-    CONFIGURING = "configuring"
-    WAITING_GPU = "waiting_gpu"
-    TRAINING = "training"
-    REPORTING = "reporting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES", "NameInUse", "job_store"]
 
 
 class Job(BaseModel):
@@ -338,6 +326,15 @@ class JobStore:
             reply = self.redis.xread({self.events_key(job_id): after}, count=count, block=block_ms)
             rows = reply[0][1] if reply else []
         return [(entry_id, json.loads(fields["e"])) for entry_id, fields in rows]
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The job store of the configured (or embedded) Redis; errors say how to start it."""
+    from autotrain.connection import check_redis
+
+    return JobStore(
+        check_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
+    )
 
 
 def _new_job_id() -> str:

@@ -19,11 +19,18 @@
 | autotrain:queues                     | set    | -              | broker queues workers consume   |
 | autotrain:gpu:<host>:<index>         | string | a lease        | the job holding a GPU           |
 | autotrain:reaper                     | string | a reaper pass  | fleet-wide reaper lock          |
+
+Celery's broker queues are Redis lists too, named as below (`prep`, `prep.ongoing`, `gpu`,
+`gpu.<host>.<index>`); they are defined here so that readers need not import Celery.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "PREP_QUEUE",
+    "PREP_ONGOING_QUEUE",
+    "GPU_QUEUE",
+    "gpu_queue_name",
     "PREFIX",
     "job",
     "job_events",
@@ -43,6 +50,16 @@ __all__ = [
     "REAPER",
     "JOB_DATA",
 ]
+
+PREP_QUEUE = "prep"  # validation of new jobs
+PREP_ONGOING_QUEUE = "prep.ongoing"  # phases 2, 3 and 5 of jobs under way: served first
+GPU_QUEUE = "gpu"
+
+
+def gpu_queue_name(host: str, gpu: int | str) -> str:
+    """The queue of one GPU of one host (`gpu.<host>.<index>`), or of a host's CPU worker."""
+    return f"{GPU_QUEUE}.{host}.{gpu}"
+
 
 PREFIX = "autotrain:"
 JOBS = f"{PREFIX}jobs"

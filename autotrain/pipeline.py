@@ -16,7 +16,7 @@ from typing import Any
 
 from autotrain import phases
 from autotrain.errors import AutotrainError
-from autotrain.job import Job, JobStore
+from autotrain.job import Job, job_store
 from autotrain.phases import PhaseProgress
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings, load_settings
@@ -67,15 +67,6 @@ class BatchResult:
     jobs: list[Job] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
     prepared: list[PrepareResult] = field(default_factory=list)
-
-
-def job_store(settings: Settings) -> JobStore:
-    """The job store of the configured (or embedded) Redis; errors say how to start it."""
-    from autotrain.connection import check_redis
-
-    return JobStore(
-        check_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
-    )
 
 
 def prepare_pipeline(

@@ -15,9 +15,10 @@ import socket
 import time
 import uuid
 
-from autotrain.celery_app import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, app, gpu_queue_name
+from autotrain import keys
 from autotrain.connection import until_redis_back
 from autotrain.job import Job, JobState, JobStore
+from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
 from autotrain.spec import JobSpec
 
 __all__ = [
@@ -106,6 +107,8 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
 
 def send_next(store: JobStore, job_id: str, message: dict) -> None:
     """Publish a phase message (again, if need be: same id) and confirm it was sent."""
+    from autotrain.celery_app import app  # Celery only where a message is sent
+
     # Flower shows argsrepr: say which job it is, not only its id.
     app.send_task(message["name"], args=[job_id], task_id=message["id"], queue=message["queue"],
                   argsrepr=f"({job_id!r},) {message.get('label', '')}".rstrip())  # fmt: skip
@@ -167,6 +170,8 @@ def cancel_job(store: JobStore, job_id: str) -> Job:
         )  # fmt: skip
         if moved == 1:
             if job.next_task:
+                from autotrain.celery_app import app
+
                 app.control.revoke(job.next_task["id"])
             hand_on_batch_slot(store, job)
             break
@@ -185,8 +190,6 @@ def hand_on_batch_slot(store: JobStore, job: Job) -> None:
 
 def queue_depths(store: JobStore) -> dict[str, int]:
     """Messages waiting in each queue some worker consumes (registered in `autotrain:queues`)."""
-    from autotrain import keys
-
     names = store.redis.smembers(keys.QUEUES) | {PREP_QUEUE, PREP_ONGOING_QUEUE, GPU_QUEUE}
     pipe = store.redis.pipeline(transaction=False)
     ordered = sorted(names)

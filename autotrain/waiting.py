@@ -11,8 +11,8 @@ from __future__ import annotations
 import redis
 
 from autotrain import keys
-from autotrain.heartbeat import live_workers
 from autotrain.job import Job
+from autotrain.registry import live_workers
 
 __all__ = ["why_waiting", "waiting_reasons", "NO_WORKER"]
 

@@ -139,7 +139,7 @@ def main() -> None:
 
 
 def wait_for_workers(settings, timeout: float = 60) -> None:
-    from autotrain.heartbeat import live_workers
+    from autotrain.registry import live_workers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -177,7 +177,7 @@ def _start_fleet(root: Path, env: dict[str, str], hosts: int, gpus: int) -> list
 
 
 def _wait_for_workers(store: JobStore, count: int, timeout: float) -> None:
-    from autotrain.heartbeat import live_workers
+    from autotrain.registry import live_workers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -203,7 +203,7 @@ def _stop_fleet(procs: list[subprocess.Popen]) -> None:
 
 def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     from autotrain.celery_app import configure_app
-    from autotrain.pipeline import job_store, run_batch_pipeline
+    from autotrain.job import job_store, run_batch_pipeline
     from autotrain.settings import load_settings
 
     settings = load_settings()
@@ -253,7 +253,7 @@ def _cpu_busy(since: tuple[float, float] | None = None):
 
 
 def _kill_a_training_worker(store: JobStore) -> str:
-    from autotrain.heartbeat import live_workers
+    from autotrain.registry import live_workers
 
     busy = [w["name"] for w in live_workers(store.redis) if w.get("job")]
     if not busy:
@@ -399,8 +399,8 @@ def _fill(client, stored: int, target: int) -> int:
 
 
 def _status_sdk(store: JobStore) -> None:
-    from autotrain.heartbeat import live_workers
     from autotrain.queue import queue_depths
+    from autotrain.registry import live_workers
 
     live_workers(store.redis)
     queue_depths(store)

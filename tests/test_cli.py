@@ -352,3 +352,15 @@ def test_exit_codes(workspace, args, code, says):
     result = autotrain(workspace, *args)
     assert result.returncode == code, result.stdout + result.stderr
     assert says in result.stdout + result.stderr
+
+
+def test_help_loads_none_of_the_heavy_libraries():
+    """`autotrain --help` starts fast because it imports only click (bench/cli.py times it)."""
+    probe = (
+        "import sys\nfrom autotrain.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = ('celery', 'kombu', 'redis', 'pydantic', 'rich', 'torch', 'PIL')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in heavy}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr

@@ -99,7 +99,9 @@ def test_failure_mid_copy_leaves_nothing(dataset, ws, profile, monkeypatch, fail
         return real_copy(source, tmp, record)
 
     monkeypatch.setattr(stage_module, "_copy_file", failing_copy)
-    with pytest.raises(StagingError, match="The workspace filesystem .* is full.*nothing was staged"):
+    with pytest.raises(
+        StagingError, match="The workspace filesystem .* is full.*nothing was staged"
+    ):
         stage_dataset(validate(dataset, ws, profile), ws)
     assert list(ws.input_root.iterdir()) == []
     assert not ws.output_dir("cats").exists()

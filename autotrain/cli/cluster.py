@@ -6,9 +6,7 @@ import os
 import sys
 
 import click
-from rich.table import Table
 
-from autotrain import cluster as local
 from autotrain.cli import console, err_console, settings_of
 from autotrain.errors import AutotrainError
 
@@ -26,6 +24,8 @@ def up_cmd(ctx, no_workers, cpu) -> None:
     Example:
       autotrain up && autotrain status
     """
+    import autotrain.cluster as local
+
     settings = settings_of(ctx)
     status = local.up(settings, workers=not no_workers, worker_args=["--cpu"] if cpu else [])
     console.print(
@@ -51,6 +51,8 @@ def down_cmd(ctx, force) -> None:
       autotrain down
       autotrain down --force
     """
+    import autotrain.cluster as local
+
     settings = settings_of(ctx)
     training = [] if force else _training_jobs(settings)
     if training:
@@ -66,8 +68,8 @@ def down_cmd(ctx, force) -> None:
 
 def _training_jobs(settings) -> list:
     """Jobs training on this workspace's embedded Redis, [] when it is not running."""
-    from autotrain.job import JobState
-    from autotrain.pipeline import job_store
+    import autotrain.cluster as local
+    from autotrain.job import JobState, job_store
 
     status = local.cluster_status(settings)
     if not status.embedded or not status.redis_running:
@@ -84,9 +86,12 @@ def status_cmd(ctx) -> None:
     Example:
       autotrain status
     """
-    from autotrain.heartbeat import live_workers
+    from rich.table import Table
+
+    import autotrain.cluster as local
     from autotrain.job import JobStore
     from autotrain.queue import queue_depths
+    from autotrain.registry import live_workers
 
     settings = settings_of(ctx)
     status = local.cluster_status(settings)
@@ -213,6 +218,8 @@ def doctor_cmd(ctx) -> None:
     Example:
       autotrain doctor
     """
+    from rich.table import Table
+
     from autotrain.doctor import run_checks
 
     checks = run_checks(settings_of(ctx))

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import click
-import tomli_w
-from rich.table import Table
 
 from autotrain.cli import console, settings_of
-from autotrain.profile import list_profiles, load_profile
-from autotrain.settings import setting_sources
-from autotrain.workspace import Workspace
 
 __all__ = ["COMMANDS"]
 
@@ -28,6 +23,11 @@ def profiles_list(ctx) -> None:
     Example:
       autotrain profiles list
     """
+    from rich.table import Table
+
+    from autotrain.profile import list_profiles
+    from autotrain.workspace import Workspace
+
     settings = settings_of(ctx)
     table = Table("profile", "backend", "script", "VRAM GB", "disk GB", "source", "description")
     for profile in list_profiles(Workspace(settings.workspace).templates_dir).values():
@@ -46,6 +46,11 @@ def profiles_show(ctx, name) -> None:
     Example:
       autotrain profiles show FluxLORA
     """
+    import tomli_w
+
+    from autotrain.profile import load_profile
+    from autotrain.workspace import Workspace
+
     settings = settings_of(ctx)
     profile = load_profile(name, Workspace(settings.workspace).templates_dir)
     console.print(f"[bold]{profile.name}[/] ({profile.source}: {profile.directory})")
@@ -75,6 +80,10 @@ def config_show(ctx) -> None:
     Example:
       AUTOTRAIN_MIN_FREE_DISK_GB=20 autotrain config show
     """
+    from rich.table import Table
+
+    from autotrain.settings import setting_sources
+
     settings = settings_of(ctx)
     sources = setting_sources(settings)
     table = Table("setting", "value", "source", "env var")

@@ -5,21 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
-import tomli_w
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
 
-from autotrain import pipeline as sdk
 from autotrain.cli import INTERRUPTED, console, err_console, settings_of
-from autotrain.spec import parse_gpu_ids
+
+if TYPE_CHECKING:
+    from autotrain.pipeline import PrepareResult
 
 __all__ = ["COMMANDS"]
 
@@ -66,6 +59,8 @@ def prepare_cmd(
       autotrain pipeline prepare --dataset-path examples/datasets/tiny_shapes --profile Tiny
       autotrain pipeline prepare --dataset-path ~/data/cat --profile FluxLORA --dry-run
     """
+    import autotrain.pipeline as sdk
+
     settings = settings_of(ctx)
     _logging(settings, dry_run)
     with _phase_progress() as progress:
@@ -114,6 +109,8 @@ def run_cmd(
       autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 0,1 --host gpubox2
       autotrain pipeline run --dataset-path ~/data/cat --profile Tiny --immediate
     """
+    import autotrain.pipeline as sdk
+
     settings = settings_of(ctx)
     ids = _gpu_ids(gpu_ids)
     if host and not ids:
@@ -200,6 +197,8 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
       autotrain pipeline batch --dataset-paths "a,b" --profile Tiny --prepare-only
       autotrain pipeline batch --datasets-dir ~/datasets --profile SDXL --dry-run
     """
+    import autotrain.pipeline as sdk
+
     settings = settings_of(ctx)
     selection = {"datasets_dir": datasets_dir, "dataset_paths": dataset_paths}
     options = {"min_images": min_images, "skip_copy": skip_copy, "force": force}
@@ -256,6 +255,8 @@ def _run_immediate(
     dataset_path, profile, dataset_name, min_images, ids, skip_copy, force, settings
 ):
     """All five phases in this process, the trainer's output streamed to the terminal."""
+    import autotrain.pipeline as sdk
+
     with _phase_progress(live=False) as progress:
         return sdk.run_pipeline(
             dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
@@ -264,8 +265,10 @@ def _run_immediate(
         )  # fmt: skip
 
 
-def print_prepared(result: sdk.PrepareResult) -> None:
+def print_prepared(result: PrepareResult) -> None:
     """The validation table, staging decision, files and trainer command of phases 1-3."""
+    import tomli_w
+
     from autotrain.validate import report_table
 
     console.print(report_table(result.report))
@@ -300,7 +303,7 @@ def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = F
     import redis
 
     from autotrain.connection import get_redis
-    from autotrain.heartbeat import live_workers
+    from autotrain.registry import live_workers
 
     try:
         workers = live_workers(get_redis(settings))
@@ -325,11 +328,20 @@ def _phase_progress(live: bool = True):
 
     `live=False` keeps to plain lines, for commands that stream other output meanwhile.
     """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskID,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     labels = {"validate": "Validating (full decode)", "stage": "Staging"}
     if live and err_console.is_terminal:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=err_console, transient=True,
+            console=err_console.rich(), transient=True,
         ) as bars:  # fmt: skip
             tasks: dict[str, TaskID] = {}
 
@@ -352,6 +364,8 @@ def _phase_progress(live: bool = True):
 
 
 def _gpu_ids(value: str | None) -> list[int]:
+    from autotrain.spec import parse_gpu_ids
+
     try:
         return parse_gpu_ids(value)
     except ValueError as exc:

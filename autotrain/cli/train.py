@@ -5,25 +5,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from autotrain.cli import INTERRUPTED, console, settings_of
-from autotrain.job import JobState
-from autotrain.monitor import (
-    batch_line,
-    follow_batch,
-    follow_job,
-    format_eta,
-    job_line,
-)
-from autotrain.pipeline import job_store
-from autotrain.settings import Settings
-from autotrain.waiting import waiting_reasons
+from autotrain.states import JobState
+
+if TYPE_CHECKING:
+    from autotrain.settings import Settings
 
 __all__ = ["COMMANDS", "monitor_job", "monitor_batch"]
 
@@ -51,6 +41,12 @@ def list_cmd(ctx, states, limit, offset, as_json) -> None:
       autotrain train list --limit 20 --offset 20
       autotrain train list --json | jq '.[].state'
     """
+    from rich.table import Table
+
+    from autotrain.job import job_store
+    from autotrain.monitor import format_eta
+    from autotrain.waiting import waiting_reasons
+
     store = job_store(settings_of(ctx))
     wanted = {JobState(s) for s in states} or None
     jobs = store.page(states=wanted, offset=offset, limit=limit)
@@ -113,6 +109,7 @@ def cancel_cmd(ctx, job_id) -> None:
       autotrain train cancel --job 20261125-101500-a1b2c3
     """
     from autotrain.celery_app import configure_app
+    from autotrain.job import job_store
     from autotrain.queue import cancel_job
 
     settings = settings_of(ctx)
@@ -139,6 +136,8 @@ def logs_cmd(ctx, job_id, follow) -> None:
     Example:
       autotrain train logs --job 20261125-101500-a1b2c3 --follow
     """
+    from autotrain.job import job_store
+
     settings = settings_of(ctx)
     store = job_store(settings)
     job = store.get(job_id)
@@ -164,12 +163,17 @@ def logs_cmd(ctx, job_id, follow) -> None:
 
 def monitor_job(settings: Settings, job_id: str) -> int:
     """Show the live single-job line until the job ends; 0 when it succeeded."""
+    from autotrain.cli.live import LiveView
+    from autotrain.job import job_store
+    from autotrain.monitor import follow_job, job_line
+    from autotrain.waiting import waiting_reasons
+
     store = job_store(settings)
     job = store.get(job_id)
     job_id = job.id  # a prefix was resolved
     depth, depth_at, reason = 0, 0.0, None
     try:
-        with LiveView(console) as view:
+        with LiveView(console.rich()) as view:
             for job, events in follow_job(store, job_id):  # noqa: B020 - keep the newest record
                 for event in events:
                     if event.get("kind") in _NOTED_EVENTS and (
@@ -191,10 +195,15 @@ def monitor_job(settings: Settings, job_id: str) -> int:
 
 def monitor_batch(settings: Settings, batch_id: str) -> int:
     """The batch view until every job of the batch is final, then a summary table."""
+    from autotrain.cli.live import LiveView
+    from autotrain.job import job_store
+    from autotrain.monitor import batch_line, follow_batch
+    from autotrain.waiting import waiting_reasons
+
     store = job_store(settings)
     jobs = []
     try:
-        with LiveView(console) as view:
+        with LiveView(console.rich()) as view:
             for jobs in follow_batch(store, batch_id):
                 reasons = waiting_reasons(store.redis, jobs)
                 lines = [batch_line(j, jobs) + (f" | {reasons[j.id]}" if j.id in reasons else "")
@@ -212,6 +221,10 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
 
 def print_batch_summary(jobs: list) -> None:
     """One row per job, queued and training time apart; errors in full below the table."""
+    from rich.table import Table
+
+    from autotrain.monitor import format_eta
+
     table = Table("name", "state", "steps", "final loss", "queued", "training")
     table.add_column("weights", overflow="fold")  # a path is never cut at the terminal's width
     now = time.time()
@@ -233,43 +246,6 @@ def print_batch_summary(jobs: list) -> None:
 
 
 _NOTED_EVENTS = ("checkpoint", "sample", "error")
-
-
-class LiveView:
-    """A redrawn line on a terminal; in logs and pipes, a new line only when `key` changes."""
-
-    def __init__(self, target: Console) -> None:
-        self.console = target
-        self.live = (
-            Live(Text(""), console=target, refresh_per_second=10) if target.is_terminal else None
-        )
-        self._key: object = None
-        self._text = ""
-
-    def __enter__(self) -> LiveView:
-        if self.live:
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.live:
-            self.live.__exit__(*exc)
-        elif self._text and self._key != "printed":
-            self.console.print(self._text, markup=False, soft_wrap=True)
-
-    def update(self, text: str, key: object) -> None:
-        self._text = text
-        if self.live:
-            self.live.update(Text(text))
-        elif key != self._key:
-            self._key = key
-            self.console.print(text, markup=False, soft_wrap=True)
-            self._text = ""
-
-    def note(self, text: str) -> None:
-        (self.live.console if self.live else self.console).print(
-            Text(text, style="dim"), soft_wrap=True
-        )
 
 
 def _change_key(job) -> tuple:

@@ -1,0 +1,34 @@
+"""The worker registry in Redis, as readers see it: which workers are alive, what queues they
+consume and what job they are busy with. Workers write it from autotrain.heartbeat; this module
+reads it without importing Celery, for the CLI's sake.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from autotrain import keys
+
+__all__ = ["live_workers"]
+
+
+def live_workers(client: redis.Redis, within: float = 90.0) -> list[dict]:
+    """Workers that announced themselves in the last `within` seconds, with their busy job."""
+    names = client.zrangebyscore(keys.WORKERS, time.time() - within, "+inf")
+    if not names:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(keys.worker(name))
+        pipe.get(keys.worker_job(name))
+    replies = pipe.execute()
+    workers = []
+    for raw, busy in zip(replies[::2], replies[1::2], strict=True):
+        if raw:
+            info = json.loads(raw)
+            info["job"] = busy
+            workers.append(info)
+    return sorted(workers, key=lambda w: w["name"])
