@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,16 @@ from autotrain.states import FINAL_STATES, JobState
 if TYPE_CHECKING:
     from autotrain.settings import Settings
 
-__all__ = ["Job", "JobState", "JobStore", "FINAL_STATES", "NameInUse", "job_store"]
+__all__ = [
+    "Job",
+    "JobState",
+    "JobStore",
+    "FINAL_STATES",
+    "NameInUse",
+    "job_store",
+    "public_record",
+    "iso_time",
+]
 
 
 class Job(BaseModel):
@@ -66,6 +77,8 @@ class Job(BaseModel):
     samples: list[str] = Field(default_factory=list)
     files: list[int] | None = None  # [done, total] of the phase checking or copying files
     waiting_for: str | None = None  # what its worker waits for (a GPU another job holds)
+    attempt_base: int = 0  # attempts before the user's last retry (max_attempts counts from it)
+    from_scratch: bool = False  # the retry asked to start training over
 
     @property
     def name(self) -> str:
@@ -111,6 +124,7 @@ class JobStore:
         self._create = client.register_script(scripts.CREATE)
         self._move = client.register_script(scripts.MOVE)
         self._renew = client.register_script(scripts.RENEW)
+        self._reopen = client.register_script(scripts.REOPEN)
 
     # Keys (see autotrain.keys)
     key = staticmethod(keys.job)
@@ -170,6 +184,7 @@ class JobStore:
         *,
         states: set[JobState] | None = None,
         batch_id: str | None = None,
+        where: Callable[[Job], bool] | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Job]:
@@ -192,7 +207,7 @@ class JobStore:
                 break
             start += chunk
             for job in self.many(ids):
-                if states is None or job.state in states:
+                if (states is None or job.state in states) and (where is None or where(job)):
                     if skipped < offset:
                         skipped += 1
                         continue
@@ -260,9 +275,47 @@ class JobStore:
         name_key = keys.name("-")  # used only by a move to a final state (it frees the name)
         if state in FINAL_STATES and (spec := self.redis.hget(self.key(job_id), "spec")):
             name_key = keys.name(json.loads(spec)["name"])
-        bulky = [keys.job_events(job_id), *(keys.job_data(job_id, w) for w in keys.JOB_DATA)]
-        job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key, *bulky]
-        return int(self._move(keys=job_keys, args=args))
+        job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key,
+                    *_bulky_keys(job_id)]  # fmt: skip
+        moved = int(self._move(keys=job_keys, args=args))
+        if moved == 1 and state in FINAL_STATES:
+            self._record_end(job_id)
+        return moved
+
+    def reopen(self, job_id: str, owner: str, state: JobState, dispatch_until: float,
+               **fields: Any) -> None:  # fmt: skip
+        """Hand a final job back to the queue (a user's retry); see autotrain.scripts.REOPEN.
+
+        Raises NameInUse when another job in progress took its name meanwhile.
+        """
+        job = self.get(job_id)
+        args: list[Any] = [job.id, job.created_at, dispatch_until, json.dumps(owner),
+                           json.dumps(str(state))]  # fmt: skip
+        for name, value in _encode(fields).items():
+            args += [name, value]
+        job_keys = [self.key(job.id), keys.ACTIVE, keys.name(job.spec.name), keys.DISPATCH,
+                    *_bulky_keys(job.id)]  # fmt: skip
+        outcome = self._reopen(keys=job_keys, args=args)
+        if outcome[0] == -1:
+            raise NameInUse(job.spec.name, outcome[1])
+        if outcome[0] != 1:
+            raise AutotrainError(
+                f"Job {job.id} is {self.state(job.id)}: only a finished job can be retried."
+            )
+
+    # The history of attempts: how each started and ended (a list, appended to atomically)
+    def add_history(self, job_id: str, **entry: Any) -> None:
+        entry.setdefault("at", time.time())
+        self.redis.rpush(keys.job_history(job_id), json.dumps(entry))
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in self.redis.lrange(keys.job_history(job_id), 0, -1)]
+
+    def _record_end(self, job_id: str) -> None:
+        job = self.get(job_id)
+        self.add_history(job_id, attempt=job.attempt, event=str(job.state), error=job.error,
+                         worker=job.worker, host=job.host, gpu=job.gpu, step=job.step,
+                         total=job.total)  # fmt: skip
 
     def set_state(self, job_id: str, state: JobState, **fields: Any) -> bool:
         """Move to `state` whoever owns the job, unless it is final; returns whether it moved.
@@ -335,6 +388,42 @@ def job_store(settings: Settings) -> JobStore:
     return JobStore(
         check_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
     )
+
+
+# The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).
+_TIMES = ("created_at", "started_at", "training_started_at", "training_finished_at", "finished_at")
+
+
+def public_record(job: Job, history: list[dict] | None = None, waiting_reason: str | None = None,
+                  ) -> dict[str, Any]:  # fmt: skip
+    """A job as `train list --json` and `train show --json` print it."""
+    result = job.result or {}
+    record: dict[str, Any] = {
+        "id": job.id, "name": job.name, "profile": job.profile,
+        "dataset_path": str(job.spec.dataset_path), "batch_id": job.spec.batch_id,
+        "state": job.state.value, "attempt": job.attempt, "step": job.step, "total": job.total,
+        "loss": job.loss, "eta_seconds": job.eta_seconds, "host": job.host, "gpu": job.gpu,
+        "worker": job.worker, "train_worker": job.train_worker, "queue": job.queue,
+        "error": job.error, "waiting_reason": waiting_reason,
+        "weights": result.get("weights"), "run_json": result.get("run_json"),
+        "samples": job.samples,
+    }  # fmt: skip
+    record.update({name: iso_time(getattr(job, name)) for name in _TIMES})
+    if history is not None:
+        record["history"] = [{**e, "at": iso_time(e.get("at"))} for e in history]
+    return record
+
+
+def iso_time(timestamp: float | None) -> str | None:
+    """`2026-12-02T04:16:05.123456+00:00`, or None."""
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
+
+
+def _bulky_keys(job_id: str) -> list[str]:
+    """The keys of a job that expire once it is final (its events and bulky data)."""
+    return [keys.job_events(job_id), *(keys.job_data(job_id, w) for w in keys.JOB_DATA)]
 
 
 def _new_job_id() -> str:

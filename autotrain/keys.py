@@ -5,6 +5,7 @@
 | autotrain:job:<id>                   | hash   | until pruned   | JobStore (the source of truth)  |
 | autotrain:job:<id>:events            | stream | retention once final | workers (progress)         |
 | autotrain:job:<id>:<what>            | string | retention once final | phases (report, stage, run)|
+| autotrain:job:<id>:history           | list   | until pruned   | each attempt's start and end    |
 | autotrain:jobs                       | zset   | -              | every job by creation time      |
 | autotrain:jobs:active                | zset   | -              | jobs not final, by creation     |
 | autotrain:batch:<b>:jobs             | zset   | -              | a batch's jobs, by creation     |
@@ -35,6 +36,7 @@ __all__ = [
     "job",
     "job_events",
     "job_data",
+    "job_history",
     "JOBS",
     "ACTIVE",
     "batch_jobs",
@@ -82,6 +84,10 @@ def job_events(job_id: str) -> str:
 
 def job_data(job_id: str, what: str) -> str:
     return f"{PREFIX}job:{job_id}:{what}"
+
+
+def job_history(job_id: str) -> str:
+    return f"{PREFIX}job:{job_id}:history"
 
 
 def batch(batch_id: str) -> str:

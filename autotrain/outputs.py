@@ -16,7 +16,7 @@ from pathlib import Path
 
 from autotrain.workspace import Workspace
 
-__all__ = ["claim_output_dir", "output_owner", "OWNER_FILE", "RUNS_DIR"]
+__all__ = ["claim_output_dir", "archive_run", "output_owner", "OWNER_FILE", "RUNS_DIR"]
 
 OWNER_FILE = "job.json"
 RUNS_DIR = "runs"
@@ -38,18 +38,15 @@ def claim_output_dir(
     previous = output_owner(output_dir)
     if previous == job_id:
         return None
-    leftovers = _run_files(output_dir)
     note = None
-    if leftovers:
+    if _run_files(output_dir):
         label = previous or _legacy_label(output_dir)
         archive = output_dir / RUNS_DIR / label
         note = (
             f"outputs of the earlier run {label} {'would be ' if dry_run else ''}moved to {archive}"
         )
         if not dry_run:
-            archive.mkdir(parents=True, exist_ok=True)
-            for path in leftovers:
-                os.replace(path, archive / path.name)
+            archive_run(workspace, name, label)
     if not dry_run:
         output_dir.mkdir(parents=True, exist_ok=True)
         owner = {"job": job_id, "profile": profile, "claimed_at": time.time()}
@@ -57,6 +54,19 @@ def claim_output_dir(
         tmp.write_text(json.dumps(owner), encoding="utf-8")
         os.replace(tmp, output_dir / OWNER_FILE)
     return note
+
+
+def archive_run(workspace: Workspace, name: str, label: str) -> Path | None:
+    """Move what a run left in `output/<name>/` to `output/<name>/runs/<label>/`; None if empty."""
+    output_dir = workspace.output_dir(name)
+    leftovers = _run_files(output_dir)
+    if not leftovers:
+        return None
+    archive = output_dir / RUNS_DIR / label
+    archive.mkdir(parents=True, exist_ok=True)
+    for path in leftovers:
+        os.replace(path, archive / path.name)
+    return archive
 
 
 def _run_files(output_dir: Path) -> list[Path]:

@@ -17,6 +17,7 @@ import uuid
 
 from autotrain import keys
 from autotrain.connection import until_redis_back
+from autotrain.errors import AutotrainError
 from autotrain.job import Job, JobState, JobStore
 from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
 from autotrain.spec import JobSpec
@@ -28,6 +29,7 @@ __all__ = [
     "send_next",
     "dispatch_parked",
     "cancel_job",
+    "retry_job",
     "queue_depths",
     "current_host",
     "PHASES",
@@ -175,6 +177,45 @@ def cancel_job(store: JobStore, job_id: str) -> Job:
                 app.control.revoke(job.next_task["id"])
             hand_on_batch_slot(store, job)
             break
+    return store.get(job.id)
+
+
+def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
+              confirm_seconds: float = 30.0) -> Job:  # fmt: skip
+    """Queue a failed or cancelled job again, as its next attempt.
+
+    It runs all five phases again: validation re-checks the dataset, staging reuses the staged
+    copy that still matches, and training resumes from the newest complete saved state of the
+    job (autotrain.resume), or starts over with `from_scratch` (the earlier files are moved to
+    output/<name>/runs/, not deleted).
+    """
+    job = store.get(job_id)
+    if job.state == JobState.SUCCEEDED:
+        raise AutotrainError(
+            f"Job {job.id} ({job.name}) succeeded: there is nothing to retry. To train it again, "
+            f"queue a new run: autotrain pipeline run --dataset-path {job.spec.dataset_path} "
+            f"--profile {job.profile}"
+        )
+    if not job.is_final:
+        raise AutotrainError(
+            f"Job {job.id} ({job.name}) is {job.state.value}: it is still under way. Cancel it "
+            f"first (autotrain train cancel --job {job.id}) to retry it."
+        )
+    message = _message("validate", job.queue or training_queue(job.spec), _label(job.spec))
+    fields: dict = {
+        "attempt": job.attempt + 1, "attempt_base": job.attempt, "phase": "validate",
+        "next_task": message, "task_ids": _task_ids(job, message), "error": None,
+        "finished_at": None, "cancel_requested": False, "worker": None, "waiting_for": None,
+        "from_scratch": from_scratch,
+    }  # fmt: skip
+    if from_scratch:
+        fields.update(step=0, loss=None, eta_seconds=None, training_started_at=None,
+                      training_finished_at=None)  # fmt: skip
+    store.reopen(job.id, owner=f"queue:{message['id']}", state=JobState.QUEUED,
+                 dispatch_until=time.time() + confirm_seconds, **fields)  # fmt: skip
+    store.add_history(job.id, attempt=job.attempt + 1, event="retried",
+                      from_scratch=from_scratch)  # fmt: skip
+    send_next(store, job.id, message)
     return store.get(job.id)
 
 

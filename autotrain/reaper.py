@@ -75,7 +75,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             result.cancelled.append(job_id)
             hand_on_batch_slot(store, job)
         return
-    if job.attempt >= settings.max_attempts:
+    if job.attempt - job.attempt_base >= settings.max_attempts:
         error = (
             f"Interrupted {job.attempt} times (worker {dead} stopped renewing its lease during "
             f"{job.phase}); giving up after max_attempts={settings.max_attempts}."
@@ -100,6 +100,8 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
         log.warning("re-queueing %s (%s, attempt %d): worker %s stopped renewing its lease",
                     job_id, phase, job.attempt + 1, dead)  # fmt: skip
         result.requeued.append(job_id)
+        store.add_history(job_id, attempt=job.attempt, event="worker lost", phase=phase,
+                          worker=dead, step=job.step, total=job.total)  # fmt: skip
         send_next(store, job_id, message)
 
 

@@ -10,7 +10,7 @@ JSON-encoded in the job hash, so owners and states are compared in their JSON fo
 
 from __future__ import annotations
 
-__all__ = ["CREATE", "MOVE", "RENEW", "FINAL_STATES_LUA"]
+__all__ = ["CREATE", "MOVE", "REOPEN", "RENEW", "FINAL_STATES_LUA"]
 
 FINAL_STATES_LUA = "{['\"succeeded\"']=1, ['\"failed\"']=1, ['\"cancelled\"']=1}"
 
@@ -78,6 +78,35 @@ if final[ARGV[8]] then
   redis.call('HDEL', KEYS[1], 'plan')
 end
 return 1
+"""
+)
+
+# KEYS: job hash, active index, name key, dispatch, then the keys that expire once final.
+# ARGV: [1] job id, [2] created_at, [3] dispatch deadline, [4] new owner (JSON), [5] new state
+# (JSON), then field/value pairs.
+# A user's retry: a final job becomes the queue's again, takes its name back (refused, as at
+# creation, while another job in progress holds it) and its bulky keys stop expiring.
+# Returns {1} when reopened, {0} when the job is not final, {-1, holder} when the name is
+# taken, {-2} when there is no such job.
+REOPEN = (
+    "local final = "
+    + FINAL_STATES_LUA
+    + """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {-2} end
+if not final[state] then return {0} end
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[1] then
+  local other = redis.call('HGET', KEYS[1]:sub(1, #KEYS[1] - #ARGV[1]) .. holder, 'state')
+  if other and not final[other] then return {-1, holder} end
+end
+redis.call('SET', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'state', ARGV[5])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
+return {1}
 """
 )
 

@@ -39,6 +39,7 @@ from autotrain.lease import (
     release_gpus,
     renew_gpus,
 )
+from autotrain.outputs import archive_run
 from autotrain.plan import TrainPlan
 from autotrain.queue import current_host, hand_on, hand_on_batch_slot
 from autotrain.recorder import ProgressRecorder, read_loss_history
@@ -150,6 +151,10 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
 @app.task(name="autotrain.validate", bind=True)
 def validate(self: Task, job_id: str) -> None:
     with phase(self, job_id, "validate", JobState.VALIDATING) as ctx:
+        if ctx.job.from_scratch:  # a retry that starts over: the earlier files step aside
+            label = f"{job_id}-attempt{ctx.job.attempt_base}"
+            archive_run(Workspace(ctx.settings.workspace), ctx.job.name, label)
+            ctx.store.update(job_id, from_scratch=False)
         report = phases.validate_phase(ctx.job.spec, ctx.settings, _files_progress(ctx))
         ctx.store.put_data(job_id, "report", report.model_dump(mode="json"))
         ctx.hand_on("prepare")

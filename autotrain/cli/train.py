@@ -29,15 +29,19 @@ def train_group() -> None:
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
               help="Show at most this many jobs (a page).")  # fmt: skip
 @click.option("--offset", default=0, type=click.IntRange(min=0), help="Skip this many first.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--batch", "batch_id", help="Only the jobs of this batch.")
+@click.option("--profile", help="Only jobs of this profile.")
+@click.option("--name", help="Only jobs whose dataset name contains this.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (README: fields).")
 @click.pass_context
-def list_cmd(ctx, states, limit, offset, as_json) -> None:
+def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> None:
     """Jobs, newest first, one page at a time.
 
     \b
     Examples:
       autotrain train list
       autotrain train list --state training --state queued
+      autotrain train list --batch 20261202-041500-b1c2d3 --state failed
       autotrain train list --limit 20 --offset 20
       autotrain train list --json | jq '.[].state'
     """
@@ -49,12 +53,17 @@ def list_cmd(ctx, states, limit, offset, as_json) -> None:
 
     store = job_store(settings_of(ctx))
     wanted = {JobState(s) for s in states} or None
-    jobs = store.page(states=wanted, offset=offset, limit=limit)
+
+    def where(job) -> bool:
+        return (profile is None or job.profile == profile) and (name is None or name in job.name)
+
+    jobs = store.page(states=wanted, batch_id=batch_id, where=where, offset=offset, limit=limit)
     reasons = waiting_reasons(store.redis, jobs)
     if as_json:
-        rows = [j.model_dump(mode="json", exclude={"plan"}) | {"waiting_reason": reasons.get(j.id)}
-                for j in jobs]  # fmt: skip
-        click.echo(json.dumps(rows, indent=2))
+        from autotrain.job import public_record
+
+        click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id)) for j in jobs],
+                              indent=2))  # fmt: skip
         return
     table = Table(box=None, pad_edge=False)
     for column in ("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age"):
@@ -283,4 +292,12 @@ def _final_message(job) -> int:
     return 1
 
 
+def _add_control_commands() -> None:
+    from autotrain.cli import control
+
+    for command in control.COMMANDS:
+        train_group.add_command(command)
+
+
+_add_control_commands()
 COMMANDS = [train_group]

@@ -1,0 +1,136 @@
+"""`autotrain train retry|resume|show|prune`: steering jobs after they were queued."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from autotrain.cli import FAILED, console, err_console, settings_of
+
+__all__ = ["COMMANDS"]
+
+
+def _retry_options(func):
+    options = [
+        click.option("--job", "job_id", help="Job id (or a unique prefix)."),
+        click.option("--batch", "batch_id", help="Every failed or cancelled job of this batch."),
+        click.option("--failed", "only_failed", is_flag=True,
+                     help="With --batch: only the failed jobs, not the cancelled ones."),
+        click.option("--from-scratch", is_flag=True,
+                     help="Start training over (earlier files move to output/<name>/runs/)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@click.command("retry")
+@_retry_options
+@click.pass_context
+def retry_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
+    """Queue a failed or cancelled job again, resuming from its newest saved state.
+
+    The job keeps its id and history; this is its next attempt. Validation and staging run
+    again (an unchanged staged copy is reused), then training continues from the newest
+    complete saved state, or from step 0 with --from-scratch.
+
+    \b
+    Examples:
+      autotrain train retry --job 20261125-101500-a1b2c3
+      autotrain train retry --job 20261125-101500-a1b2c3 --from-scratch
+      autotrain train retry --batch 20261125-101500-b4d5e6 --failed
+    """
+    from autotrain.celery_app import configure_app
+    from autotrain.errors import AutotrainError
+    from autotrain.job import JobState, job_store
+    from autotrain.queue import retry_job
+
+    if bool(job_id) == bool(batch_id):
+        raise click.UsageError("Give one of --job or --batch.")
+    if only_failed and not batch_id:
+        raise click.UsageError("--failed goes with --batch.")
+    settings = settings_of(ctx)
+    configure_app(settings)
+    store = job_store(settings)
+    if job_id:
+        targets = [store.get(job_id)]
+    else:
+        wanted = {JobState.FAILED} if only_failed else {JobState.FAILED, JobState.CANCELLED}
+        targets = store.list(states=wanted, batch_id=batch_id)
+        if not targets:
+            console.print(f"Batch {batch_id} has no job to retry.")
+            return
+    refused = 0
+    for job in targets:
+        try:
+            retried = retry_job(store, job.id, from_scratch=from_scratch)
+        except AutotrainError as exc:
+            if job_id:
+                raise
+            refused += 1
+            err_console.print(f"[red]Not retried[/] {job.id} ({job.name}): {exc}", soft_wrap=True)
+            continue
+        how = "from scratch" if from_scratch else "resuming from its newest saved state, if any"
+        console.print(
+            f"Queued {retried.id} ({retried.name}) again as attempt {retried.attempt}, {how}."
+        )
+    if job_id:
+        console.print(f"Watch it: autotrain train monitor --job {targets[0].id}")
+    if refused:
+        sys.exit(FAILED)
+
+
+@click.command("resume")
+@_retry_options
+@click.pass_context
+def resume_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
+    """The same as `train retry`: continue a failed or cancelled job from its newest state.
+
+    \b
+    Example:
+      autotrain train resume --job 20261125-101500-a1b2c3
+    """
+    ctx.invoke(retry_cmd, job_id=job_id, batch_id=batch_id, only_failed=only_failed,
+               from_scratch=from_scratch)  # fmt: skip
+
+
+@click.command("show")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (README: fields).")
+@click.pass_context
+def show_cmd(ctx, job_id, as_json) -> None:
+    """Everything known about one job: its record, why it waits, and every attempt.
+
+    \b
+    Examples:
+      autotrain train show --job 20261125-101500-a1b2c3
+      autotrain train show --job 20261125 --json | jq '.history'
+    """
+    from autotrain.job import job_store, public_record
+    from autotrain.waiting import waiting_reasons
+
+    store = job_store(settings_of(ctx))
+    job = store.get(job_id)
+    reason = waiting_reasons(store.redis, [job]).get(job.id)
+    record = public_record(job, store.history(job.id), reason)
+    if as_json:
+        click.echo(json.dumps(record, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, show_header=False)
+    for field, value in record.items():
+        if field != "history" and value not in (None, [], ""):
+            table.add_row(f"[bold]{field}[/]", str(value))
+    console.print(table)
+    history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
+    for entry in record["history"]:
+        step = f"{entry.get('step', '')}/{entry.get('total') or '?'}" if "step" in entry else ""
+        history.add_row(entry["at"], str(entry.get("attempt", "")), entry.get("event", ""),
+                        entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
+    console.print(history)
+
+
+COMMANDS = [retry_cmd, resume_cmd, show_cmd]
