@@ -122,8 +122,9 @@ def _batch_keys(batch_id: str) -> list[str]:
     return [f"{base}:training", f"{base}:parked", base]
 
 
-def create_batch(client: redis.Redis, batch_id: str, max_concurrent: int) -> None:
-    client.hset(_batch_keys(batch_id)[2], mapping={"max_concurrent": max(1, max_concurrent)})
+def create_batch(client: redis.Redis, batch_id: str, max_concurrent: int, name: str = "") -> None:
+    settings = {"max_concurrent": max(1, max_concurrent), "name": name or batch_id}
+    client.hset(_batch_keys(batch_id)[2], mapping=settings)
 
 
 def acquire_batch_slot(client: redis.Redis, batch_id: str, job_id: str, order: float) -> bool:

@@ -64,6 +64,7 @@ class ImmediateResult(PrepareResult):
 @dataclass
 class BatchResult:
     batch_id: str | None
+    name: str = ""
     jobs: list[Job] = field(default_factory=list)
     rejected: list[tuple[str, str]] = field(default_factory=list)  # (dataset, why)
     prepared: list[PrepareResult] = field(default_factory=list)
@@ -202,10 +203,14 @@ def run_batch_pipeline(
     datasets_dir: Path | str | None = None,
     dataset_paths: str | list[str] | None = None,
     max_concurrent: int = 1,
+    batch_name: str | None = None,
     settings: Settings | None = None,
     **options: Any,
 ) -> BatchResult:
-    """One queued job per dataset; at most `max_concurrent` of them train at once."""
+    """One queued job per dataset; at most `max_concurrent` of them train at once.
+
+    The batch gets an id (in the result) and a name: `batch_name`, or the datasets folder's.
+    """
     from autotrain.celery_app import configure_app
     from autotrain.lease import create_batch
     from autotrain.precheck import check_before_queueing
@@ -225,8 +230,9 @@ def run_batch_pipeline(
     )
     store = job_store(settings)
     configure_app(settings)
-    create_batch(store.redis, batch_id, max_concurrent)
-    result = BatchResult(batch_id=batch_id)
+    name = batch_name or (Path(datasets_dir).name if datasets_dir else "batch")
+    create_batch(store.redis, batch_id, max_concurrent, name)
+    result = BatchResult(batch_id=batch_id, name=name)
     for spec in specs:
         try:
             check_before_queueing(spec, settings)

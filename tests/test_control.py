@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 from autotrain.job import JobState
 from tests.conftest import copy_example, wait_for
@@ -43,3 +47,41 @@ def test_a_cancelled_job_retried_resumes_from_its_saved_state_and_ends_at_100(cl
     assert shown["created_at"].endswith("+00:00") and "T" in shown["finished_at"]
     events = [(e["attempt"], e["event"]) for e in shown["history"]]
     assert events == [(1, "cancelled"), (2, "retried"), (2, "succeeded")]
+
+
+def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
+    cluster.start_worker("h1")
+    sets = tmp_path / "sets"
+    copy_example(sets, "alpha")
+    copy_example(sets, "beta")
+    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", "TinyTest",
+                         "--name", "night", check=True)  # fmt: skip
+    batch_id = next(w for w in queued.stdout.split() if w.startswith("b2"))
+    assert "(night)" in queued.stdout
+    assert f"autotrain train monitor --batch {batch_id}" in queued.stdout
+    store = cluster.store()
+    wait_for(lambda: any(j.step > 0 for j in store.list(batch_id=batch_id)), 60, "training")
+
+    monitor = subprocess.Popen(
+        [sys.executable, "-m", "autotrain.cli", "train", "monitor", "--batch", batch_id],
+        env=cluster.env, cwd=cluster.root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(3)
+    monitor.send_signal(signal.SIGINT)
+    out, err = monitor.communicate(timeout=20)
+    assert monitor.returncode == 130 and "Detached; the jobs go on" in out, out + err
+    assert "alpha:" in out and "beta:" in out
+
+    cluster.cli("train", "cancel", "--batch", batch_id, check=True)
+    wait_for(lambda: all(j.state == JobState.CANCELLED for j in store.list(batch_id=batch_id)),
+             30, "every job of the batch to be cancelled")  # fmt: skip
+    listed = json.loads(cluster.cli("train", "list", "--batch", batch_id, "--json").stdout)
+    assert sorted(r["name"] for r in listed) == ["alpha", "beta"]
+    assert {r["state"] for r in listed} == {"cancelled"}
+
+    assert "no job to retry" in cluster.cli("train", "retry", "--batch", batch_id, "--failed").stdout
+    cluster.cli("train", "retry", "--batch", batch_id, check=True)
+    done = cluster.cli("train", "monitor", "--batch", batch_id, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert {j.state for j in store.list(batch_id=batch_id)} == {JobState.SUCCEEDED}

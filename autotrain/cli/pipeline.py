@@ -183,12 +183,13 @@ def run_cmd(
     help="At most this many of the batch's jobs train at once.",
 )
 @click.option("--gpu-ids", help="Pin every job of the batch to these GPUs of this host.")
+@click.option("--name", "batch_name", help="A name for the batch (default: the datasets folder's).")
 @click.option(
     "--monitor", is_flag=True, help="Show the batch view until all jobs end (Ctrl+C detaches)."
 )
 @click.pass_context
 def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, force, dry_run, prepare_only,
-              max_concurrent, gpu_ids, monitor):  # fmt: skip
+              max_concurrent, gpu_ids, batch_name, monitor):  # fmt: skip
     """One job per dataset; a dataset that fails does not stop the others.
 
     \b
@@ -229,13 +230,14 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
     result = sdk.run_batch_pipeline(
         profile,
         max_concurrent=max_concurrent,
+        batch_name=batch_name,
         settings=settings,
         gpu_ids=_gpu_ids(gpu_ids),
         **selection,
         **options,
     )
     console.print(
-        f"Queued batch [bold]{result.batch_id}[/]: {len(result.jobs)} jobs, at most {max_concurrent} training at once."
+        f"Queued batch [bold]{result.batch_id}[/] ({result.name}): {len(result.jobs)} jobs, at most {max_concurrent} training at once."
     )
     for job in result.jobs:
         console.print(f"  {job.id}  {job.name}")
@@ -244,11 +246,13 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         err_console.print(f"{dataset}: {why}", markup=False, soft_wrap=True)
     if not result.jobs:
         sys.exit(1)
+    attach = f"autotrain train monitor --batch {result.batch_id}"
     if monitor:
         from autotrain.cli.train import monitor_batch
 
+        console.print(f"Ctrl+C detaches; re-attach with: {attach}")
         sys.exit(monitor_batch(settings, result.batch_id))
-    console.print("Watch them: autotrain train list")
+    console.print(f"Watch them: {attach}  (or autotrain train list --batch {result.batch_id})")
 
 
 def _run_immediate(

@@ -95,35 +95,57 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
 
 
 @train_group.command("monitor")
-@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.option("--job", "job_id", help="Job id (or a unique prefix).")
+@click.option(
+    "--batch", "batch_id", help="A batch id: the batch view (as `pipeline batch --monitor`)."
+)
 @click.pass_context
-def monitor_cmd(ctx, job_id) -> None:
-    """Live progress of one job; started late it replays the history first. Ctrl+C detaches.
+def monitor_cmd(ctx, job_id, batch_id) -> None:
+    """Live progress of one job or a batch; started late it replays the history first.
+
+    Ctrl+C detaches (exit 130); the work goes on and the same command re-attaches.
 
     \b
-    Example:
+    Examples:
       autotrain train monitor --job 20261125-101500-a1b2c3
+      autotrain train monitor --batch b20261125-101500-a1b2
     """
-    sys.exit(monitor_job(settings_of(ctx), job_id))
+    if bool(job_id) == bool(batch_id):
+        raise click.UsageError("Give one of --job or --batch.")
+    settings = settings_of(ctx)
+    sys.exit(monitor_job(settings, job_id) if job_id else monitor_batch(settings, batch_id))
 
 
 @train_group.command("cancel")
-@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.option("--job", "job_id", help="Job id (or a unique prefix).")
+@click.option("--batch", "batch_id", help="Every job of this batch that has not ended.")
 @click.pass_context
-def cancel_cmd(ctx, job_id) -> None:
+def cancel_cmd(ctx, job_id, batch_id) -> None:
     """Cancel a job: a queued one never starts, a running trainer is stopped (SIGTERM, then SIGKILL).
 
     \b
-    Example:
+    Examples:
       autotrain train cancel --job 20261125-101500-a1b2c3
+      autotrain train cancel --batch b20261125-101500-a1b2
     """
     from autotrain.celery_app import configure_app
     from autotrain.job import job_store
     from autotrain.queue import cancel_job
 
+    if bool(job_id) == bool(batch_id):
+        raise click.UsageError("Give one of --job or --batch.")
     settings = settings_of(ctx)
     configure_app(settings)
-    job = cancel_job(job_store(settings), job_id)
+    store = job_store(settings)
+    if batch_id:
+        open_jobs = [j for j in store.list(batch_id=batch_id) if not j.is_final]
+        for job in open_jobs:
+            cancel_job(store, job.id)
+        console.print(
+            f"Cancelling {len(open_jobs)} job(s) of batch {batch_id}; the others had ended."
+        )
+        return
+    job = cancel_job(store, job_id)
     if job.state == JobState.CANCELLED:
         console.print(f"Job {job.id} ({job.name}) is cancelled.")
     elif job.is_final:
