@@ -85,3 +85,21 @@ def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
     done = cluster.cli("train", "monitor", "--batch", batch_id, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
     assert {j.state for j in store.list(batch_id=batch_id)} == {JobState.SUCCEEDED}
+
+
+def test_prune_removes_old_records_and_keeps_the_outputs(cluster, tmp_path):
+    cluster.start_worker("h1")
+    job_id = cluster.submit(copy_example(tmp_path))
+    store = cluster.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to end")
+    weights = cluster.root / "output" / "tiny_shapes" / "model" / "tiny_shapes.safetensors"
+    assert weights.is_file()
+    kept = cluster.cli("train", "prune", "--older-than", "1h", check=True)
+    assert "Removed 0 job(s)" in kept.stdout and store.get(job_id)
+    assert cluster.cli("train", "prune", "--older-than", "1x").returncode == 2
+    pruned = cluster.cli("train", "prune", "--older-than", "0s", check=True)
+    assert f"{job_id}  tiny_shapes  succeeded" in pruned.stdout
+    assert not [k for k in cluster.redis.keys(f"autotrain:job:{job_id}*")]
+    assert cluster.redis.zscore("autotrain:jobs", job_id) is None
+    assert "No jobs yet" in cluster.cli("train", "list").stdout
+    assert weights.is_file(), "outputs stay unless --outputs"

@@ -133,4 +133,49 @@ def show_cmd(ctx, job_id, as_json) -> None:
     console.print(history)
 
 
-COMMANDS = [retry_cmd, resume_cmd, show_cmd]
+def _duration(text: str) -> float:
+    """`7d`, `12h`, `30m`, `45s` -> seconds."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    try:
+        return float(text[:-1]) * units[text[-1]]
+    except (KeyError, ValueError, IndexError):
+        raise click.BadParameter(
+            f"{text!r}: use a number and d, h, m or s, like 7d or 12h."
+        ) from None
+
+
+@click.command("prune")
+@click.option("--older-than", required=True, help="Finished at least this long ago: 7d, 12h, 30m.")
+@click.option("--state", "states", multiple=True, type=click.Choice(["succeeded", "failed", "cancelled"]),
+              help="Only jobs that ended so (repeatable; default: all three).")  # fmt: skip
+@click.option("--outputs", is_flag=True, help="Also delete their output folders (weights!).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+@click.pass_context
+def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
+    """Remove finished jobs from the store: records, history, events and Celery results.
+
+    Their outputs on disk stay unless --outputs is given. Jobs in progress are never touched.
+
+    \b
+    Examples:
+      autotrain train prune --older-than 7d
+      autotrain train prune --older-than 30d --state failed --state cancelled --dry-run
+    """
+    from autotrain.job import JobState, job_store
+    from autotrain.prune import prune_jobs
+    from autotrain.workspace import Workspace
+
+    seconds = _duration(older_than)
+    settings = settings_of(ctx)
+    result = prune_jobs(job_store(settings), seconds, states={JobState(s) for s in states} or None,
+                        outputs=outputs, workspace=Workspace(settings.workspace),
+                        dry_run=dry_run)  # fmt: skip
+    verb = "Would remove" if dry_run else "Removed"
+    for job in result.removed:
+        console.print(f"  {job.id}  {job.name}  {job.state.value}")
+    console.print(f"{verb} {len(result.removed)} job(s) that ended over {older_than} ago.")
+    for path in result.outputs_removed:
+        console.print(f"  {verb.lower()} {path}")
+
+
+COMMANDS = [retry_cmd, resume_cmd, show_cmd, prune_cmd]
