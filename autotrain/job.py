@@ -10,6 +10,7 @@ progress events in the stream `autotrain:job:<id>:events` (see autotrain.keys). 
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ __all__ = [
     "FINAL_STATES",
     "NameInUse",
     "job_store",
+    "store_for",
     "public_record",
     "iso_time",
 ]
@@ -116,11 +118,17 @@ class JobStore:
     """Reads and writes job records; every process (CLI, workers, monitors) goes through it."""
 
     def __init__(
-        self, client: redis.Redis, stream_maxlen: int = 5000, retention_seconds: float = 7 * 86400
+        self,
+        client: redis.Redis,
+        stream_maxlen: int = 5000,
+        retention_seconds: float = 7 * 86400,
+        on_final: Callable[[JobStore, Job], None] | None = None,
     ) -> None:
+        """`on_final(store, job)` runs after each move that ends a job (notifications)."""
         self.redis = client
         self.stream_maxlen = stream_maxlen
         self.retention_seconds = int(retention_seconds)
+        self.on_final = on_final
         self._create = client.register_script(scripts.CREATE)
         self._move = client.register_script(scripts.MOVE)
         self._renew = client.register_script(scripts.RENEW)
@@ -316,6 +324,11 @@ class JobStore:
         self.add_history(job_id, attempt=job.attempt, event=str(job.state), error=job.error,
                          worker=job.worker, host=job.host, gpu=job.gpu, step=job.step,
                          total=job.total)  # fmt: skip
+        if self.on_final:
+            try:
+                self.on_final(self, job)
+            except Exception:  # noqa: BLE001 - a hook never undoes the end of a job
+                logging.getLogger(__name__).exception("on_final hook failed for %s", job_id)
 
     def set_state(self, job_id: str, state: JobState, **fields: Any) -> bool:
         """Move to `state` whoever owns the job, unless it is final; returns whether it moved.
@@ -385,9 +398,15 @@ def job_store(settings: Settings) -> JobStore:
     """The job store of the configured (or embedded) Redis; errors say how to start it."""
     from autotrain.connection import check_redis
 
-    return JobStore(
-        check_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
-    )
+    return store_for(settings, check_redis(settings))
+
+
+def store_for(settings: Settings, client: redis.Redis) -> JobStore:
+    """The job store on `client` with the settings' limits and its end-of-job notifications."""
+    from autotrain.notify import job_end_notifier
+
+    return JobStore(client, settings.progress_stream_maxlen, settings.retention_days * 86400,
+                    on_final=job_end_notifier(settings))  # fmt: skip
 
 
 # The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).

@@ -11,6 +11,7 @@
 | autotrain:batch:<b>:jobs             | zset   | -              | a batch's jobs, by creation     |
 | autotrain:batch:<b>                  | hash   | -              | batch settings (max_concurrent) |
 | autotrain:batch:<b>:training/parked  | set/zset | -            | batch slots                     |
+| autotrain:batch:<b>:notified         | string | -              | the batch's end was announced   |
 | autotrain:name:<name>                | string | -              | the job in progress owning a name |
 | autotrain:leases                     | zset   | -              | job -> lease deadline (owner is a worker) |
 | autotrain:dispatch                   | zset   | -              | job -> deadline to confirm a sent message |
@@ -41,6 +42,7 @@ __all__ = [
     "ACTIVE",
     "batch_jobs",
     "batch",
+    "batch_notified",
     "name",
     "LEASES",
     "DISPATCH",
@@ -92,6 +94,10 @@ def job_history(job_id: str) -> str:
 
 def batch(batch_id: str) -> str:
     return f"{PREFIX}batch:{batch_id}"
+
+
+def batch_notified(batch_id: str) -> str:
+    return f"{PREFIX}batch:{batch_id}:notified"
 
 
 def batch_jobs(batch_id: str) -> str:

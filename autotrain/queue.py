@@ -213,6 +213,8 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
                       training_finished_at=None)  # fmt: skip
     store.reopen(job.id, owner=f"queue:{message['id']}", state=JobState.QUEUED,
                  dispatch_until=time.time() + confirm_seconds, **fields)  # fmt: skip
+    if job.spec.batch_id:
+        store.redis.delete(keys.batch_notified(job.spec.batch_id))  # its next end is news again
     store.add_history(job.id, attempt=job.attempt + 1, event="retried",
                       from_scratch=from_scratch)  # fmt: skip
     send_next(store, job.id, message)

@@ -10,11 +10,12 @@ import os
 import sys
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -61,12 +62,29 @@ class Settings(BaseSettings):
         "stays until `train prune`)",
     )
 
+    notify_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Apprise URLs told when each job and batch ends (json://, ntfy://, discord://...)",
+    )
     flower_address: str = Field("127.0.0.1", description="Flower listen address")
     flower_port: int = Field(5555, description="Flower port")
     flower_user: str = Field("admin", description="Flower basic-auth user")
     flower_password: SecretStr | None = Field(
         None, description="Flower basic-auth password; unset = no auth (loopback only)"
     )
+
+    @field_validator("notify_urls", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        """AUTOTRAIN_NOTIFY_URLS may be a JSON list or comma-separated."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [url.strip() for url in text.split(",") if url.strip()]
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -25,6 +25,7 @@ class JobSpec(BaseModel):
     gpu_ids: list[int] = Field(default_factory=list, description="pin to these GPUs of one host")
     host: str | None = Field(None, description="the host whose GPUs gpu_ids names")
     batch_id: str | None = None
+    notify_urls: list[str] = Field(default_factory=list, description="Apprise URLs for its end")
 
     @field_validator("name")
     @classmethod

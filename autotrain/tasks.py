@@ -30,7 +30,7 @@ from autotrain.connection import get_redis, until_redis_back
 from autotrain.errors import AutotrainError
 from autotrain.flower import progress_sender
 from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
-from autotrain.job import Job, JobState, JobStore
+from autotrain.job import Job, JobState, JobStore, store_for
 from autotrain.lease import (
     Lease,
     acquire_batch_slot,
@@ -59,9 +59,7 @@ def worker_settings() -> Settings:
 
 def worker_store() -> JobStore:
     settings = worker_settings()
-    return JobStore(
-        get_redis(settings), settings.progress_stream_maxlen, settings.retention_days * 86400
-    )
+    return store_for(settings, get_redis(settings))
 
 
 def worker_gpu() -> int | None:

@@ -80,7 +80,9 @@ def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
     assert sorted(r["name"] for r in listed) == ["alpha", "beta"]
     assert {r["state"] for r in listed} == {"cancelled"}
 
-    assert "no job to retry" in cluster.cli("train", "retry", "--batch", batch_id, "--failed").stdout
+    assert (
+        "no job to retry" in cluster.cli("train", "retry", "--batch", batch_id, "--failed").stdout
+    )
     cluster.cli("train", "retry", "--batch", batch_id, check=True)
     done = cluster.cli("train", "monitor", "--batch", batch_id, timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -31,6 +31,13 @@ def _dataset_options(func):
     return func
 
 
+def _notify_option(func):
+    return click.option(
+        "--notify", multiple=True, metavar="URL",
+        help="Apprise URL told when the job (and batch) ends; repeatable, adds to notify_urls.",
+    )(func)  # fmt: skip
+
+
 def _profile_option(func):
     return click.option(
         "--profile", required=True, help="Profile name (see `autotrain profiles list`)."
@@ -85,6 +92,7 @@ def prepare_cmd(
 @click.option(
     "--immediate", is_flag=True, help="Run all five phases here, in the foreground, without Redis."
 )
+@_notify_option
 @click.pass_context
 def run_cmd(
     ctx,
@@ -99,6 +107,7 @@ def run_cmd(
     host,
     monitor,
     immediate,
+    notify,
 ):
     """Queue one dataset for training (all five phases) and print its job id.
 
@@ -108,6 +117,7 @@ def run_cmd(
       autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 1
       autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --gpu-ids 0,1 --host gpubox2
       autotrain pipeline run --dataset-path ~/data/cat --profile Tiny --immediate
+      autotrain pipeline run --dataset-path ~/data/cat --profile FluxLORA --notify ntfy://mytopic
     """
     import autotrain.pipeline as sdk
 
@@ -142,12 +152,14 @@ def run_cmd(
     from autotrain.precheck import check_before_queueing
     from autotrain.spec import JobSpec
 
-    spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host)
+    spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host,
+                               notify_urls=list(notify))  # fmt: skip
     check_before_queueing(spec, settings)  # before a cluster is started for it
     started = ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
     job = sdk.run_pipeline(
         dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
         host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
+        notify_urls=list(notify),
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)
@@ -184,12 +196,13 @@ def run_cmd(
 )
 @click.option("--gpu-ids", help="Pin every job of the batch to these GPUs of this host.")
 @click.option("--name", "batch_name", help="A name for the batch (default: the datasets folder's).")
+@_notify_option
 @click.option(
     "--monitor", is_flag=True, help="Show the batch view until all jobs end (Ctrl+C detaches)."
 )
 @click.pass_context
 def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, force, dry_run, prepare_only,
-              max_concurrent, gpu_ids, batch_name, monitor):  # fmt: skip
+              max_concurrent, gpu_ids, batch_name, notify, monitor):  # fmt: skip
     """One job per dataset; a dataset that fails does not stop the others.
 
     \b
@@ -197,6 +210,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
       autotrain pipeline batch --datasets-dir ~/datasets --profile FluxLORA --max-concurrent 2 --monitor
       autotrain pipeline batch --dataset-paths "a,b" --profile Tiny --prepare-only
       autotrain pipeline batch --datasets-dir ~/datasets --profile SDXL --dry-run
+      autotrain pipeline batch --datasets-dir ~/datasets --profile Tiny --notify json://localhost:8000/hook
     """
     import autotrain.pipeline as sdk
 
@@ -231,6 +245,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         profile,
         max_concurrent=max_concurrent,
         batch_name=batch_name,
+        notify_urls=list(notify),
         settings=settings,
         gpu_ids=_gpu_ids(gpu_ids),
         **selection,
