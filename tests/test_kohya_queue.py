@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -147,3 +148,21 @@ def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     assert "torch.OutOfMemoryError: CUDA out of memory" in job.error  # the trainer's line, quoted
     listing = kohya.cli("train", "list", "--json", check=True)
     assert json.loads(listing.stdout)[0]["state"] == "failed"
+
+
+def test_the_documented_script_integration_runs_as_written(kohya, tmp_path):
+    """The snippet of the pipeline's documentation, verbatim but for the dataset path; the
+    workspace's own FluxLORA profile (30 steps) overrides the built-in one."""
+    shutil.copytree(kohya.root / "templates" / "LoraQuick", kohya.root / "templates" / "FluxLORA")
+    kohya.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    script = tmp_path / "train_overnight.py"
+    script.write_text(
+        "from autotrain_sdk.pipeline import run_pipeline, run_batch_pipeline\n"
+        f'success = run_pipeline(dataset_path={str(dataset)!r}, profile="FluxLORA", monitor=True, min_images=10)\n'
+        "print('success' if success else 'failure', success.job.state.value, success.job.step)\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], env=kohya.env, cwd=kohya.root,
+                          capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "success succeeded 30"
