@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import TrainingError
+from autotrain.job import iso_time
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
@@ -71,23 +72,29 @@ def write_run_report(
             "version": run_info.get("trainer_version"),
             "resumed_from": run_info.get("resumed_from"),
             "attempts": run_info.get("attempts", 1),
-            "attempts_log": run_info.get("attempts_log", []),
+            "attempts_log": [_iso_times(a) for a in run_info.get("attempts_log", [])],
         },
         "host": run_info.get("host") or platform.node(),
         "gpu": run_info.get("gpu"),
-        "timings": run_info.get("timings", {}),
+        "timings": _iso_times(run_info.get("timings", {})),
         "steps": {"done": run_info.get("last_step"), "total": plan.total_steps},
         "final_loss": losses[-1][1] if losses else run_info.get("last_loss"),
         "weights": [_file_entry(p) for p in weights],
         "samples": [str(p) for p in find_samples(plan)],
         "loss_curve": str(curve) if curve else None,
-        "written_at": time.time(),
+        "written_at": iso_time(time.time()),
     }
     target = workspace.run_manifest_file(spec.name)
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
     os.replace(tmp, target)
     return manifest
+
+
+def _iso_times(values: dict[str, Any]) -> dict[str, Any]:
+    """Every `*_at` timestamp as ISO 8601 (UTC), for people and for other tools alike."""
+    return {k: iso_time(v) if k.endswith("_at") and isinstance(v, int | float) else v
+            for k, v in values.items()}  # fmt: skip
 
 
 def find_weights(plan: TrainPlan) -> list[Path]:

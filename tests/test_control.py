@@ -96,6 +96,12 @@ def test_prune_removes_old_records_and_keeps_the_outputs(cluster, tmp_path):
     wait_for(lambda: store.get(job_id).is_final, 120, "the job to end")
     weights = cluster.root / "output" / "tiny_shapes" / "model" / "tiny_shapes.safetensors"
     assert weights.is_file()
+    status = json.loads(cluster.cli("status", "--json", check=True).stdout)
+    assert status["redis"]["running"] and "gpu" in status["queues"]
+    assert {"cpu@h1", "prep@h1"} <= {w["name"] for w in status["workers"]}
+    run_json = json.loads((weights.parent.parent / "run.json").read_text())
+    assert run_json["written_at"].endswith("+00:00")
+    assert run_json["timings"]["training_started_at"].endswith("+00:00")
     kept = cluster.cli("train", "prune", "--older-than", "1h", check=True)
     assert "Removed 0 job(s)" in kept.stdout and store.get(job_id)
     assert cluster.cli("train", "prune", "--older-than", "1x").returncode == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -78,13 +79,15 @@ def _training_jobs(settings) -> list:
 
 
 @click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (README: fields).")
 @click.pass_context
-def status_cmd(ctx) -> None:
+def status_cmd(ctx, as_json) -> None:
     """Redis, the live workers (host, GPU, busy job) and queue depths.
 
     \b
-    Example:
+    Examples:
       autotrain status
+      autotrain status --json | jq '.workers[].name'
     """
     from rich.table import Table
 
@@ -97,8 +100,12 @@ def status_cmd(ctx) -> None:
     status = local.cluster_status(settings)
     kind = "embedded" if status.embedded else "shared"
     state = "[green]up[/]" if status.redis_running else "[red]down[/]"
-    console.print(f"Redis ({kind}): {state} {local.redact(status.redis_url or '')}")
+    if not as_json:
+        console.print(f"Redis ({kind}): {state} {local.redact(status.redis_url or '')}")
     if not status.redis_running:
+        if as_json:
+            click.echo(json.dumps({"redis": {"kind": kind, "running": False}}, indent=2))
+            sys.exit(1)
         console.print(
             "Start it with `autotrain up`." if status.embedded else "Check AUTOTRAIN_REDIS_URL."
         )
@@ -107,6 +114,16 @@ def status_cmd(ctx) -> None:
 
     client = get_redis(settings)
     workers = live_workers(client)
+    depths = queue_depths(JobStore(client))
+    memory = client.info("memory")
+    used, limit = memory.get("used_memory", 0), memory.get("maxmemory", 0)
+    if as_json:
+        redis_info = {"kind": kind, "running": True, "url": local.redact(status.redis_url or ""),
+                      "used_memory_bytes": used, "maxmemory_bytes": limit}  # fmt: skip
+        fields = ("name", "host", "gpu", "queues", "job")
+        rows = [{k: w.get(k) for k in fields} for w in workers]
+        click.echo(json.dumps({"redis": redis_info, "workers": rows, "queues": depths}, indent=2))
+        return
     table = Table("worker", "host", "GPU", "queues", "busy with")
     for w in workers:
         table.add_row(
@@ -117,10 +134,7 @@ def status_cmd(ctx) -> None:
         if workers
         else "No live workers. Start them with `autotrain up` or `autotrain worker`."
     )
-    depths = queue_depths(JobStore(client))
     console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(depths.items())))
-    memory = client.info("memory")
-    used, limit = memory.get("used_memory", 0), memory.get("maxmemory", 0)
     line = f"Redis memory: {used / 2**20:.1f} MiB"
     if limit:
         line += f" of {limit / 2**20:.0f} MiB maxmemory ({used / limit:.0%})"
