@@ -10,7 +10,14 @@ import contextlib
 
 from celery import Celery
 
-from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
+from autotrain.keys import (
+    GPU_QUEUE,
+    PREP_ONGOING_QUEUE,
+    PREP_QUEUE,
+    PRIORITIES,
+    PRIORITY_SEP,
+    gpu_queue_name,
+)
 from autotrain.settings import Settings, load_settings
 
 __all__ = [
@@ -56,7 +63,10 @@ def configure_app(settings: Settings) -> Celery:
         broker_transport_options={
             "visibility_timeout": 7 * 24 * 3600,
             "queue_order_strategy": "priority",
+            "priority_steps": sorted(PRIORITIES.values()),  # autotrain.keys.PRIORITIES
+            "sep": PRIORITY_SEP,
         },
+        task_default_priority=PRIORITIES["normal"],
         worker_hijack_root_logger=False,
         worker_redirect_stdouts=False,
         broker_pool_limit=10,  # Celery's default; 4 starved Flower (its inspect calls hung)

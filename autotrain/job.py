@@ -80,6 +80,8 @@ class Job(BaseModel):
     files: list[int] | None = None  # [done, total] of the phase checking or copying files
     waiting_for: str | None = None  # what its worker waits for (a GPU another job holds)
     attempt_base: int = 0  # attempts before the user's last retry (max_attempts counts from it)
+    priority: int = 1  # its messages' broker priority, 0 first (autotrain.keys.PRIORITIES)
+    held: bool = False  # `train hold`: stays queued, never starts until released
     from_scratch: bool = False  # the retry asked to start training over
 
     @property

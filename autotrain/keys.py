@@ -33,6 +33,9 @@ __all__ = [
     "PREP_ONGOING_QUEUE",
     "GPU_QUEUE",
     "gpu_queue_name",
+    "PRIORITIES",
+    "PRIORITY_SEP",
+    "broker_lists",
     "PREFIX",
     "job",
     "job_events",
@@ -58,6 +61,18 @@ __all__ = [
 PREP_QUEUE = "prep"  # validation of new jobs
 PREP_ONGOING_QUEUE = "prep.ongoing"  # phases 2, 3 and 5 of jobs under way: served first
 GPU_QUEUE = "gpu"
+
+
+# Priorities are kombu's Redis-transport priorities: one list per level, `<queue>` for the first
+# and `<queue>\x06\x16<level>` for the others, level 0 served first (kombu/transport/redis.py,
+# `_q_for_pri` and `priority_steps`). FIFO within a level.
+PRIORITIES = {"high": 0, "normal": 1, "low": 2}
+PRIORITY_SEP = "\x06\x16"
+
+
+def broker_lists(queue: str) -> list[str]:
+    """The Redis lists that hold a broker queue's messages, highest priority first."""
+    return [queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in sorted(PRIORITIES.values())]
 
 
 def gpu_queue_name(host: str, gpu: int | str) -> str:

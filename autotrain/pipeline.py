@@ -172,6 +172,7 @@ def run_pipeline(
     progress: PhaseProgress | None = None,
     precheck: bool = True,
     notify_urls: list[str] | None = None,
+    priority: str = "normal",
 ) -> Job | ImmediateResult:
     """Queue the five phases for one dataset and return the job (or run them here if `immediate`).
 
@@ -181,7 +182,7 @@ def run_pipeline(
     settings = settings or load_settings()
     spec = JobSpec.for_dataset(
         dataset_path, profile, dataset_name, min_images=min_images, skip_copy=skip_copy, force=force,
-        gpu_ids=gpu_ids or [], host=host, notify_urls=notify_urls or [],
+        gpu_ids=gpu_ids or [], host=host, notify_urls=notify_urls or [], priority=priority,
     )  # fmt: skip
     if immediate:
         return run_immediate(spec, settings, on_output=on_output, progress=progress)

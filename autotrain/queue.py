@@ -19,7 +19,7 @@ from autotrain import keys
 from autotrain.connection import until_redis_back
 from autotrain.errors import AutotrainError
 from autotrain.job import Job, JobState, JobStore
-from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
+from autotrain.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, PRIORITIES, gpu_queue_name
 from autotrain.spec import JobSpec
 
 __all__ = [
@@ -68,8 +68,8 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) ->
     """Create the job record, owned by the queue, and send its first phase."""
     if spec.gpu_ids and not spec.host:
         spec = spec.model_copy(update={"host": current_host()})
-    message = _message("validate", training_queue(spec))
-    message["label"] = _label(spec)
+    priority = PRIORITIES[spec.priority]
+    message = _message("validate", training_queue(spec), _label(spec), priority)
     job = store.create(
         spec,
         dispatch_until=time.time() + confirm_seconds,
@@ -78,6 +78,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) ->
         phase="validate",
         next_task=message,
         task_ids=[message["id"]],
+        priority=priority,
     )
     send_next(store, job.id, message)
     return store.get(job.id)
@@ -90,12 +91,14 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     Survives a Redis outage of up to `outage_seconds`: the worker keeps its lease meanwhile.
     """
     job = until_redis_back(lambda: store.get(job_id), outage_seconds, "reading the job")
-    message = _message(phase, job.queue or GPU_QUEUE, _label(job.spec))
+    message = _message_for(job, phase)
+    held = job.held and phase != "report"  # `train hold`: kept here until released
     moved = until_redis_back(
         lambda: store.move(
-            job_id, expected=owner, owner=f"queue:{message['id']}",
-            state=waiting_state(phase), dispatch_until=time.time() + confirm_seconds,
-            phase=phase, next_task=message, worker=None,
+            job_id, expected=owner, owner="held" if held else f"queue:{message['id']}",
+            state=waiting_state(phase),
+            dispatch_until=None if held else time.time() + confirm_seconds,
+            phase=phase, next_task=None if held else message, worker=None,
             task_ids=_task_ids(job, message), **fields,
         ),
         outage_seconds, f"handing {job_id} on to {phase}",
@@ -103,6 +106,9 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     if moved != 1:
         log.warning("%s: not handed on to %s (no longer this worker's)", job_id, phase)
         return False
+    if held:
+        store.add_history(job_id, attempt=job.attempt, event="held", phase=phase)
+        return True
     until_redis_back(lambda: send_next(store, job_id, message), outage_seconds, "sending")
     return True
 
@@ -113,6 +119,7 @@ def send_next(store: JobStore, job_id: str, message: dict) -> None:
 
     # Flower shows argsrepr: say which job it is, not only its id.
     app.send_task(message["name"], args=[job_id], task_id=message["id"], queue=message["queue"],
+                  priority=message.get("priority", PRIORITIES["normal"]),
                   argsrepr=f"({job_id!r},) {message.get('label', '')}".rstrip())  # fmt: skip
     owner = f"queue:{message['id']}"
     store.move(job_id, expected=owner, owner=owner)  # confirmed: leaves the dispatch set
@@ -121,7 +128,15 @@ def send_next(store: JobStore, job_id: str, message: dict) -> None:
 def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> bool:
     """Send `train` for a job its batch had parked, now that it has a slot."""
     job = store.get(job_id)
-    message = _message("train", job.queue or GPU_QUEUE, _label(job.spec))
+    if job.held:  # keeps its place out of the batch's way: the slot goes to the next one
+        from autotrain.lease import release_batch_slot
+
+        if store.move(job_id, expected="parked", owner="held", phase="train") == 1:
+            following = release_batch_slot(store.redis, job.spec.batch_id, job_id)
+            if following:
+                dispatch_parked(store, following, confirm_seconds)
+        return False
+    message = _message_for(job, "train")
     moved = store.move(
         job_id, expected="parked", owner=f"queue:{message['id']}", state=JobState.WAITING_GPU,
         dispatch_until=time.time() + confirm_seconds, phase="train", next_task=message,
@@ -131,13 +146,19 @@ def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0)
     return moved == 1
 
 
-def _message(phase: str, train_queue: str, label: str = "") -> dict:
+def _message(phase: str, train_queue: str, label: str = "", priority: int = 1) -> dict:
     task_name = PHASES[phase][0]
     if phase == "train":
         queue = train_queue
     else:
         queue = PREP_QUEUE if phase == "validate" else PREP_ONGOING_QUEUE
-    return {"name": task_name, "id": str(uuid.uuid4()), "queue": queue, "label": label}
+    return {"name": task_name, "id": str(uuid.uuid4()), "queue": queue, "label": label,
+            "priority": priority}  # fmt: skip
+
+
+def _message_for(job: Job, phase: str) -> dict:
+    """The message of `phase` for `job`: its queue, its label for Flower, its priority."""
+    return _message(phase, job.queue or GPU_QUEUE, _label(job.spec), job.priority)
 
 
 def _task_ids(job: Job, message: dict) -> list[str]:
@@ -201,7 +222,7 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
             f"Job {job.id} ({job.name}) is {job.state.value}: it is still under way. Cancel it "
             f"first (autotrain train cancel --job {job.id}) to retry it."
         )
-    message = _message("validate", job.queue or training_queue(job.spec), _label(job.spec))
+    message = _message_for(job, "validate")
     fields: dict = {
         "attempt": job.attempt + 1, "attempt_base": job.attempt, "phase": "validate",
         "next_task": message, "task_ids": _task_ids(job, message), "error": None,
@@ -237,5 +258,8 @@ def queue_depths(store: JobStore) -> dict[str, int]:
     pipe = store.redis.pipeline(transaction=False)
     ordered = sorted(names)
     for name in ordered:
-        pipe.llen(name)
-    return dict(zip(ordered, pipe.execute(), strict=True))
+        for key in keys.broker_lists(name):  # one list per priority level
+            pipe.llen(key)
+    lengths = iter(pipe.execute())
+    levels = len(keys.PRIORITIES)
+    return {name: sum(next(lengths) for _ in range(levels)) for name in ordered}

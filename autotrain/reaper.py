@@ -18,8 +18,7 @@ import time
 from autotrain import keys
 from autotrain.job import JobState, JobStore
 from autotrain.queue import (
-    _label,
-    _message,
+    _message_for,
     _task_ids,
     hand_on_batch_slot,
     send_next,
@@ -89,7 +88,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             hand_on_batch_slot(store, job)
         return
     phase = job.phase or "validate"
-    message = _message(phase, job.queue or "gpu", _label(job.spec))
+    message = _message_for(job, phase)
     moved = store.move(
         job_id, expected=job.owner, owner=f"queue:{message['id']}", state=waiting_state(phase),
         dispatch_until=now + settings.lease_seconds, lease_expired_before=before,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +27,7 @@ class JobSpec(BaseModel):
     host: str | None = Field(None, description="the host whose GPUs gpu_ids names")
     batch_id: str | None = None
     notify_urls: list[str] = Field(default_factory=list, description="Apprise URLs for its end")
+    priority: Literal["high", "normal", "low"] = "normal"
 
     @field_validator("name")
     @classmethod

@@ -178,6 +178,11 @@ def configure(self: Task, job_id: str) -> None:
 @app.task(name="autotrain.train", bind=True)
 def train(self: Task, job_id: str) -> None:
     with phase(self, job_id, "train", JobState.WAITING_GPU) as ctx:
+        if ctx.job.held:  # held after this message was taken: wait for `train release`
+            ctx.lease.stop()
+            ctx.store.move(job_id, expected=ctx.lease.owner, owner="held",
+                           state=JobState.WAITING_GPU, worker=None)  # fmt: skip
+            raise Ignore()
         batch_id = ctx.job.spec.batch_id
         if batch_id and not acquire_batch_slot(
             ctx.store.redis, batch_id, job_id, ctx.job.created_at

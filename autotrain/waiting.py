@@ -44,6 +44,8 @@ def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -
     """
     if job.is_final:
         return None
+    if job.owner == "held" or (job.held and not _queued(job)):
+        return f"held: it starts after `autotrain train release --job {job.id}`"
     if job.owner == "parked":
         limit = f" (--max-concurrent {batch_limit})" if batch_limit else ""
         return f"waits for a slot of its batch{limit}: it trains when one of the batch ends"

@@ -111,3 +111,55 @@ def test_prune_removes_old_records_and_keeps_the_outputs(cluster, tmp_path):
     assert cluster.redis.zscore("autotrain:jobs", job_id) is None
     assert "No jobs yet" in cluster.cli("train", "list").stdout
     assert weights.is_file(), "outputs stay unless --outputs"
+
+
+def _positions(cluster) -> dict[str, str]:
+    """{name: the `next` column} of `train list`."""
+    rows = cluster.cli("train", "list", check=True).stdout.splitlines()
+    header, shown = rows[0].split(), {}
+    for row in rows[1:]:  # the table, then a line per waiting job: keep the table's
+        if row[:8].isdigit():
+            shown.setdefault(row.split()[1], row.split()[header.index("next")])
+    return shown
+
+
+def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_path):
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
+    cluster.start_worker("h1")
+    store = cluster.store()
+    busy = cluster.submit(copy_example(tmp_path, "busy"))
+    wait_for(lambda: store.get(busy).step > 0, 60, "the one GPU to be busy")
+    ids = {name: cluster.submit(copy_example(tmp_path, name), "--priority", priority)
+           for name, priority in (("low1", "low"), ("high1", "high"), ("norm1", "normal"),
+                                  ("norm2", "normal"))}  # fmt: skip
+
+    def all_waiting() -> bool:
+        return all(store.get(i).phase == "train" and store.get(i).owner.startswith("queue:")
+                   for i in ids.values())  # fmt: skip
+
+    wait_for(all_waiting, 60, "the four jobs to wait for the GPU")
+    assert _positions(cluster) == {
+        "busy": "-",
+        "high1": "1",
+        "norm1": "2",
+        "norm2": "3",
+        "low1": "4",
+    }
+    cluster.cli("train", "move", "--job", ids["low1"], "--top", check=True)
+    cluster.cli("train", "move", "--job", ids["norm2"], "--before", ids["norm1"], check=True)
+    cluster.cli("train", "hold", "--job", ids["high1"], check=True)
+    shown = _positions(cluster)
+    assert shown == {"busy": "-", "low1": "1", "high1": "-", "norm2": "2", "norm1": "3"}
+    listing = cluster.cli("train", "list").stdout.replace("\n", " ")
+    assert f"held: it starts after `autotrain train release --job {ids['high1']}`" in listing
+
+    cluster.cli("train", "cancel", "--job", busy, check=True)
+    others = [ids[n] for n in ("low1", "norm2", "norm1")]
+    wait_for(lambda: all(store.get(i).is_final for i in others), 120, "the three to train")
+    assert store.get(ids["high1"]).training_started_at is None, "a held job started"
+    cluster.cli("train", "release", "--job", ids["high1"], check=True)
+    wait_for(lambda: store.get(ids["high1"]).is_final, 60, "the released job to train")
+    jobs = [store.get(ids[n]) for n in ("low1", "norm2", "norm1", "high1")]
+    assert all(j.state == JobState.SUCCEEDED for j in jobs), [j.error for j in jobs]
+    started = [j.training_started_at for j in jobs]
+    assert started == sorted(started), "jobs did not start in the order train list showed"

@@ -178,4 +178,70 @@ def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
         console.print(f"  {verb.lower()} {path}")
 
 
-COMMANDS = [retry_cmd, resume_cmd, show_cmd, prune_cmd]
+@click.command("move")
+@click.option("--job", "job_id", required=True, help="The waiting job to move.")
+@click.option(
+    "--top", "where", flag_value="top", help="Start it next: first of the highest priority."
+)
+@click.option(
+    "--bottom", "where", flag_value="bottom", help="Start it last: last of the lowest priority."
+)
+@click.option("--before", "other_id", help="Start it just before this other waiting job.")
+@click.pass_context
+def move_cmd(ctx, job_id, where, other_id) -> None:
+    """Change when a waiting job starts; `train list` shows the order (column `next`).
+
+    \b
+    Examples:
+      autotrain train move --job 20261125-101500-a1b2c3 --top
+      autotrain train move --job 20261125-101500-a1b2c3 --before 20261125-101000-d4e5f6
+    """
+    from autotrain.job import job_store
+    from autotrain.order import move_job
+
+    if bool(where) == bool(other_id):
+        raise click.UsageError("Give one of --top, --bottom or --before JOB.")
+    job = move_job(job_store(settings_of(ctx)), job_id, where or "before", other_id)
+    console.print(f"Moved {job.id} ({job.name}); see `autotrain train list --state waiting_gpu`.")
+
+
+@click.command("hold")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.pass_context
+def hold_cmd(ctx, job_id) -> None:
+    """Keep a job queued but not startable until `train release`.
+
+    \b
+    Example:
+      autotrain train hold --job 20261125-101500-a1b2c3
+    """
+    from autotrain.job import job_store
+    from autotrain.order import hold_job
+
+    job = hold_job(job_store(settings_of(ctx)), job_id)
+    console.print(
+        f"Held {job.id} ({job.name}); it starts after: autotrain train release --job {job.id}"
+    )
+
+
+@click.command("release")
+@click.option("--job", "job_id", required=True, help="Job id (or a unique prefix).")
+@click.pass_context
+def release_cmd(ctx, job_id) -> None:
+    """Let a held job start again (it joins the end of its priority level).
+
+    \b
+    Example:
+      autotrain train release --job 20261125-101500-a1b2c3
+    """
+    from autotrain.celery_app import configure_app
+    from autotrain.job import job_store
+    from autotrain.order import release_job
+
+    settings = settings_of(ctx)
+    configure_app(settings)
+    job = release_job(job_store(settings), job_id)
+    console.print(f"Released {job.id} ({job.name}).")
+
+
+COMMANDS = [retry_cmd, resume_cmd, show_cmd, prune_cmd, move_cmd, hold_cmd, release_cmd]

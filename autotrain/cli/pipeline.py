@@ -31,6 +31,13 @@ def _dataset_options(func):
     return func
 
 
+def _priority_option(func):
+    return click.option(
+        "--priority", type=click.Choice(["high", "normal", "low"]), default="normal",
+        show_default=True, help="Higher priority jobs start first; first in, first out within one.",
+    )(func)  # fmt: skip
+
+
 def _notify_option(func):
     return click.option(
         "--notify", multiple=True, metavar="URL",
@@ -93,6 +100,7 @@ def prepare_cmd(
     "--immediate", is_flag=True, help="Run all five phases here, in the foreground, without Redis."
 )
 @_notify_option
+@_priority_option
 @click.pass_context
 def run_cmd(
     ctx,
@@ -108,6 +116,7 @@ def run_cmd(
     monitor,
     immediate,
     notify,
+    priority,
 ):
     """Queue one dataset for training (all five phases) and print its job id.
 
@@ -153,13 +162,13 @@ def run_cmd(
     from autotrain.spec import JobSpec
 
     spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host,
-                               notify_urls=list(notify))  # fmt: skip
+                               notify_urls=list(notify), priority=priority)  # fmt: skip
     check_before_queueing(spec, settings)  # before a cluster is started for it
     started = ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
     job = sdk.run_pipeline(
         dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
         host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
-        notify_urls=list(notify),
+        notify_urls=list(notify), priority=priority,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)
@@ -197,12 +206,13 @@ def run_cmd(
 @click.option("--gpu-ids", help="Pin every job of the batch to these GPUs of this host.")
 @click.option("--name", "batch_name", help="A name for the batch (default: the datasets folder's).")
 @_notify_option
+@_priority_option
 @click.option(
     "--monitor", is_flag=True, help="Show the batch view until all jobs end (Ctrl+C detaches)."
 )
 @click.pass_context
 def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, force, dry_run, prepare_only,
-              max_concurrent, gpu_ids, batch_name, notify, monitor):  # fmt: skip
+              max_concurrent, gpu_ids, batch_name, notify, priority, monitor):  # fmt: skip
     """One job per dataset; a dataset that fails does not stop the others.
 
     \b
@@ -246,6 +256,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         max_concurrent=max_concurrent,
         batch_name=batch_name,
         notify_urls=list(notify),
+        priority=priority,
         settings=settings,
         gpu_ids=_gpu_ids(gpu_ids),
         **selection,

@@ -65,8 +65,21 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
         click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id)) for j in jobs],
                               indent=2))  # fmt: skip
         return
+    position = _start_positions(store, jobs)
     table = Table(box=None, pad_edge=False)
-    for column in ("id", "name", "profile", "state", "host/GPU", "progress", "loss", "ETA", "age"):
+    columns = (
+        "id",
+        "name",
+        "profile",
+        "state",
+        "next",
+        "host/GPU",
+        "progress",
+        "loss",
+        "ETA",
+        "age",
+    )
+    for column in columns:
         table.add_column(column, no_wrap=True)
     now = time.time()
     for j in jobs:
@@ -79,6 +92,7 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
             j.name,
             j.profile,
             j.state.value,
+            str(position[j.id]) if j.id in position else "-",
             where,
             progress,
             loss,
@@ -284,6 +298,19 @@ def _change_key(job) -> tuple:
     a quarter of the files of validation or staging, or the state."""
     files = (job.files[0] * 4 // max(job.files[1], 1)) if job.files else 0
     return (job.state, (job.step * 20) // (job.total or 1), files)
+
+
+def _start_positions(store, jobs) -> dict[str, int]:
+    """{job id: 1 for the next to start, ...} for jobs waiting in a GPU queue."""
+    from autotrain.order import start_order
+
+    queues = sorted({j.next_task["queue"] for j in jobs
+                     if j.owner.startswith("queue:") and j.next_task and j.phase == "train"})  # fmt: skip
+    if not queues:
+        return {}
+    by_task = {j.next_task["id"]: j.id for j in jobs if j.next_task}
+    order = start_order(store, queues)  # all that wait, shown or not: 1 is truly next
+    return {by_task[t]: index for index, t in enumerate(order, start=1) if t in by_task}
 
 
 def _minute_if(waiting: object) -> int | None:
