@@ -118,6 +118,17 @@ class Cluster:
         ).stdout
         return [int(p) for p in out.split()]
 
+    def short_profile(self, name: str, steps: int) -> str:
+        """A copy of TinyTest that trains `steps` steps (saving every half): quick queue tests."""
+        source, target = self.root / "templates" / "TinyTest", self.root / "templates" / name
+        shutil.copytree(source, target)
+        base = tomllib.loads((target / "base.toml").read_text())
+        half = max(1, steps // 2)
+        base.update(max_train_steps=steps, save_every_n_steps=half, sample_every_n_steps=steps,
+                    save_last_n_steps_state=half)  # fmt: skip
+        (target / "base.toml").write_text(tomli_w.dumps(base))
+        return name
+
     def store(self):
         from autotrain.job import JobStore
 

@@ -55,8 +55,8 @@ def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
     sets = tmp_path / "sets"
     copy_example(sets, "alpha")
     copy_example(sets, "beta")
-    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", "TinyTest",
-                         "--name", "night", check=True)  # fmt: skip
+    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile",
+                         cluster.short_profile("TinyQuick", 20), "--name", "night", check=True)  # fmt: skip
     batch_id = next(w for w in queued.stdout.split() if w.startswith("b2"))
     assert "(night)" in queued.stdout
     assert f"autotrain train monitor --batch {batch_id}" in queued.stdout
@@ -127,9 +127,11 @@ def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_pa
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
     cluster.start_worker("h1")
     store = cluster.store()
+    quick = cluster.short_profile("TinyQuick", 8)
     busy = cluster.submit(copy_example(tmp_path, "busy"))
     wait_for(lambda: store.get(busy).step > 0, 60, "the one GPU to be busy")
-    ids = {name: cluster.submit(copy_example(tmp_path, name), "--priority", priority)
+    ids = {name: cluster.submit(copy_example(tmp_path, name), "--priority", priority,
+                                profile=quick)
            for name, priority in (("low1", "low"), ("high1", "high"), ("norm1", "normal"),
                                   ("norm2", "normal"))}  # fmt: skip
 

@@ -233,7 +233,7 @@ def _answers(client) -> bool:
 
 def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     """--gpu-ids "0,1" trains on GPU 0's worker holding both GPUs; a job pinned to GPU 1 waits."""
-    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.15"
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
     log = open(cluster.root / "gpu-host.log", "ab")  # noqa: SIM115
     host = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "standins" / "gpu_host.py"), "g1", "2"],
