@@ -112,6 +112,9 @@ def flower(tmp_path_factory):
         yield view
     finally:
         os.killpg(process.pid, 9)
+        if view.job_id:  # stop the long trainer first: `down` then has nothing to wait for
+            subprocess.run([*cli, "train", "cancel", "--job", view.job_id], env=env,
+                           capture_output=True, timeout=60)  # fmt: skip
         subprocess.run([*cli, "down", "--force"], env=env, capture_output=True, timeout=120)
 
 
