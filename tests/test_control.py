@@ -55,13 +55,27 @@ def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
     sets = tmp_path / "sets"
     copy_example(sets, "alpha")
     copy_example(sets, "beta")
-    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile",
-                         cluster.short_profile("TinyQuick", 20), "--name", "night", check=True)  # fmt: skip
+    quick = cluster.short_profile("TinyQuick", 40)
+    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", quick,
+                         "--name", "night", check=True)  # fmt: skip
     batch_id = next(w for w in queued.stdout.split() if w.startswith("b2"))
     assert "(night)" in queued.stdout
     assert f"autotrain train monitor --batch {batch_id}" in queued.stdout
     store = cluster.store()
     wait_for(lambda: any(j.step > 0 for j in store.list(batch_id=batch_id)), 60, "training")
+
+    trained = next(j for j in store.list(batch_id=batch_id) if j.step > 0)  # one at a time
+    cluster.cli("train", "cancel", "--batch", batch_id, check=True)
+    wait_for(lambda: all(j.state == JobState.CANCELLED for j in store.list(batch_id=batch_id)),
+             30, "every job of the batch to be cancelled")  # fmt: skip
+    listed = json.loads(cluster.cli("train", "list", "--batch", batch_id, "--json").stdout)
+    assert sorted(r["name"] for r in listed) == ["alpha", "beta"]
+    assert {r["state"] for r in listed} == {"cancelled"}
+
+    nothing = cluster.cli("train", "retry", "--batch", batch_id, "--failed")
+    assert "no job to retry" in nothing.stdout
+    retried = cluster.cli("train", "retry", "--batch", batch_id, "--from-scratch", check=True)
+    assert retried.stdout.count("from scratch") == 2
 
     monitor = subprocess.Popen(
         [sys.executable, "-m", "autotrain.cli", "train", "monitor", "--batch", batch_id],
@@ -72,26 +86,20 @@ def test_a_batch_is_one_unit_to_watch_cancel_and_retry(cluster, tmp_path):
     out, err = monitor.communicate(timeout=20)
     assert monitor.returncode == 130 and "Detached; the jobs go on" in out, out + err
     assert "alpha:" in out and "beta:" in out
-
-    cluster.cli("train", "cancel", "--batch", batch_id, check=True)
-    wait_for(lambda: all(j.state == JobState.CANCELLED for j in store.list(batch_id=batch_id)),
-             30, "every job of the batch to be cancelled")  # fmt: skip
-    listed = json.loads(cluster.cli("train", "list", "--batch", batch_id, "--json").stdout)
-    assert sorted(r["name"] for r in listed) == ["alpha", "beta"]
-    assert {r["state"] for r in listed} == {"cancelled"}
-
-    assert (
-        "no job to retry" in cluster.cli("train", "retry", "--batch", batch_id, "--failed").stdout
-    )
-    cluster.cli("train", "retry", "--batch", batch_id, check=True)
-    done = cluster.cli("train", "monitor", "--batch", batch_id, timeout=180)
+    done = cluster.cli("train", "monitor", "--batch", batch_id, timeout=180)  # re-attached
     assert done.returncode == 0, done.stdout + done.stderr
     assert {j.state for j in store.list(batch_id=batch_id)} == {JobState.SUCCEEDED}
+    # from scratch: the cancelled run's files stepped aside, and training began at step 1
+    output = cluster.root / "output" / trained.name
+    assert (output / "runs" / f"{trained.id}-attempt1" / "log" / "progress.jsonl").is_file()
+    steps = [e["step"] for e in map(json.loads, (output / "log" / "progress.jsonl").read_text()
+             .splitlines()) if e["kind"] == "step"]  # fmt: skip
+    assert steps[0] <= 1 and steps == sorted(steps) and steps[-1] == 40
 
 
 def test_prune_removes_old_records_and_keeps_the_outputs(cluster, tmp_path):
     cluster.start_worker("h1")
-    job_id = cluster.submit(copy_example(tmp_path))
+    job_id = cluster.submit(copy_example(tmp_path), profile=cluster.short_profile("TinyQuick", 4))
     store = cluster.store()
     wait_for(lambda: store.get(job_id).is_final, 120, "the job to end")
     weights = cluster.root / "output" / "tiny_shapes" / "model" / "tiny_shapes.safetensors"
@@ -132,36 +140,30 @@ def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_pa
     wait_for(lambda: store.get(busy).step > 0, 60, "the one GPU to be busy")
     ids = {name: cluster.submit(copy_example(tmp_path, name), "--priority", priority,
                                 profile=quick)
-           for name, priority in (("low1", "low"), ("high1", "high"), ("norm1", "normal"),
-                                  ("norm2", "normal"))}  # fmt: skip
+           for name, priority in (("low1", "low"), ("high1", "high"), ("norm1", "normal"))}  # fmt: skip
 
     def all_waiting() -> bool:
         return all(store.get(i).phase == "train" and store.get(i).owner.startswith("queue:")
                    for i in ids.values())  # fmt: skip
 
-    wait_for(all_waiting, 60, "the four jobs to wait for the GPU")
-    assert _positions(cluster) == {
-        "busy": "-",
-        "high1": "1",
-        "norm1": "2",
-        "norm2": "3",
-        "low1": "4",
-    }
+    wait_for(all_waiting, 60, "the three jobs to wait for the GPU")
+    assert _positions(cluster) == {"busy": "-", "high1": "1", "norm1": "2", "low1": "3"}
     cluster.cli("train", "move", "--job", ids["low1"], "--top", check=True)
-    cluster.cli("train", "move", "--job", ids["norm2"], "--before", ids["norm1"], check=True)
+    assert _positions(cluster) == {"busy": "-", "low1": "1", "high1": "2", "norm1": "3"}
+    cluster.cli("train", "move", "--job", ids["norm1"], "--before", ids["high1"], check=True)
+    assert _positions(cluster) == {"busy": "-", "low1": "1", "norm1": "2", "high1": "3"}
     cluster.cli("train", "hold", "--job", ids["high1"], check=True)
-    shown = _positions(cluster)
-    assert shown == {"busy": "-", "low1": "1", "high1": "-", "norm2": "2", "norm1": "3"}
+    assert _positions(cluster) == {"busy": "-", "low1": "1", "norm1": "2", "high1": "-"}
     listing = cluster.cli("train", "list").stdout.replace("\n", " ")
     assert f"held: it starts after `autotrain train release --job {ids['high1']}`" in listing
 
     cluster.cli("train", "cancel", "--job", busy, check=True)
-    others = [ids[n] for n in ("low1", "norm2", "norm1")]
-    wait_for(lambda: all(store.get(i).is_final for i in others), 120, "the three to train")
+    others = [ids[n] for n in ("low1", "norm1")]
+    wait_for(lambda: all(store.get(i).is_final for i in others), 120, "the two to train")
     assert store.get(ids["high1"]).training_started_at is None, "a held job started"
     cluster.cli("train", "release", "--job", ids["high1"], check=True)
     wait_for(lambda: store.get(ids["high1"]).is_final, 60, "the released job to train")
-    jobs = [store.get(ids[n]) for n in ("low1", "norm2", "norm1", "high1")]
+    jobs = [store.get(ids[n]) for n in ("low1", "norm1", "high1")]
     assert all(j.state == JobState.SUCCEEDED for j in jobs), [j.error for j in jobs]
     started = [j.training_started_at for j in jobs]
     assert started == sorted(started), "jobs did not start in the order train list showed"

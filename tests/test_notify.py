@@ -52,7 +52,8 @@ def test_one_message_per_finished_job_and_one_per_batch(cluster, tmp_path, webho
     for i in range(3):
         (broken / f"img{i}.png").write_bytes(sample[: len(sample) // 2])
     dead = f"json://127.0.0.1:{_closed_port()}/nobody"  # fails: never fails a job
-    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", "TinyTest",
+    quick = cluster.short_profile("TinyQuick", 6)
+    queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", quick,
                          "--max-concurrent", "2", "--notify", url, "--notify", dead, check=True)  # fmt: skip
     batch_id = next(w for w in queued.stdout.split() if w.startswith("b2"))
     cluster.cli("train", "monitor", "--batch", batch_id, timeout=240)
@@ -60,7 +61,7 @@ def test_one_message_per_finished_job_and_one_per_batch(cluster, tmp_path, webho
     assert len(received) == 4, received
     by_title = {m["title"]: m["message"] for m in received}
     alpha = by_title["autotrain: alpha succeeded"]
-    assert "profile: TinyTest" in alpha and "steps: 60/60, final loss " in alpha
+    assert "profile: TinyQuick" in alpha and "steps: 6/6, final loss " in alpha
     assert "duration: " in alpha and "(training " in alpha
     assert "weights: " in alpha and "alpha.safetensors" in alpha
     assert "autotrain: beta succeeded" in by_title
@@ -69,5 +70,5 @@ def test_one_message_per_finished_job_and_one_per_batch(cluster, tmp_path, webho
     error = next(j.error for j in store.list(batch_id=batch_id) if j.name == "gamma")
     assert f"error: {error}" in gamma
     batch = by_title["autotrain: batch sets done, 2/3 succeeded"]
-    assert "alpha: succeeded, 60/60 steps" in batch and "gamma: failed, 0/? steps" in batch
+    assert "alpha: succeeded, 6/6 steps" in batch and "gamma: failed, 0/? steps" in batch
     assert error in batch
