@@ -23,6 +23,7 @@ from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers import get_backend
 from autotrain.training import TrainerRun, run_trainer
+from autotrain.watchdog import StallWatchdog
 from autotrain.workspace import Workspace
 
 __all__ = [
@@ -179,6 +180,12 @@ def train_phase(
             grace_seconds=settings.cancel_grace_seconds,
             on_start=on_start,
             parser_options=parser_options,
+            watchdog=StallWatchdog(
+                settings.stall_factor,
+                settings.stall_floor_seconds,
+                settings.stall_ceiling_seconds,
+                settings.stall_startup_seconds,
+            ),  # fmt: skip
         )
     finally:
         fold_resumed_attempts(plan.model_dir, plan.output_name)

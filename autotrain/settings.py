@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "stays until `train prune`)",
     )
 
+    stall_factor: float = Field(
+        6.0, description="A trainer silent this many times its slowest recent step is stalled"
+    )
+    stall_floor_seconds: float = Field(120.0, description="The stall budget never goes below this")
+    stall_ceiling_seconds: float = Field(3600.0, description="... nor above this")
+    stall_startup_seconds: float = Field(
+        1800.0, description="Silence allowed before the first step and after a save or sample"
+    )
     notify_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Apprise URLs told when each job and batch ends (json://, ntfy://, discord://...)",

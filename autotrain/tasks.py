@@ -244,8 +244,27 @@ def _train(task: Task, ctx: PhaseContext) -> None:
                                 gpu_label, host),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
+    if run.stalled_seconds is not None:
+        _retry_stalled(ctx, run, worker, gpu_label)
+        raise Ignore()
     phases.raise_for_trainer(run, plan)
     ctx.hand_on("report", training_finished_at=time.time())
+
+
+def _retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
+    """A trainer the watchdog ended: a failure of this GPU, not of the job. Its train phase goes
+    back to the queue as the next attempt and resumes from the newest saved state."""
+    job, settings = ctx.job, ctx.settings
+    why = (f"the trainer made no progress for {run.stalled_seconds:.0f} s on {worker} "
+           f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="stalled", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why)  # fmt: skip
+    if job.attempt - job.attempt_base >= settings.max_attempts:
+        ctx.finish(JobState.FAILED, error=f"{why[0].upper()}{why[1:]}; giving up after "
+                                          f"max_attempts={settings.max_attempts}.")  # fmt: skip
+        return
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("train", attempt=job.attempt + 1)
 
 
 def _run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int],
@@ -309,7 +328,8 @@ def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run
         {"attempt": attempt, "worker": worker, "started_at": run.started_at,
          "finished_at": run.finished_at, "returncode": run.returncode,
          "resumed_from": str(resumed) if resumed else None, "resume": run.resume,
-         "last_step": run.last_step, "trainer_version": run.trainer_versions}
+         "last_step": run.last_step, "trainer_version": run.trainer_versions,
+         "stalled_seconds": run.stalled_seconds}
     )  # fmt: skip
     info.update(
         command=command,

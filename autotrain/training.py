@@ -22,6 +22,7 @@ from typing import Any
 
 from autotrain.guard import die_with_parent, guarded_command
 from autotrain.progress import ProgressEvent, TrainerOutputParser
+from autotrain.watchdog import StallWatchdog
 
 __all__ = ["TrainerRun", "run_trainer", "stop_process_group"]
 
@@ -39,6 +40,7 @@ class TrainerRun:
     last_loss: float | None = None
     error_event: dict[str, Any] | None = None
     tail: list[str] = field(default_factory=list)
+    stalled_seconds: float | None = None  # ended by the stall watchdog after this much silence
     trainer_versions: dict[str, str] = field(default_factory=dict)  # set by phase 4
     resume: dict[str, Any] | None = None  # how this run resumed (phase 4), None when it did not
 
@@ -59,10 +61,12 @@ def run_trainer(
     grace_seconds: float = 5.0,
     on_start: Callable[[int], None] | None = None,
     parser_options: dict[str, Any] | None = None,
+    watchdog: StallWatchdog | None = None,
 ) -> TrainerRun:
     """Run `command` to the end (or until `should_cancel()`), streaming events as they come.
 
-    `on_start(session)` gets the trainer's session id (its guard's pid) as soon as it runs.
+    `on_start(session)` gets the trainer's session id (its guard's pid) as soon as it runs. With
+    a `watchdog`, a trainer silent past its budget is ended and the run says `stalled_seconds`.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     parser = TrainerOutputParser(**(parser_options or {}))
@@ -84,10 +88,13 @@ def run_trainer(
         if on_start:
             on_start(proc.pid)
         cancelled = threading.Event()
-        watcher = _start_cancel_watcher(proc, should_cancel, cancelled, grace_seconds)
+        watcher = _start_cancel_watcher(proc, should_cancel, cancelled, grace_seconds, watchdog,
+                                        state)  # fmt: skip
 
         def handle(events: list[ProgressEvent]) -> None:
             for event in events:
+                if watchdog:
+                    watchdog.saw(event)
                 _track(state, event)
                 if on_event:
                     on_event(event)
@@ -121,6 +128,7 @@ def run_trainer(
         last_loss=state["loss"],
         error_event=state["error"],
         tail=list(tail),
+        stalled_seconds=state.get("stalled"),
     )
 
 
@@ -172,11 +180,17 @@ def _start_cancel_watcher(
     should_cancel: Callable[[], bool] | None,
     cancelled: threading.Event,
     grace_seconds: float,
+    watchdog: StallWatchdog | None = None,
+    state: dict[str, Any] | None = None,
 ) -> _Watcher:
     def watch(stop: threading.Event) -> None:
-        while should_cancel and not stop.wait(0.5):
+        while (should_cancel or watchdog) and not stop.wait(0.5):
+            if watchdog and (silent := watchdog.stalled_for()) is not None and state is not None:
+                state["stalled"] = round(silent, 1)
+                stop_process_group(proc, grace_seconds)
+                return
             try:
-                wanted = should_cancel()
+                wanted = should_cancel() if should_cancel else False
             except Exception:  # noqa: BLE001 - a Redis blip must not kill the run
                 continue
             if wanted:

@@ -166,3 +166,25 @@ def test_the_documented_script_integration_runs_as_written(kohya, tmp_path):
                           capture_output=True, text=True, timeout=240)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "success succeeded 30"
+
+
+def test_a_hung_trainer_is_stopped_and_its_job_resumes_from_its_state(kohya, tmp_path):
+    """The stand-in hangs silently before step 15 (a stuck collective); the watchdog's budget is
+    6x its recent step time, floored at 1 s for the test."""
+    kohya.env.update(STANDIN_SLEEP_PER_STEP="0.05", STANDIN_HANG_AT_STEP="15",
+                     AUTOTRAIN_STALL_FLOOR_SECONDS="1", AUTOTRAIN_STALL_STARTUP_SECONDS="30")  # fmt: skip
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the hung job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert (job.attempt, job.step, job.total) == (2, 30, 30)
+    stalled = [e for e in store.history(job_id) if e["event"] == "stalled"]
+    assert (
+        len(stalled) == 1 and stalled[0]["step"] == 14 and "made no progress" in stalled[0]["error"]
+    )
+    attempts = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())["trainer"]
+    first, second = attempts["attempts_log"]
+    assert 1 <= first["stalled_seconds"] < 10 and second["stalled_seconds"] is None
+    assert second["resume"]["saved_step"] == 10, "resumed from the newest state, not step 0"

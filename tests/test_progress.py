@@ -261,3 +261,22 @@ def test_events_serialize_to_json_and_back() -> None:
     data = json.loads(json.dumps(event.to_dict()))
     assert "path" not in data  # None fields are left out
     assert ProgressEvent.from_dict(data) == event
+
+
+def test_the_stall_budget_follows_the_runs_own_pace():
+    from autotrain.watchdog import StallWatchdog
+
+    dog = StallWatchdog(factor=6, floor=2, ceiling=60, startup=100)
+    dog._last = 0.0
+    assert dog.budget() == 100 and dog.stalled_for(now=99) is None  # loading the models
+    for second in range(1, 6):  # a step a second
+        dog.saw(ProgressEvent(kind="step", step=second), now=float(second))
+    assert dog.budget() == 6  # 6x the slowest recent step (the first one only ended loading)
+    assert dog.stalled_for(now=10.9) is None and dog.stalled_for(now=11.5) == 6.5
+    dog.saw(ProgressEvent(kind="checkpoint", path="x"), now=12.0)
+    assert dog.budget() == 100, "a save may take long"
+    dog.saw(ProgressEvent(kind="step", step=6), now=40.0)
+    dog.saw(ProgressEvent(kind="step", step=7), now=40.1)
+    assert dog.budget() == 6, "the save's pause is not a step interval"
+    dog.saw(ProgressEvent(kind="step", step=8), now=70.1)
+    assert dog.budget() == 60, "clamped to the ceiling"

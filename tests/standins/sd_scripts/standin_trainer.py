@@ -40,6 +40,9 @@ Cues (environment variables): STANDIN_SLEEP_PER_STEP=<seconds>; STANDIN_LOAD_SEC
 silence before training; STANDIN_OOM_AT_STEP=<n> prints a CUDA out-of-memory traceback, exit 1;
 STANDIN_CRASH_AT_STEP=<n> SIGKILLs itself before global step n (not on a resumed run);
 STANDIN_CRASH_IN_SAVE_AT_STEP=<n> SIGKILLs itself halfway through saving the state of step n;
+STANDIN_HANG_AT_STEP=<n> stops before global step n and never prints or exits again (not on a
+resumed run): what a deadlocked collective (an NCCL hang) or a dead filesystem looks like from
+outside, a process that lives on silently;
 STANDIN_ENV_FILE=<path> records the launch environment (CUDA_VISIBLE_DEVICES, world size) as JSON.
 """
 
@@ -237,6 +240,7 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
     sleep = float(os.environ.get("STANDIN_SLEEP_PER_STEP", "0") or 0)
     oom_at = int(os.environ.get("STANDIN_OOM_AT_STEP", "0") or 0)
     crash_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_CRASH_AT_STEP", "0") or 0)
+    hang_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_HANG_AT_STEP", "0") or 0)
     bar = tqdm(
         range(plan["max_train_steps"] - initial_step), smoothing=0, disable=RANK != 0, desc="steps"
     )
@@ -260,6 +264,9 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
                 out_of_memory(script)
             if RANK == 0 and crash_at and global_step + 1 == crash_at:
                 _die()
+            if hang_at and global_step + 1 == hang_at:
+                while True:  # every rank: a stuck collective holds them all
+                    time.sleep(3600)
             bar.update(1)  # progress_bar.update(1); global_step += 1 (:1486-1488)
             global_step += 1
             losses.append(0.08 + 0.3 * math.exp(-global_step / 40) + 0.01 * math.sin(global_step))
