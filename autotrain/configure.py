@@ -67,18 +67,21 @@ class ReportLike(Protocol):
 
 
 def configure_job(
-    spec: JobSpec, profile: Profile, settings: Settings, report: ReportLike
+    spec: JobSpec, profile: Profile, settings: Settings, report: ReportLike, variant: int = 0
 ) -> TrainPlan:
     """Render and write one dataset's trainer files; returns what was written."""
-    plan = render_plan(spec, profile, settings, report)
+    plan = render_plan(spec, profile, settings, report, variant)
     write_plan(plan)
     return plan
 
 
 def render_plan(
-    spec: JobSpec, profile: Profile, settings: Settings, report: ReportLike
+    spec: JobSpec, profile: Profile, settings: Settings, report: ReportLike, variant: int = 0
 ) -> TrainPlan:
-    """Everything phase 3 would write, computed without touching the disk."""
+    """Everything phase 3 would write, computed without touching the disk.
+
+    `variant` N > 0 applies the overrides of the profile's N-th leaner variant (its ladder).
+    """
     workspace = Workspace(settings.workspace)
     name = spec.name
     config = flatten_template(profile.load_template(), profile.template_path)
@@ -92,6 +95,8 @@ def render_plan(
         # accelerate launch gets the same value; sd-scripts asserts full_bf16 etc. against it.
         config["mixed_precision"] = profile.mixed_precision
     config.update(_model_paths(profile, settings))
+    if variant:
+        config.update(profile.ladder[variant - 1].overrides)
     _keep_a_state_to_fall_back_to(config)
 
     class_tokens = profile.class_tokens.replace("{name}", name)

@@ -82,6 +82,7 @@ class Job(BaseModel):
     attempt_base: int = 0  # attempts before the user's last retry (max_attempts counts from it)
     priority: int = 1  # its messages' broker priority, 0 first (autotrain.keys.PRIORITIES)
     held: bool = False  # `train hold`: stays queued, never starts until released
+    variant: int = 0  # the profile's leaner variant in use (its ladder, 1-based; 0 = as is)
     from_scratch: bool = False  # the retry asked to start training over
 
     @property
@@ -422,7 +423,8 @@ def public_record(job: Job, history: list[dict] | None = None, waiting_reason: s
     record: dict[str, Any] = {
         "id": job.id, "name": job.name, "profile": job.profile,
         "dataset_path": str(job.spec.dataset_path), "batch_id": job.spec.batch_id,
-        "state": job.state.value, "attempt": job.attempt, "step": job.step, "total": job.total,
+        "state": job.state.value, "attempt": job.attempt, "variant": job.variant,
+        "priority": job.priority, "held": job.held, "step": job.step, "total": job.total,
         "loss": job.loss, "eta_seconds": job.eta_seconds, "host": job.host, "gpu": job.gpu,
         "worker": job.worker, "train_worker": job.train_worker, "queue": job.queue,
         "error": job.error, "waiting_reason": waiting_reason,

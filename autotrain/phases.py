@@ -99,12 +99,15 @@ def _for_phase(progress: PhaseProgress | None, phase: str) -> Callable[[int, int
 
 
 def configure_phase(
-    spec: JobSpec, report, settings: Settings, *, dry_run: bool = False
+    spec: JobSpec, report, settings: Settings, *, dry_run: bool = False, variant: int = 0
 ) -> TrainPlan:
-    """Phase 3: the trainer config, dataset config and sample prompts (only rendered in a dry run)."""
+    """Phase 3: the trainer config, dataset config and sample prompts (only rendered in a dry run).
+
+    `variant` selects a leaner variant of the profile (after an out-of-memory; 0 is as is).
+    """
     from autotrain.configure import render_plan, write_plan
 
-    plan = render_plan(spec, profile_for(spec, settings), settings, report)
+    plan = render_plan(spec, profile_for(spec, settings), settings, report, variant)
     if not dry_run:
         write_plan(plan)
     return plan

@@ -49,6 +49,7 @@ class PrepareResult:
     command: list[str] = field(default_factory=list)
     error: str | None = None
     dry_run: bool = False
+    profile: Any = None  # the Profile used (its VRAM estimate and leaner variants)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ def _prepare(
     )
     result.plan = phases.configure_phase(spec, result.report, settings, dry_run=dry_run)
     result.command = phases.trainer_command(spec, result.plan, settings)
+    result.profile = phases.profile_for(spec, settings)
     return result
 
 

@@ -47,6 +47,17 @@ class SampleSettings(BaseModel):
     seed: int = 42
 
 
+class Variant(BaseModel):
+    """A leaner way to run a profile, tried when the one before ran out of GPU memory."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    vram_gb: float = Field(ge=0, description="what this variant needs, from published figures")
+    source: str = Field("", description="where the figure comes from")
+    overrides: dict[str, Any] = Field(description="trainer config keys this variant changes")
+
+
 class Profile(BaseModel):
     """What autotrain needs to know about a profile besides the trainer template itself."""
 
@@ -70,6 +81,9 @@ class Profile(BaseModel):
     dataset_config: bool = Field(False, description="the trainer reads a separate dataset TOML")
     class_tokens: str = "{name}"
     sample: SampleSettings = Field(default_factory=SampleSettings)
+    ladder: list[Variant] = Field(
+        default_factory=list, description="leaner variants, tried in order after an out-of-memory"
+    )
 
     @property
     def template_path(self) -> Path:

@@ -60,6 +60,7 @@ class ProgressEvent:
     path: str | None = None
     message: str | None = None
     line: str | None = None
+    cause: str | None = None  # for errors: oom, nccl, bad file, setup (None: anything else)
     ts: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,13 +143,16 @@ _MODULE_HINT = (
     "the trainer's Python lacks a module: point sd_scripts_python at the sd-scripts venv, or "
     "install its requirements there"
 )
-_ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
+# (pattern, hint, cause): the cause decides what a failed run leads to (autotrain.tasks):
+# "oom" steps down the profile's ladder, the others fail the job at once.
+_ERRORS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
         re.compile(
             r"OutOfMemoryError:|CUDA out of memory|CUDA error: out of memory|"
             r"CUBLAS_STATUS_ALLOC_FAILED"
         ),
         _OOM_HINT,
+        "oom",
     ),
     (
         re.compile(
@@ -156,6 +160,7 @@ _ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"DistBackendError|Watchdog caught collective operation timeout"
         ),
         _NCCL_HINT,
+        "nccl",
     ),
     # ProcessGroupNCCL also signs a harmless warning printed at every multi-GPU exit.
     (
@@ -163,9 +168,14 @@ _ERRORS: tuple[tuple[re.Pattern[str], str], ...] = (
             r"^(?!.*\bWarning\b).*ProcessGroupNCCL.*(?:[Ee]rror|timed out|[Tt]imeout|abort)"
         ),
         _NCCL_HINT,
+        "nccl",
     ),
-    (re.compile(r"Error while deserializing header|HeaderTooLarge|HeaderTooSmall"), _HEADER_HINT),
-    (re.compile(r"ModuleNotFoundError: No module named"), _MODULE_HINT),
+    (
+        re.compile(r"Error while deserializing header|HeaderTooLarge|HeaderTooSmall"),
+        _HEADER_HINT,
+        "bad file",
+    ),
+    (re.compile(r"ModuleNotFoundError: No module named"), _MODULE_HINT, "setup"),
 )
 
 
@@ -332,10 +342,11 @@ class TrainerOutputParser:
         if _TRACEBACK.match(text):
             self._in_traceback = True
             return None
-        for pattern, hint in _ERRORS:
+        for pattern, hint, cause in _ERRORS:
             if pattern.search(text):
                 self._in_traceback = False
-                return ProgressEvent(kind="error", step=self.last_step, message=hint, line=text)
+                return ProgressEvent(kind="error", step=self.last_step, message=hint, line=text,
+                                     cause=cause)  # fmt: skip
         missing = _MISSING_PATH.search(text)
         if missing and ("FileNotFoundError" in text or _MODEL_FILE.search(missing["path"])):
             self._in_traceback = False

@@ -171,7 +171,8 @@ def prepare(self: Task, job_id: str) -> None:
 @app.task(name="autotrain.configure", bind=True)
 def configure(self: Task, job_id: str) -> None:
     with phase(self, job_id, "configure", JobState.CONFIGURING) as ctx:
-        plan = phases.configure_phase(ctx.job.spec, _report(ctx), ctx.settings)
+        plan = phases.configure_phase(ctx.job.spec, _report(ctx), ctx.settings,
+                                      variant=ctx.job.variant)  # fmt: skip
         ctx.hand_on("train", plan=plan.model_dump(mode="json"), total=plan.total_steps)
 
 
@@ -241,14 +242,44 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         raise Ignore()
     until_redis_back(
         lambda: _record_attempt(store, job.id, job.attempt, worker, run, command, resumed,
-                                gpu_label, host),
+                                gpu_label, host, _variant_name(ctx)),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
     if run.stalled_seconds is not None:
         _retry_stalled(ctx, run, worker, gpu_label)
         raise Ignore()
+    if _step_down_after_oom(ctx, run, worker, gpu_label):
+        raise Ignore()
     phases.raise_for_trainer(run, plan)
     ctx.hand_on("report", training_finished_at=time.time())
+
+
+def _step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:
+    """Out of GPU memory: the profile's next leaner variant, configured anew and resumed from
+    the newest state. False when the run did not run out of memory or no variant is left (the
+    job then fails with the trainer's line). Other failures are never retried: bad data or
+    config fails the same way every time."""
+    error = run.error_event or {}
+    if run.succeeded or error.get("cause") != "oom":
+        return False
+    job = ctx.job
+    profile = phases.profile_for(job.spec, ctx.settings)
+    ladder = profile.ladder
+    if job.variant >= len(ladder):
+        if ladder:
+            tried = ", ".join(v.name for v in ladder)
+            error["message"] = (f"{error.get('message')} (every leaner variant of {profile.name} "
+                                f"was tried: {tried})")  # fmt: skip
+        return False
+    variant = ladder[job.variant]
+    why = (f"out of GPU memory on {worker} (GPU {gpu_label}) at step {run.last_step}; next: "
+           f"{variant.name} (needs about {variant.vram_gb:g} GB)")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="out of memory", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why,
+                          variant=variant.name)  # fmt: skip
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("configure", attempt=job.attempt + 1, variant=job.variant + 1)
+    return True
 
 
 def _retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
@@ -320,8 +351,14 @@ def _warn_about_gpu_processes(plan: TrainPlan, gpus: list[int]) -> None:
         trainer_log.write(f"\nautotrain: warning: {message}\n")
 
 
+def _variant_name(ctx: PhaseContext) -> str:
+    if not ctx.job.variant:
+        return "as is"
+    return phases.profile_for(ctx.job.spec, ctx.settings).ladder[ctx.job.variant - 1].name
+
+
 def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run, command: list[str],
-                    resumed, gpu_label: str, host: str) -> None:  # fmt: skip
+                    resumed, gpu_label: str, host: str, variant: str = "as is") -> None:  # fmt: skip
     """What each attempt ran, kept for phase 5's run.json."""
     info = store.get_data(job_id, "run") or {"attempts_log": []}
     info["attempts_log"].append(
@@ -329,7 +366,8 @@ def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run
          "finished_at": run.finished_at, "returncode": run.returncode,
          "resumed_from": str(resumed) if resumed else None, "resume": run.resume,
          "last_step": run.last_step, "trainer_version": run.trainer_versions,
-         "stalled_seconds": run.stalled_seconds}
+         "stalled_seconds": run.stalled_seconds, "variant": variant,
+         "cause": (run.error_event or {}).get("cause")}
     )  # fmt: skip
     info.update(
         command=command,

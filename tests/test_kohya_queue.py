@@ -137,14 +137,16 @@ def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
 
 
 def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
-    kohya.env["STANDIN_OOM_AT_STEP"] = "5"
+    """A 4 GB GPU: no variant of the ladder fits (the leanest needs 8 GB)."""
+    kohya.env["STANDIN_GPU_MEMORY_GB"] = "4"
     kohya.start_worker("h1")
     job_id = _submit(kohya, tmp_path)
     store = kohya.store()
     wait_for(lambda: store.get(job_id).is_final, 120, "the job to fail")
     job = store.get(job_id)
-    assert job.state == JobState.FAILED
+    assert job.state == JobState.FAILED and job.attempt == 5
     assert "out of memory" in job.error.lower()
+    assert "every leaner variant of LoraQuick was tried" in job.error
     assert "torch.OutOfMemoryError: CUDA out of memory" in job.error  # the trainer's line, quoted
     listing = kohya.cli("train", "list", "--json", check=True)
     assert json.loads(listing.stdout)[0]["state"] == "failed"
@@ -188,3 +190,26 @@ def test_a_hung_trainer_is_stopped_and_its_job_resumes_from_its_state(kohya, tmp
     first, second = attempts["attempts_log"]
     assert 1 <= first["stalled_seconds"] < 10 and second["stalled_seconds"] is None
     assert second["resume"]["saved_step"] == 10, "resumed from the newest state, not step 0"
+
+
+def test_out_of_memory_steps_down_the_ladder_until_a_variant_fits(kohya, tmp_path):
+    """The stand-in GPU has 13 GB: FluxLORA as is (24 GB) and with 8 swapped blocks (16 GB) run
+    out of memory at their first step (sd-scripts' VRAM table); 16 swapped blocks (12 GB) fit."""
+    kohya.env["STANDIN_GPU_MEMORY_GB"] = "13"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert (job.attempt, job.variant, job.step) == (3, 2, 30)
+    steps_down = [e["variant"] for e in store.history(job_id) if e["event"] == "out of memory"]
+    assert steps_down == ["blocks_to_swap 8", "blocks_to_swap 16"]
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    attempts = manifest["trainer"]["attempts_log"]
+    assert [(a["variant"], a["cause"]) for a in attempts] == [
+        ("as is", "oom"),
+        ("blocks_to_swap 8", "oom"),
+        ("blocks_to_swap 16", None),
+    ]
+    assert manifest["config"]["values"]["blocks_to_swap"] == 16

@@ -326,6 +326,12 @@ def print_prepared(result: PrepareResult) -> None:
     console.print("[bold]Trainer command:[/]", end=" ")
     console.print(shlex.join(result.command), soft_wrap=True, markup=False)
     console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
+    profile = result.profile
+    if profile is not None and (profile.vram_gb or profile.ladder):
+        console.print(f"[bold]GPU memory:[/] about {profile.vram_gb:g} GB (profile {profile.name})")
+        for index, variant in enumerate(profile.ladder, start=1):
+            console.print(f"  if out of memory, {index}: {variant.name} (about "
+                          f"{variant.vram_gb:g} GB; {variant.source})", soft_wrap=True)  # fmt: skip
 
 
 def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = False) -> None:

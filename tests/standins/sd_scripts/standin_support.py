@@ -255,6 +255,20 @@ def tiny_png() -> bytes:
     )
 
 
+# VRAM a flux_train_network.py run needs with --fp8_base, by --blocks_to_swap: sd-scripts' own
+# table, docs/flux_train_network.md:286-290 (24GB basic settings; 16GB batch 1 and block swap;
+# 12GB swap 16; 10GB swap 22; 8GB swap 28).
+_FLUX_LORA_VRAM_GB = ((28, 8.0), (22, 10.0), (16, 12.0), (1, 16.0), (0, 24.0))
+
+
+def vram_need_gb(script: str, config: dict[str, Any]) -> float:
+    """What this run needs on the GPU, where the published figures say; 0 when they do not."""
+    if script != "flux_train_network" or not config.get("fp8_base"):
+        return 0.0
+    swap = int(config.get("blocks_to_swap") or 0)
+    return next(gb for least, gb in _FLUX_LORA_VRAM_GB if swap >= least)
+
+
 def out_of_memory(script: str) -> None:
     """What a CUDA OOM in the training step looks like on stderr; exit status 1."""
     sys.stdout.flush()

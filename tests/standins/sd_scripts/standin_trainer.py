@@ -40,6 +40,9 @@ Cues (environment variables): STANDIN_SLEEP_PER_STEP=<seconds>; STANDIN_LOAD_SEC
 silence before training; STANDIN_OOM_AT_STEP=<n> prints a CUDA out-of-memory traceback, exit 1;
 STANDIN_CRASH_AT_STEP=<n> SIGKILLs itself before global step n (not on a resumed run);
 STANDIN_CRASH_IN_SAVE_AT_STEP=<n> SIGKILLs itself halfway through saving the state of step n;
+STANDIN_GPU_MEMORY_GB=<n> is the GPU's memory: a run that needs more (sd-scripts' VRAM table,
+standin_support.vram_need_gb) runs out of memory at its first step, as the real one does in its
+first backward pass;
 STANDIN_HANG_AT_STEP=<n> stops before global step n and never prints or exits again (not on a
 resumed run): what a deadlocked collective (an NCCL hang) or a dead filesystem looks like from
 outside, a process that lives on silently;
@@ -75,6 +78,7 @@ from standin_support import (
     say,
     setup_logging,
     tiny_png,
+    vram_need_gb,
     write_safetensors,
 )
 
@@ -240,6 +244,7 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
     sleep = float(os.environ.get("STANDIN_SLEEP_PER_STEP", "0") or 0)
     oom_at = int(os.environ.get("STANDIN_OOM_AT_STEP", "0") or 0)
     crash_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_CRASH_AT_STEP", "0") or 0)
+    memory_gb = float(os.environ.get("STANDIN_GPU_MEMORY_GB", "0") or 0)
     hang_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_HANG_AT_STEP", "0") or 0)
     bar = tqdm(
         range(plan["max_train_steps"] - initial_step), smoothing=0, disable=RANK != 0, desc="steps"
@@ -259,6 +264,9 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
                 continue  # gradients accumulate: no sync_gradients, no step (:1486)
             if sleep:
                 time.sleep(sleep)
+            if RANK == 0 and memory_gb and vram_need_gb(script, config) > memory_gb:
+                bar.close()
+                out_of_memory(script)
             if RANK == 0 and oom_at and global_step + 1 == oom_at:
                 bar.close()
                 out_of_memory(script)
