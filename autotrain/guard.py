@@ -80,15 +80,21 @@ def kill_tree(root: int) -> int:
 # --- per-GPU records: the fallback when the guard itself was SIGKILLed ---------------------------
 
 
-def trainer_record_file(state_dir: Path, host: str, device: str) -> Path:
-    """`.autotrain/trainers/<host>-<device>.json`: the trainer session running on one GPU."""
-    return state_dir / "trainers" / f"{host}-{device}.json"
+def trainer_record_file(state_dir: Path, host: str, device: str, job_id: str) -> Path:
+    """`.autotrain/trainers/<host>-<device>.<job>.json`: a trainer session on one GPU (a GPU that
+    packs several jobs has one record per job)."""
+    return state_dir / "trainers" / f"{host}-{device}.{job_id}.json"
 
 
-def device_records(state_dir: Path, host: str, gpus: list[int]) -> list[Path]:
-    """The record files of these GPUs of `host` (the CPU worker's when `gpus` is empty)."""
+def device_records(state_dir: Path, host: str, gpus: list[int], job_id: str | None = None,
+                   ) -> list[Path]:  # fmt: skip
+    """The record files of `job_id` on these GPUs of `host` (the CPU worker's when `gpus` is
+    empty); without a job, every record that exists for them."""
     devices = [f"gpu{g}" for g in gpus] or ["cpu"]
-    return [trainer_record_file(state_dir, host, d) for d in devices]
+    if job_id is not None:
+        return [trainer_record_file(state_dir, host, d, job_id) for d in devices]
+    folder = state_dir / "trainers"
+    return sorted(p for d in devices for p in folder.glob(f"{host}-{d}.*.json"))
 
 
 def record_trainer(files: list[Path], session: int, job_id: str) -> None:
@@ -101,8 +107,11 @@ def record_trainer(files: list[Path], session: int, job_id: str) -> None:
         os.replace(tmp, path)
 
 
-def kill_recorded_trainers(files: list[Path]) -> list[str]:
-    """Kill every process left of the sessions these records name; returns what was done.
+def kill_recorded_trainers(
+    files: list[Path], spare: set[str] | frozenset = frozenset()
+) -> list[str]:
+    """Kill every process left of the sessions these records name (but those of the jobs in
+    `spare`, alive beside it on a shared GPU); returns what was done.
 
     A process belongs to a recorded session when its session or process group id is the guard's
     pid. If a process with that pid lives but started at another time, the pid was reused by
@@ -113,6 +122,8 @@ def kill_recorded_trainers(files: list[Path]) -> list[str]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
+            continue
+        if record.get("job") in spare:
             continue
         session = int(record.get("session", 0))
         started = _start_time(session)

@@ -14,6 +14,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 
@@ -28,6 +29,8 @@ __all__ = [
     "acquire_gpus",
     "release_gpus",
     "renew_gpus",
+    "gpu_holders",
+    "GpuRoom",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,21 +81,6 @@ class Lease:
                 log.warning("lease renewal for %s failed: %s", self.job_id, exc)
 
 
-# Set a key with expiry unless another holder has it: renews leases and takes GPU locks.
-_TAKE_IF_FREE_OR_MINE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
-"""
-
-# Delete a key only while this holder has it: ends leases and frees GPU locks.
-_DELETE_IF_MINE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-return 1
-"""
-
-
 # Batch slots: at most `max_concurrent` jobs of a batch train at once. A job that finds the batch
 # full is parked (ordered by submission); a finishing job hands its slot to the first parked one.
 _ACQUIRE_SLOT = """
@@ -137,8 +125,41 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
     return client.eval(_RELEASE_SLOT, 3, *_batch_keys(batch_id), job_id)
 
 
-# GPU locks: a job holds every GPU it uses, taken in ascending order so two multi-GPU jobs
-# never deadlock; the locks expire with the lease if the host dies.
+# GPU reservations: a job reserves memory on every GPU it uses, taken in ascending order so two
+# multi-GPU jobs never deadlock. A GPU admits jobs while their count stays within `max_jobs`
+# and their reserved bytes within the GPU's capacity (0: not counted). Reservations expire
+# with the lease if the host dies. With `max_jobs` 1 a reservation is a plain exclusive lock.
+
+# KEYS: the GPU's hash (job -> "bytes deadline_ms"). ARGV: job, bytes, ttl ms, now ms,
+# max jobs, capacity bytes. Returns 1 when the job holds its reservation (taken or renewed).
+_RESERVE = """
+local now, mine = tonumber(ARGV[4]), nil
+local count, used = 0, 0
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local bytes, deadline = string.match(entries[i + 1], '(%d+) (%d+)')
+  if tonumber(deadline) < now then redis.call('HDEL', KEYS[1], entries[i])
+  elseif entries[i] == ARGV[1] then mine = true
+  else count = count + 1; used = used + tonumber(bytes) end
+end
+if not mine then
+  if count >= tonumber(ARGV[5]) then return 0 end
+  local capacity = tonumber(ARGV[6])
+  if capacity > 0 and used + tonumber(ARGV[2]) > capacity then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass
+class GpuRoom:
+    """What a job asks of each GPU: its memory, and the GPU's limits as its worker knows them."""
+
+    need_bytes: int = 0
+    max_jobs: int = 1
+    capacity_bytes: dict[int, int] = field(default_factory=dict)  # GPU index -> total memory
 
 
 def acquire_gpus(
@@ -149,31 +170,43 @@ def acquire_gpus(
     lease_seconds: float,
     should_stop: Callable[[], bool],
     on_wait: Callable[[int, str], None] | None = None,
+    room: GpuRoom | None = None,
 ) -> bool:
-    """Take every GPU in order, waiting for busy ones; False when `should_stop()` says give up."""
+    """Reserve every GPU in order, waiting while one is full; False when `should_stop()` says
+    give up. `on_wait(gpu, holders)` names the jobs that fill the GPU it waits for."""
+    room = room or GpuRoom()
     for gpu in sorted(gpus):
-        while not client.eval(
-            _TAKE_IF_FREE_OR_MINE, 1, keys.gpu_lock(host, gpu), job_id, int(lease_seconds * 1000)
-        ):
+        while not _reserve(client, host, gpu, job_id, lease_seconds, room):
             if should_stop():
                 release_gpus(client, host, gpus, job_id)
                 return False
             if on_wait:
-                on_wait(gpu, client.get(keys.gpu_lock(host, gpu)) or "?")
+                on_wait(gpu, ", ".join(gpu_holders(client, host, gpu)) or "?")
             threading.Event().wait(1.0)
-            renew_gpus(client, host, [g for g in gpus if g < gpu], job_id, lease_seconds)
+            renew_gpus(client, host, [g for g in gpus if g < gpu], job_id, lease_seconds, room)
     return True
 
 
-def renew_gpus(
-    client: redis.Redis, host: str, gpus: list[int], job_id: str, lease_seconds: float
-) -> None:
+def renew_gpus(client: redis.Redis, host: str, gpus: list[int], job_id: str,
+               lease_seconds: float, room: GpuRoom | None = None) -> None:  # fmt: skip
     for gpu in gpus:
-        client.eval(
-            _TAKE_IF_FREE_OR_MINE, 1, keys.gpu_lock(host, gpu), job_id, int(lease_seconds * 1000)
-        )
+        _reserve(client, host, gpu, job_id, lease_seconds, room or GpuRoom())
+
+
+def gpu_holders(client: redis.Redis, host: str, gpu: int) -> list[str]:
+    """The jobs holding a reservation on a GPU now."""
+    now = time.time() * 1000
+    return sorted(job for job, value in client.hgetall(keys.gpu_lock(host, gpu)).items()
+                  if float(value.split()[1]) >= now)  # fmt: skip
+
+
+def _reserve(client: redis.Redis, host: str, gpu: int, job_id: str, lease_seconds: float,
+             room: GpuRoom) -> bool:  # fmt: skip
+    args = [job_id, room.need_bytes, int(lease_seconds * 1000), int(time.time() * 1000),
+            room.max_jobs, room.capacity_bytes.get(gpu, 0)]  # fmt: skip
+    return bool(client.eval(_RESERVE, 1, keys.gpu_lock(host, gpu), *args))
 
 
 def release_gpus(client: redis.Redis, host: str, gpus: list[int], job_id: str) -> None:
     for gpu in gpus:
-        client.eval(_DELETE_IF_MINE, 1, keys.gpu_lock(host, gpu), job_id)
+        client.hdel(keys.gpu_lock(host, gpu), job_id)

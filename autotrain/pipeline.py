@@ -16,7 +16,7 @@ from typing import Any
 
 from autotrain import phases
 from autotrain.errors import AutotrainError
-from autotrain.job import Job, job_store
+from autotrain.job import Job, JobStore, job_store
 from autotrain.phases import PhaseProgress
 from autotrain.plan import TrainPlan
 from autotrain.settings import Settings, load_settings
@@ -196,9 +196,20 @@ def run_pipeline(
         check_before_queueing(spec, settings)
     store = job_store(settings)
     configure_app(settings)
-    job = submit_job(store, spec)
+    job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings))
     log.info("queued %s as job %s", spec.name, job.id)
     return job
+
+
+def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:
+    """The profile variant a new job starts with on the live fleet (autotrain.placement)."""
+    from autotrain.placement import initial_variant
+
+    variant, note = initial_variant(store.redis, phases.profile_for(spec, settings),
+                                    settings.vram_margin_gb)  # fmt: skip
+    if note:
+        log.warning("%s: %s", spec.name, note)
+    return variant
 
 
 def run_batch_pipeline(
@@ -240,7 +251,8 @@ def run_batch_pipeline(
     for spec in specs:
         try:
             check_before_queueing(spec, settings)
-            result.jobs.append(submit_job(store, spec))
+            variant = _fitting_variant(store, spec, settings)
+            result.jobs.append(submit_job(store, spec, variant=variant))
         except AutotrainError as exc:  # refused before queueing; the others go on
             result.rejected.append((str(spec.dataset_path), str(exc)))
     log.info("queued batch %s: %d jobs, max %d at once", batch_id, len(specs), max_concurrent)

@@ -64,8 +64,12 @@ def waiting_state(phase: str) -> JobState:
     return PHASES[phase][1]
 
 
-def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) -> Job:
-    """Create the job record, owned by the queue, and send its first phase."""
+def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0,
+               variant: int = 0) -> Job:  # fmt: skip
+    """Create the job record, owned by the queue, and send its first phase.
+
+    `variant` > 0 starts it with a leaner variant of its profile (autotrain.placement).
+    """
     if spec.gpu_ids and not spec.host:
         spec = spec.model_copy(update={"host": current_host()})
     priority = PRIORITIES[spec.priority]
@@ -79,6 +83,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0) ->
         next_task=message,
         task_ids=[message["id"]],
         priority=priority,
+        variant=variant,
     )
     send_next(store, job.id, message)
     return store.get(job.id)
@@ -91,6 +96,8 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     Survives a Redis outage of up to `outage_seconds`: the worker keeps its lease meanwhile.
     """
     job = until_redis_back(lambda: store.get(job_id), outage_seconds, "reading the job")
+    if "queue" in fields:  # placement: the training goes to the queue of a GPU that fits
+        job = job.model_copy(update={"queue": fields["queue"]})
     message = _message_for(job, phase)
     held = job.held and phase != "report"  # `train hold`: kept here until released
     moved = until_redis_back(

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         "stays until `train prune`)",
     )
 
+    max_jobs_per_gpu: int = Field(
+        1, ge=1, description="Jobs a GPU worker may train at once, memory permitting"
+    )
+    vram_margin_gb: float = Field(
+        0.5, ge=0, description="GiB kept free on a GPU beyond a job's need"
+    )
     stall_factor: float = Field(
         6.0, description="A trainer silent this many times its slowest recent step is stalled"
     )

@@ -32,9 +32,11 @@ from autotrain.flower import progress_sender
 from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
 from autotrain.job import Job, JobState, JobStore, store_for
 from autotrain.lease import (
+    GpuRoom,
     Lease,
     acquire_batch_slot,
     acquire_gpus,
+    gpu_holders,
     new_owner,
     release_gpus,
     renew_gpus,
@@ -44,7 +46,7 @@ from autotrain.plan import TrainPlan
 from autotrain.queue import current_host, hand_on, hand_on_batch_slot
 from autotrain.recorder import ProgressRecorder, read_loss_history
 from autotrain.settings import Settings, load_settings
-from autotrain.worker import compute_processes, driver_version
+from autotrain.worker import compute_processes, driver_version, gpu_memory
 from autotrain.workspace import Workspace
 
 __all__ = ["validate", "prepare", "configure", "train", "report"]
@@ -210,13 +212,16 @@ def _train(task: Task, ctx: PhaseContext) -> None:
             holders[gpu] = holder
             store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, held by job {holder}")
 
+    room = _room_on_these_gpus(ctx, host, gpus)
+    if room is None:
+        raise Ignore()  # sent to a GPU that fits, or failed saying none does
     if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled,
-                        on_wait=note_holder):  # fmt: skip
+                        on_wait=note_holder, room=room):  # fmt: skip
         if not ctx.lease.lost.is_set():
             ctx.finish(JobState.CANCELLED, error="cancelled by user")
         raise Ignore()
     ctx.lease.extra.append(
-        lambda: renew_gpus(store.redis, host, gpus, job.id, settings.lease_seconds)
+        lambda: renew_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, room)
     )
     gpu_label = ",".join(map(str, gpus)) or "cpu"
     first_started = job.training_started_at or time.time()
@@ -252,6 +257,46 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         raise Ignore()
     phases.raise_for_trainer(run, plan)
     ctx.hand_on("report", training_finished_at=time.time())
+
+
+def _room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | None:
+    """What the job reserves on its GPUs; None when this GPU is too small for it, after sending
+    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs).
+
+    A pinned job stays where the user put it: its GPUs' memory still bounds what packs there.
+    """
+    from autotrain import placement
+    from autotrain.keys import gpu_queue_name
+
+    job, settings = ctx.job, ctx.settings
+    profile = phases.profile_for(job.spec, settings)
+    need = placement.need_bytes(profile, job.variant, settings.vram_margin_gb)
+    own = gpu_memory()
+    capacities = {g: own[0] for g in gpus} if own else {}
+    room = GpuRoom(need, settings.max_jobs_per_gpu, capacities)
+    if not need or not own or job.spec.gpu_ids or need <= own[0]:
+        return room
+    fleet = placement.fleet_gpus(ctx.store.redis)
+    target = placement.best_fit(fleet, need)
+    if target is not None:
+        queue = gpu_queue_name(target["host"], target["gpu"])
+        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue,
+                              error=f"{need / placement.GIB:.1f} GiB do not fit this GPU "
+                                    f"({own[0] / placement.GIB:.0f} GiB)")  # fmt: skip
+        ctx.hand_on("train", queue=queue)
+        return None
+    leaner = placement.first_fitting_variant(
+        profile, fleet, settings.vram_margin_gb, job.variant + 1
+    )
+    if leaner is not None:
+        ctx.store.add_history(job.id, attempt=job.attempt, event="leaner variant",
+                              variant=profile.ladder[leaner - 1].name)  # fmt: skip
+        ctx.hand_on("configure", variant=leaner)
+        return None
+    ctx.finish(
+        JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
+    )
+    return None
 
 
 def _step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:
@@ -307,9 +352,12 @@ def _run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int]
     per GPU for the supervisor and a restarted worker to act on (autotrain.guard).
     """
     store, settings, job, lease = ctx.store, ctx.settings, ctx.job, ctx.lease
-    records = device_records(Workspace(settings.workspace).state_dir, current_host(), gpus)
-    for line in kill_recorded_trainers(records):
+    state_dir, host = Workspace(settings.workspace).state_dir, current_host()
+    # Jobs holding these GPUs beside this one (packed) are alive: their trainers are spared.
+    alive = {j for g in gpus for j in gpu_holders(store.redis, host, g)} - {job.id}
+    for line in kill_recorded_trainers(device_records(state_dir, host, gpus), spare=alive):
         log.warning("%s %s: %s", job.name, job.id, line)
+    records = device_records(state_dir, host, gpus, job.id)
     _warn_about_gpu_processes(plan, gpus)
     recorder = ProgressRecorder(
         plan.log_dir,

@@ -24,6 +24,7 @@ __all__ = [
     "WorkerProcess",
     "discover_gpus",
     "compute_processes",
+    "gpu_memory",
     "driver_version",
     "plan_workers",
     "run_workers",
@@ -103,6 +104,31 @@ def discover_gpus() -> tuple[list[Gpu], str | None]:
         pynvml.nvmlShutdown()
 
 
+def gpu_memory(index: int | None = None) -> tuple[int, int | None] | None:
+    """(total, free) bytes of this worker's GPU (or GPU `index`), measured through NVML.
+
+    Where NVML cannot read it (a stand-in GPU in tests), the total its supervisor discovered
+    (AUTOTRAIN_GPU_MEMORY_TOTAL) with free unknown; None for a CPU worker.
+    """
+    if index is None:
+        raw = os.environ.get("AUTOTRAIN_GPU_INDEX", "")
+        if not raw:
+            return None
+        index = int(raw)
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return int(info.total), int(info.free)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no package, no driver, no such GPU
+        total = os.environ.get("AUTOTRAIN_GPU_MEMORY_TOTAL")
+        return (int(total), None) if total else None
+
+
 def compute_processes(indices: list[int]) -> list[tuple[int, int, int]]:
     """(gpu, pid, MiB used) of every compute process NVML sees on these GPUs; [] without a driver."""
     try:
@@ -167,12 +193,14 @@ def plan_workers(
                 "CUDA_VISIBLE_DEVICES": str(gpu.index),
                 "AUTOTRAIN_GPU_INDEX": str(gpu.index),
                 "AUTOTRAIN_GPU_UUID": gpu.uuid,
+                "AUTOTRAIN_GPU_MEMORY_TOTAL": str(gpu.memory_total),
             }
             workers.append(
                 WorkerProcess(
-                    f"gpu{gpu.index}@{host}", [gpu_queue_name(host, gpu.index), GPU_QUEUE], env=env
+                    f"gpu{gpu.index}@{host}", [gpu_queue_name(host, gpu.index), GPU_QUEUE],
+                    concurrency=settings.max_jobs_per_gpu, env=env,
                 )
-            )
+            )  # fmt: skip
     if consume_prep:
         workers.append(
             WorkerProcess(

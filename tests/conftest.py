@@ -112,11 +112,8 @@ class Cluster:
         return proc
 
     def worker_pids(self, name: str) -> list[int]:
-        """PIDs of the Celery worker processes named `name` (main process first)."""
-        out = subprocess.run(
-            ["pgrep", "-f", "--", f"--hostname {name}"], capture_output=True, text=True
-        ).stdout
-        return [int(p) for p in out.split()]
+        """PIDs of this workspace's Celery worker processes named `name` (main process first)."""
+        return pids_of(f"--hostname {name}", self.root)
 
     def short_profile(self, name: str, steps: int) -> str:
         """A copy of TinyTest that trains `steps` steps (saving every half): quick queue tests."""
@@ -170,10 +167,27 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
         "AUTOTRAIN_MIN_FREE_DISK_GB": "0",
         "AUTOTRAIN_CANCEL_GRACE_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
+        "COLUMNS": "200",  # tables and messages as wide as in a log, whatever runs the tests
     }
     c = Cluster(root, redis_server, env)
     yield c
     c.stop()
+
+
+def pids_of(pattern: str, workspace: Path) -> list[int]:
+    """PIDs whose command line matches `pattern` and that work for `workspace` (by their
+    AUTOTRAIN_WORKSPACE): tests running side by side never touch each other's processes."""
+    out = subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, text=True).stdout
+    mine = f"AUTOTRAIN_WORKSPACE={workspace}".encode()
+    found = []
+    for pid in map(int, out.split()):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if mine in environ:
+            found.append(pid)
+    return found
 
 
 def job_id_in(output: str) -> str:

@@ -23,7 +23,7 @@ import tomli_w
 from autotrain.job import JobState
 from autotrain.profile import builtin_templates_dir
 from autotrain.progress import parse_text
-from tests.conftest import copy_example, wait_for
+from tests.conftest import copy_example, pids_of, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -126,9 +126,8 @@ def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
     _submit(kohya, tmp_path)
     script = str(STANDIN / "flux_train_network.py")
 
-    def trainers() -> list[str]:
-        out = subprocess.run(["pgrep", "-f", script], capture_output=True, text=True).stdout
-        return out.split()
+    def trainers() -> list[int]:
+        return pids_of(script, kohya.root)
 
     wait_for(trainers, 60, "the trainer to start loading")
     for pid in kohya.worker_pids("cpu@h1"):

@@ -93,13 +93,19 @@ def test_a_killed_worker_takes_the_whole_trainer_tree(tmp_path):
 
 def test_recorded_trainer_sessions_are_killed_and_reused_pids_spared(tmp_path):
     leftover = subprocess.Popen(["sleep", "120"], start_new_session=True)
-    records = device_records(tmp_path, "h1", [0, 1])
+    records = device_records(tmp_path, "h1", [0, 1], "job-1")
     record_trainer(records, leftover.pid, "job-1")
     assert all(path.is_file() for path in records)
-    done = kill_recorded_trainers(records)
+    assert device_records(tmp_path, "h1", [0, 1]) == records
+    packed = subprocess.Popen(["sleep", "120"], start_new_session=True)  # beside it on GPU 0
+    record_trainer(device_records(tmp_path, "h1", [0], "job-9"), packed.pid, "job-9")
+    done = kill_recorded_trainers(device_records(tmp_path, "h1", [0, 1]), spare={"job-9"})
+    assert packed.poll() is None, "a packed job's trainer is spared"
+    packed.kill()
     assert leftover.wait(10) == -signal.SIGKILL
     assert "job job-1" in done[0]
     assert not any(path.exists() for path in records)
+    records = device_records(tmp_path, "h1", [0, 1], "job-2")
     # a record whose pid now belongs to another process (other start time) kills nothing
     bystander = subprocess.Popen(["sleep", "120"], start_new_session=True)
     record_trainer(records[:1], bystander.pid, "job-2")

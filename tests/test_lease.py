@@ -12,10 +12,12 @@ import redis
 from autotrain import keys
 from autotrain.job import JobState, JobStore
 from autotrain.lease import (
+    GpuRoom,
     Lease,
     acquire_batch_slot,
     acquire_gpus,
     create_batch,
+    gpu_holders,
     release_batch_slot,
     release_gpus,
 )
@@ -48,19 +50,34 @@ def test_a_gpu_held_by_one_job_waits_for_another(client):
     release_gpus(client, "h", [0, 1], "job-a")
     waiter.join(5)
     assert got == [True]
-    assert client.get(keys.gpu_lock("h", 1)) == "job-b"
+    assert gpu_holders(client, "h", 1) == ["job-b"]
 
 
 def test_waiting_for_a_gpu_gives_up_when_cancelled(client):
     acquire_gpus(client, "h", [0], "job-a", 5, should_stop=lambda: False)
     assert not acquire_gpus(client, "h", [1, 0], "job-b", 5, should_stop=lambda: True)
-    assert client.get(keys.gpu_lock("h", 1)) is None, "a job that gives up releases what it took"
+    assert gpu_holders(client, "h", 1) == [], "a job that gives up releases what it took"
 
 
 def test_gpu_locks_expire_with_a_dead_host(client):
     acquire_gpus(client, "h", [0], "job-a", 0.5, should_stop=lambda: False)
     time.sleep(0.7)
     assert acquire_gpus(client, "h", [0], "job-b", 5, should_stop=lambda: False)
+
+
+def test_a_gpu_packs_jobs_while_they_fit_its_memory_and_count(client):
+    gib = 1 << 30
+    room = GpuRoom(need_bytes=8 * gib, max_jobs=2, capacity_bytes={0: 20 * gib})
+    never = lambda: False  # noqa: E731
+    assert acquire_gpus(client, "h", [0], "a", 5, never, room=room)
+    assert acquire_gpus(client, "h", [0], "b", 5, never, room=room), "8 + 8 GiB fit in 20"
+    third = GpuRoom(need_bytes=1 * gib, max_jobs=2, capacity_bytes={0: 20 * gib})
+    assert not acquire_gpus(client, "h", [0], "c", 5, lambda: True, room=third), "two at most"
+    release_gpus(client, "h", [0], "b")
+    big = GpuRoom(need_bytes=16 * gib, max_jobs=2, capacity_bytes={0: 20 * gib})
+    assert not acquire_gpus(client, "h", [0], "d", 5, lambda: True, room=big), "8 + 16 > 20"
+    assert acquire_gpus(client, "h", [0], "c", 5, never, room=third)
+    assert gpu_holders(client, "h", 0) == ["a", "c"]
 
 
 def test_batch_slots_admit_at_most_n_and_hand_on_in_order(client):

@@ -171,6 +171,12 @@ def run_cmd(
         notify_urls=list(notify), priority=priority,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
+    if job.variant:
+        from autotrain.phases import profile_for
+
+        variant = profile_for(job.spec, settings).ladder[job.variant - 1]
+        err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "
+                          f"starts with {variant.name} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)
     if monitor:
         from autotrain.cli.train import monitor_job

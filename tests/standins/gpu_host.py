@@ -3,7 +3,10 @@ is replaced by N made-up GPUs. Everything else is the real `autotrain worker` ru
 Celery worker per "GPU" with CUDA_VISIBLE_DEVICES pinned, its own gpu.<host>.<i> queue, and the
 prep worker. (The Tiny trainer then runs on the CPU, as torch sees no CUDA device.)
 
-Usage: python tests/standins/gpu_host.py HOST N_GPUS
+Usage: python tests/standins/gpu_host.py HOST N_GPUS [GIB,GIB,...]
+
+The optional list gives each stand-in GPU's memory in GiB (default 24): what NVML's total would
+say; free memory is then unknown to the worker, as where NVML cannot read it.
 """
 
 from __future__ import annotations
@@ -14,5 +17,7 @@ from autotrain.settings import load_settings
 from autotrain.worker import Gpu, plan_workers, run_workers
 
 host, count = sys.argv[1], int(sys.argv[2])
-gpus = [Gpu(i, f"GPU-standin-{i}", "stand-in GPU", 24 << 30, 24 << 30) for i in range(count)]
+sizes = [float(g) for g in sys.argv[3].split(",")] if len(sys.argv) > 3 else [24.0] * count
+gpus = [Gpu(i, f"GPU-standin-{i}", "stand-in GPU", int(sizes[i] * (1 << 30)), int(sizes[i] * (1 << 30)))
+        for i in range(count)]  # fmt: skip
 sys.exit(run_workers(plan_workers(load_settings(), host, gpus)))
