@@ -83,6 +83,7 @@ class Job(BaseModel):
     priority: int = 1  # its messages' broker priority, 0 first (autotrain.keys.PRIORITIES)
     held: bool = False  # `train hold`: stays queued, never starts until released
     variant: int = 0  # the profile's leaner variant in use (its ladder, 1-based; 0 = as is)
+    avoid_gpus: list[str] = Field(default_factory=list)  # "host:index" where it hit NCCL errors
     from_scratch: bool = False  # the retry asked to start training over
 
     @property

@@ -19,7 +19,8 @@
 | autotrain:worker:<name>              | string | 3 heartbeats   | the worker's description        |
 | autotrain:worker:<name>:job          | string | a lease        | the job a worker trains         |
 | autotrain:queues                     | set    | -              | broker queues workers consume   |
-| autotrain:gpu:<host>:<index>         | string | a lease        | the job holding a GPU           |
+| autotrain:gpu:<host>:<index>         | hash   | a lease        | jobs' memory reservations on a GPU |
+| autotrain:gpu:<host>:<index>:failures | string | a day         | NCCL/hardware failures seen there |
 | autotrain:reaper                     | string | a reaper pass  | fleet-wide reaper lock          |
 
 Celery's broker queues are Redis lists too, named as below (`prep`, `prep.ongoing`, `gpu`,
@@ -54,6 +55,7 @@ __all__ = [
     "worker_job",
     "QUEUES",
     "gpu_lock",
+    "gpu_failures",
     "REAPER",
     "JOB_DATA",
 ]
@@ -133,3 +135,7 @@ def worker_job(worker_name: str) -> str:
 
 def gpu_lock(host: str, gpu: int) -> str:
     return f"{PREFIX}gpu:{host}:{gpu}"
+
+
+def gpu_failures(host: str, gpu: int | str) -> str:
+    return f"{PREFIX}gpu:{host}:{gpu}:failures"

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     max_jobs_per_gpu: int = Field(
         1, ge=1, description="Jobs a GPU worker may train at once, memory permitting"
     )
+    suspect_gpu_failures: int = Field(
+        2, ge=1, description="NCCL/hardware failures in a day that mark a GPU suspect"
+    )
     vram_margin_gb: float = Field(
         0.5, ge=0, description="GiB kept free on a GPU beyond a job's need"
     )

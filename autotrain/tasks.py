@@ -255,6 +255,8 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         raise Ignore()
     if _step_down_after_oom(ctx, run, worker, gpu_label):
         raise Ignore()
+    if _move_off_a_failing_gpu(ctx, run, host, gpus):
+        raise Ignore()
     phases.raise_for_trainer(run, plan)
     ctx.hand_on("report", training_finished_at=time.time())
 
@@ -274,15 +276,19 @@ def _room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoo
     own = gpu_memory()
     capacities = {g: own[0] for g in gpus} if own else {}
     room = GpuRoom(need, settings.max_jobs_per_gpu, capacities)
-    if not need or not own or job.spec.gpu_ids or need <= own[0]:
+    avoided = bool(gpus) and f"{host}:{gpus[0]}" in job.avoid_gpus
+    if job.spec.gpu_ids or not own or (not avoided and (not need or need <= own[0])):
         return room
-    fleet = placement.fleet_gpus(ctx.store.redis)
+    fleet = [g for g in placement.fleet_gpus(ctx.store.redis)
+             if f"{g['host']}:{g['gpu']}" not in job.avoid_gpus]  # fmt: skip
+    if avoided and not fleet:
+        return room  # every GPU failed it once: this one again rather than never
     target = placement.best_fit(fleet, need)
     if target is not None:
         queue = gpu_queue_name(target["host"], target["gpu"])
-        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue,
-                              error=f"{need / placement.GIB:.1f} GiB do not fit this GPU "
-                                    f"({own[0] / placement.GIB:.0f} GiB)")  # fmt: skip
+        why = (f"it failed on GPU {host}:{gpus[0]} before" if avoided else
+               f"{need / placement.GIB:.1f} GiB do not fit this GPU ({own[0] / placement.GIB:.0f} GiB)")  # fmt: skip
+        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
         ctx.hand_on("train", queue=queue)
         return None
     leaner = placement.first_fitting_variant(
@@ -297,6 +303,30 @@ def _room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoo
         JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
     )
     return None
+
+
+def _move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:
+    """An NCCL (GPU or link) failure is this GPU's, not the job's: count it against the GPU
+    (`status` marks a GPU suspect after `suspect_gpu_failures` in a day) and queue the training
+    again as the next attempt, on any GPU but this one. Pinned jobs and CPU runs fail as before."""
+    error = run.error_event or {}
+    job, settings = ctx.job, ctx.settings
+    if run.succeeded or error.get("cause") != "nccl" or not gpus or job.spec.gpu_ids:
+        return False
+    pipe = ctx.store.redis.pipeline(transaction=False)
+    for gpu in gpus:
+        pipe.incr(keys.gpu_failures(host, gpu))
+        pipe.expire(keys.gpu_failures(host, gpu), 86400)
+    pipe.execute()
+    where = [f"{host}:{g}" for g in gpus]
+    ctx.store.add_history(job.id, attempt=job.attempt, event="gpu failure", gpu=",".join(where),
+                          step=run.last_step, error=error.get("line"))  # fmt: skip
+    if job.attempt - job.attempt_base >= settings.max_attempts:
+        return False
+    log.warning("%s %s: NCCL failure on GPU %s; re-queued away from it", job.name, job.id, where)
+    ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
+                queue=keys.GPU_QUEUE)  # fmt: skip
+    return True
 
 
 def _step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:

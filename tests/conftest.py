@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -110,6 +111,25 @@ class Cluster:
             f"worker cpu@{host} to start",
         )
         return proc
+
+    def start_gpu_host(self, host: str, sizes: list[float]) -> None:
+        """A stand-in GPU host (tests/standins/gpu_host.py) with GPUs of `sizes` GiB; returns
+        once its GPU workers reported their memory in their heartbeat."""
+        log = open(self.root / f"{host}.log", "ab")  # noqa: SIM115
+        script = Path(__file__).parent / "standins" / "gpu_host.py"
+        proc = subprocess.Popen(
+            [sys.executable, str(script), host, str(len(sizes)), ",".join(map(str, sizes))],
+            env=self.env, cwd=self.root, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        self.workers.append(proc)
+        names = [f"gpu{i}@{host}" for i in range(len(sizes))] + [f"prep@{host}"]
+
+        def announced() -> bool:
+            raw = [self.redis.get(f"autotrain:worker:{n}") for n in names]
+            return all(raw) and all("memory_total" in json.loads(r) for r in raw[:-1])
+
+        wait_for(announced, 60, f"the workers of {host} to report their GPUs")
 
     def worker_pids(self, name: str) -> list[int]:
         """PIDs of this workspace's Celery worker processes named `name` (main process first)."""

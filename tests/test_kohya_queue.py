@@ -212,3 +212,25 @@ def test_out_of_memory_steps_down_the_ladder_until_a_variant_fits(kohya, tmp_pat
         ("blocks_to_swap 16", None),
     ]
     assert manifest["config"]["values"]["blocks_to_swap"] == 16
+
+
+def test_an_nccl_failure_moves_the_job_to_another_gpu_and_marks_the_first(kohya, tmp_path):
+    """Stand-in GPU 0 is broken: every run there fails with torch's NCCL error."""
+    kohya.env.update(STANDIN_NCCL_ERROR_ON_GPU="0", STANDIN_SLEEP_PER_STEP="0.1",
+                     AUTOTRAIN_SUSPECT_GPU_FAILURES="1")  # fmt: skip
+    kohya.start_gpu_host("g1", [24, 24])
+    store = kohya.store()
+    busy = kohya.cli("pipeline", "run", "--dataset-path", str(copy_example(tmp_path, "busy")),
+                     "--profile", "LoraQuick", "--gpu-ids", "1", "--host", "g1", check=True)  # fmt: skip
+    busy_id = next(w for w in busy.stdout.split() if w.count("-") == 2 and w[:8].isdigit())
+    wait_for(lambda: store.get(busy_id).step > 0, 60, "GPU 1 to be busy")
+    job_id = _submit(kohya, tmp_path)  # GPU 0 takes it and fails
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.train_worker == "gpu1@g1" and job.attempt == 2 and job.avoid_gpus == ["g1:0"]
+    failure = next(e for e in store.history(job_id) if e["event"] == "gpu failure")
+    assert failure["gpu"] == "g1:0" and "NCCL error" in failure["error"]
+    status = json.loads(kohya.cli("status", "--json", check=True).stdout)
+    gpu0 = next(w for w in status["workers"] if w["name"] == "gpu0@g1")
+    assert gpu0["gpu_failures"] == 1 and gpu0["suspect"]

@@ -5,34 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import tomllib
-from pathlib import Path
 
 import tomli_w
 
 from autotrain.job import JobState
 from tests.conftest import copy_example, wait_for
-
-GPU_HOST = Path(__file__).parent / "standins" / "gpu_host.py"
-
-
-def _gpu_host(cluster, host: str, sizes: list[float]) -> None:
-    log = open(cluster.root / f"{host}.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, str(GPU_HOST), host, str(len(sizes)), ",".join(map(str, sizes))],
-        env=cluster.env, cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-    cluster.workers.append(proc)
-    names = [f"gpu{i}@{host}" for i in range(len(sizes))] + [f"prep@{host}"]
-
-    def announced() -> bool:  # the GPU workers' memory is in their heartbeat
-        raw = [cluster.redis.get(f"autotrain:worker:{n}") for n in names]
-        return all(raw) and all("memory_total" in json.loads(r) for r in raw[:-1])
-
-    wait_for(announced, 60, f"the workers of {host} to report their GPUs")
 
 
 def _profile(cluster, name: str, vram_gb: float, steps: int = 60, **profile) -> str:
@@ -57,7 +35,7 @@ def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fl
     cluster, tmp_path
 ):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
-    _gpu_host(cluster, "g1", [8, 24])
+    cluster.start_gpu_host("g1", [8, 24])
     store = cluster.store()
     # at submit: a profile no GPU holds is refused, naming the GPUs; one whose leaner variant
     # fits starts with that variant
@@ -91,7 +69,7 @@ def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fl
 
 def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, tmp_path):
     cluster.env.update(AUTOTRAIN_TINY_STEP_DELAY="0.1", AUTOTRAIN_MAX_JOBS_PER_GPU="3")
-    _gpu_host(cluster, "g2", [24])
+    cluster.start_gpu_host("g2", [24])
     half = _profile(cluster, "TinyHalf", 10)  # 10 + 0.5 margin: two fit in 24 GiB, not three
     names = ["one", "two", "three"]
     ids = [cluster.submit(copy_example(tmp_path, n), profile=half) for n in names]

@@ -92,6 +92,7 @@ def status_cmd(ctx, as_json) -> None:
     from rich.table import Table
 
     import autotrain.cluster as local
+    from autotrain import keys
     from autotrain.job import JobStore
     from autotrain.queue import queue_depths
     from autotrain.registry import live_workers
@@ -114,21 +115,27 @@ def status_cmd(ctx, as_json) -> None:
 
     client = get_redis(settings)
     workers = live_workers(client)
+    for w in workers:  # NCCL/hardware failures seen on its GPU in the last day
+        failures = int(client.get(keys.gpu_failures(w["host"], w["gpu"])) or 0) if w["gpu"] else 0
+        w["gpu_failures"] = failures
+        w["suspect"] = failures >= settings.suspect_gpu_failures
     depths = queue_depths(JobStore(client))
     memory = client.info("memory")
     used, limit = memory.get("used_memory", 0), memory.get("maxmemory", 0)
     if as_json:
         redis_info = {"kind": kind, "running": True, "url": local.redact(status.redis_url or ""),
                       "used_memory_bytes": used, "maxmemory_bytes": limit}  # fmt: skip
-        fields = ("name", "host", "gpu", "queues", "job")
+        fields = ("name", "host", "gpu", "queues", "job", "gpu_failures", "suspect")
         rows = [{k: w.get(k) for k in fields} for w in workers]
         click.echo(json.dumps({"redis": redis_info, "workers": rows, "queues": depths}, indent=2))
         return
-    table = Table("worker", "host", "GPU", "queues", "busy with")
+    table = Table("worker", "host", "GPU", "queues", "busy with", "GPU failures (1 day)")
     for w in workers:
+        failures = str(w["gpu_failures"]) + (" [red]suspect[/]" if w["suspect"] else "")
         table.add_row(
-            w["name"], w["host"], w["gpu"] or "cpu", ", ".join(w["queues"]), w["job"] or "-"
-        )
+            w["name"], w["host"], w["gpu"] or "cpu", ", ".join(w["queues"]), w["job"] or "-",
+            failures,
+        )  # fmt: skip
     console.print(
         table
         if workers

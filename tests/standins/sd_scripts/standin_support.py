@@ -269,6 +269,26 @@ def vram_need_gb(script: str, config: dict[str, Any]) -> float:
     return next(gb for least, gb in _FLUX_LORA_VRAM_GB if swap >= least)
 
 
+def nccl_failure(script: str) -> None:
+    """What a broken GPU or link looks like from a rank: torch.distributed's DistBackendError
+    with the NCCL error text of torch/csrc/distributed/c10d/NCCLUtils (C10D_NCCL_CHECK); exit 1."""
+    sys.stdout.flush()
+    sys.stderr.write(
+        "Traceback (most recent call last):\n"
+        f'  File "{script}.py", line 1003, in <module>\n'
+        "    train(args)\n"
+        '  File "accelerate/accelerator.py", line 2473, in backward\n'
+        "    loss.backward(**kwargs)\n"
+        "torch.distributed.DistBackendError: NCCL error in: "
+        "/pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, unhandled cuda error (run with "
+        "NCCL_DEBUG=INFO for details), NCCL version 2.27.3\n"
+        "ncclUnhandledCudaError: Call to CUDA function failed.\n"
+        "Last error:\nCuda failure 'an illegal memory access was encountered'\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def out_of_memory(script: str) -> None:
     """What a CUDA OOM in the training step looks like on stderr; exit status 1."""
     sys.stdout.flush()

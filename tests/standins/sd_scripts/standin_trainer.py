@@ -43,6 +43,8 @@ STANDIN_CRASH_IN_SAVE_AT_STEP=<n> SIGKILLs itself halfway through saving the sta
 STANDIN_GPU_MEMORY_GB=<n> is the GPU's memory: a run that needs more (sd-scripts' VRAM table,
 standin_support.vram_need_gb) runs out of memory at its first step, as the real one does in its
 first backward pass;
+STANDIN_NCCL_ERROR_ON_GPU=<i> fails its first step with an NCCL error when it runs on GPU i
+(CUDA_VISIBLE_DEVICES), as a rank on a broken GPU does;
 STANDIN_HANG_AT_STEP=<n> stops before global step n and never prints or exits again (not on a
 resumed run): what a deadlocked collective (an NCCL hang) or a dead filesystem looks like from
 outside, a process that lives on silently;
@@ -71,6 +73,7 @@ from standin_support import (
     flatten,
     load_argument_list,
     log,
+    nccl_failure,
     out_of_memory,
     parse_prompt_line,
     read_dataset,
@@ -245,6 +248,8 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
     oom_at = int(os.environ.get("STANDIN_OOM_AT_STEP", "0") or 0)
     crash_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_CRASH_AT_STEP", "0") or 0)
     memory_gb = float(os.environ.get("STANDIN_GPU_MEMORY_GB", "0") or 0)
+    broken_gpu = os.environ.get("STANDIN_NCCL_ERROR_ON_GPU", "")
+    visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
     hang_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_HANG_AT_STEP", "0") or 0)
     bar = tqdm(
         range(plan["max_train_steps"] - initial_step), smoothing=0, disable=RANK != 0, desc="steps"
@@ -264,6 +269,9 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
                 continue  # gradients accumulate: no sync_gradients, no step (:1486)
             if sleep:
                 time.sleep(sleep)
+            if broken_gpu and broken_gpu in visible_gpus:
+                bar.close()
+                nccl_failure(script)
             if RANK == 0 and memory_gb and vram_need_gb(script, config) > memory_gb:
                 bar.close()
                 out_of_memory(script)
