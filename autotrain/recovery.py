@@ -1,0 +1,136 @@
+"""What a training task does when a run cannot go on where it is, instead of failing the job.
+
+Each answer is a new attempt from the newest saved state, elsewhere or leaner: a GPU too small
+(or one the job failed on) sends it to a GPU that fits; out of memory steps down the profile's
+ladder; an NCCL failure moves it off that GPU and counts against the GPU; a stalled trainer is
+retried. Bad data or a broken setup is never retried: it would fail the same way again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from autotrain import keys, phases
+from autotrain.job import JobState
+from autotrain.lease import GpuRoom
+from autotrain.worker import gpu_memory
+
+if TYPE_CHECKING:
+    from autotrain.tasks import PhaseContext
+
+__all__ = ["room_on_these_gpus", "move_off_a_failing_gpu", "step_down_after_oom", "retry_stalled"]
+
+log = logging.getLogger("autotrain.pipeline")
+
+
+def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | None:
+    """What the job reserves on its GPUs; None when this GPU is too small for it, after sending
+    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs).
+
+    A pinned job stays where the user put it: its GPUs' memory still bounds what packs there.
+    """
+    from autotrain import placement
+    from autotrain.keys import gpu_queue_name
+
+    job, settings = ctx.job, ctx.settings
+    profile = phases.profile_for(job.spec, settings)
+    need = placement.need_bytes(profile, job.variant, settings.vram_margin_gb)
+    own = gpu_memory()
+    capacities = {g: own[0] for g in gpus} if own else {}
+    room = GpuRoom(need, settings.max_jobs_per_gpu, capacities)
+    avoided = bool(gpus) and f"{host}:{gpus[0]}" in job.avoid_gpus
+    if job.spec.gpu_ids or not own or (not avoided and (not need or need <= own[0])):
+        return room
+    fleet = [g for g in placement.fleet_gpus(ctx.store.redis)
+             if f"{g['host']}:{g['gpu']}" not in job.avoid_gpus]  # fmt: skip
+    if avoided and not fleet:
+        return room  # every GPU failed it once: this one again rather than never
+    target = placement.best_fit(fleet, need)
+    if target is not None:
+        queue = gpu_queue_name(target["host"], target["gpu"])
+        why = (f"it failed on GPU {host}:{gpus[0]} before" if avoided else
+               f"{need / placement.GIB:.1f} GiB do not fit this GPU ({own[0] / placement.GIB:.0f} GiB)")  # fmt: skip
+        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
+        ctx.hand_on("train", queue=queue)
+        return None
+    leaner = placement.first_fitting_variant(
+        profile, fleet, settings.vram_margin_gb, job.variant + 1
+    )
+    if leaner is not None:
+        ctx.store.add_history(job.id, attempt=job.attempt, event="leaner variant",
+                              variant=profile.ladder[leaner - 1].name)  # fmt: skip
+        ctx.hand_on("configure", variant=leaner)
+        return None
+    ctx.finish(
+        JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
+    )
+    return None
+
+
+def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:
+    """An NCCL (GPU or link) failure is this GPU's, not the job's: count it against the GPU
+    (`status` marks a GPU suspect after `suspect_gpu_failures` in a day) and queue the training
+    again as the next attempt, on any GPU but this one. Pinned jobs and CPU runs fail as before."""
+    error = run.error_event or {}
+    job, settings = ctx.job, ctx.settings
+    if run.succeeded or error.get("cause") != "nccl" or not gpus or job.spec.gpu_ids:
+        return False
+    pipe = ctx.store.redis.pipeline(transaction=False)
+    for gpu in gpus:
+        pipe.incr(keys.gpu_failures(host, gpu))
+        pipe.expire(keys.gpu_failures(host, gpu), 86400)
+    pipe.execute()
+    where = [f"{host}:{g}" for g in gpus]
+    ctx.store.add_history(job.id, attempt=job.attempt, event="gpu failure", gpu=",".join(where),
+                          step=run.last_step, error=error.get("line"))  # fmt: skip
+    if job.attempt - job.attempt_base >= settings.max_attempts:
+        return False
+    log.warning("%s %s: NCCL failure on GPU %s; re-queued away from it", job.name, job.id, where)
+    ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
+                queue=keys.GPU_QUEUE)  # fmt: skip
+    return True
+
+
+def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:
+    """Out of GPU memory: the profile's next leaner variant, configured anew and resumed from
+    the newest state. False when the run did not run out of memory or no variant is left (the
+    job then fails with the trainer's line). Other failures are never retried: bad data or
+    config fails the same way every time."""
+    error = run.error_event or {}
+    if run.succeeded or error.get("cause") != "oom":
+        return False
+    job = ctx.job
+    profile = phases.profile_for(job.spec, ctx.settings)
+    ladder = profile.ladder
+    if job.variant >= len(ladder):
+        if ladder:
+            tried = ", ".join(v.name for v in ladder)
+            error["message"] = (f"{error.get('message')} (every leaner variant of {profile.name} "
+                                f"was tried: {tried})")  # fmt: skip
+        return False
+    variant = ladder[job.variant]
+    why = (f"out of GPU memory on {worker} (GPU {gpu_label}) at step {run.last_step}; next: "
+           f"{variant.name} (needs about {variant.vram_gb:g} GB)")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="out of memory", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why,
+                          variant=variant.name)  # fmt: skip
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("configure", attempt=job.attempt + 1, variant=job.variant + 1)
+    return True
+
+
+def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
+    """A trainer the watchdog ended: a failure of this GPU, not of the job. Its train phase goes
+    back to the queue as the next attempt and resumes from the newest saved state."""
+    job, settings = ctx.job, ctx.settings
+    why = (f"the trainer made no progress for {run.stalled_seconds:.0f} s on {worker} "
+           f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="stalled", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why)  # fmt: skip
+    if job.attempt - job.attempt_base >= settings.max_attempts:
+        ctx.finish(JobState.FAILED, error=f"{why[0].upper()}{why[1:]}; giving up after "
+                                          f"max_attempts={settings.max_attempts}.")  # fmt: skip
+        return
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("train", attempt=job.attempt + 1)
