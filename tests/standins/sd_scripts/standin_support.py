@@ -269,47 +269,62 @@ def vram_need_gb(script: str, config: dict[str, Any]) -> float:
     return next(gb for least, gb in _FLUX_LORA_VRAM_GB if swap >= least)
 
 
-def nccl_failure(script: str) -> None:
-    """What a broken GPU or link looks like from a rank: torch.distributed's DistBackendError
-    with the NCCL error text of torch/csrc/distributed/c10d/NCCLUtils (C10D_NCCL_CHECK); exit 1."""
+# Where the training step's backward pass is, per script, at sd-scripts 48d368fa: the module
+# line that calls train() and the line of accelerator.backward(loss). The LoRA script's train()
+# is NetworkTrainer.train in train_network.py.
+_BACKWARD_FRAMES = {
+    "flux_train_network": (("flux_train_network.py", 547, "<module>", "trainer.train(args)"),
+                           ("train_network.py", 1445, "train", "accelerator.backward(loss)")),
+    "flux_train": (("flux_train.py", 851, "<module>", "train(args)"),
+                   ("flux_train.py", 683, "train", "accelerator.backward(loss)")),
+    "sdxl_train": (("sdxl_train.py", 952, "<module>", "train(args)"),
+                   ("sdxl_train.py", 740, "train", "accelerator.backward(loss)")),
+}  # fmt: skip
+
+
+def _fail_in_backward(script: str, *frames_and_error: str) -> None:
+    """A traceback through the script's backward pass on stderr, then exit status 1."""
+    lines = ["Traceback (most recent call last):"]
+    for file, line, function, code in _BACKWARD_FRAMES[script]:
+        lines += [f'  File "{file}", line {line}, in {function}', f"    {code}"]
     sys.stdout.flush()
-    sys.stderr.write(
-        "Traceback (most recent call last):\n"
-        f'  File "{script}.py", line 1003, in <module>\n'
-        "    train(args)\n"
-        '  File "accelerate/accelerator.py", line 2473, in backward\n'
-        "    loss.backward(**kwargs)\n"
-        "torch.distributed.DistBackendError: NCCL error in: "
-        "/pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, unhandled cuda error (run with "
-        "NCCL_DEBUG=INFO for details), NCCL version 2.27.3\n"
-        "ncclUnhandledCudaError: Call to CUDA function failed.\n"
-        "Last error:\nCuda failure 'an illegal memory access was encountered'\n"
-    )
+    sys.stderr.write("\n".join([*lines, *frames_and_error]) + "\n")
     sys.stderr.flush()
     os._exit(1)
 
 
+def nccl_failure(script: str) -> None:
+    """What a broken GPU or link looks like from a rank: torch.distributed's DistBackendError
+    raised from accelerate's backward (accelerate 16cb6eb8, src/accelerate/accelerator.py:2850).
+    The NCCL text is torch's C10D_NCCL_CHECK message (torch/csrc/distributed/c10d/NCCLUtils.cpp),
+    as published reports of it read (file line and NCCL version vary by build)."""
+    _fail_in_backward(
+        script,
+        '  File "accelerate/accelerator.py", line 2850, in backward',
+        "    loss.backward(**kwargs)",
+        "torch.distributed.DistBackendError: NCCL error in: "
+        "/pytorch/torch/csrc/distributed/c10d/NCCLUtils.cpp:77, unhandled cuda error (run with "
+        "NCCL_DEBUG=INFO for details), NCCL version 2.27.3",
+        "ncclUnhandledCudaError: Call to CUDA function failed.",
+        "Last error:",
+        "Cuda failure 'an illegal memory access was encountered'",
+    )
+
+
 def out_of_memory(script: str) -> None:
     """What a CUDA OOM in the training step looks like on stderr; exit status 1."""
-    sys.stdout.flush()
-    sys.stderr.write(
-        "Traceback (most recent call last):\n"
-        f'  File "{script}.py", line 1003, in <module>\n'
-        "    train(args)\n"
-        f'  File "{script}.py", line 648, in train\n'
-        "    accelerator.backward(loss)\n"
-        '  File "torch/autograd/graph.py", line 825, in _engine_run_backward\n'
-        "    return Variable._execution_engine.run_backward(  # Calls into the C++ engine\n"
+    _fail_in_backward(
+        script,
+        '  File "torch/autograd/graph.py", line 825, in _engine_run_backward',
+        "    return Variable._execution_engine.run_backward(  # Calls into the C++ engine",
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 216.00 MiB. GPU 0 has a "
         "total capacity of 23.55 GiB of which 180.62 MiB is free. Including non-PyTorch memory, "
         "this process has 23.36 GiB memory in use. Of the allocated memory 22.71 GiB is allocated "
         "by PyTorch, and 198.40 MiB is reserved by PyTorch but unallocated. If reserved but "
         "unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
         "to avoid fragmentation.  See documentation for Memory Management  "
-        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)\n"
+        "(https://pytorch.org/docs/stable/notes/cuda.html#environment-variables)",
     )
-    sys.stderr.flush()
-    os._exit(1)
 
 
 def record_environment() -> None:
