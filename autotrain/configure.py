@@ -95,8 +95,8 @@ def render_plan(
         # accelerate launch gets the same value; sd-scripts asserts full_bf16 etc. against it.
         config["mixed_precision"] = profile.mixed_precision
     config.update(_model_paths(profile, settings))
-    if variant:
-        config.update(profile.ladder[variant - 1].overrides)
+    if leaner := profile.variant(variant):
+        config.update(leaner.overrides)
     _keep_a_state_to_fall_back_to(config)
 
     class_tokens = profile.class_tokens.replace("{name}", name)

@@ -86,6 +86,22 @@ class Job(BaseModel):
     avoid_gpus: list[str] = Field(default_factory=list)  # "host:index" where it hit NCCL errors
     from_scratch: bool = False  # the retry asked to start training over
 
+    def queued_seconds(self, now: float | None = None) -> float:
+        """From submission to the start of training (or to its end, when it never trained)."""
+        began = self.training_started_at or self.finished_at or now or time.time()
+        return began - self.created_at
+
+    def training_seconds(self, now: float | None = None) -> float | None:
+        """From the start of training to its end (or now); None when it never trained."""
+        if not self.training_started_at:
+            return None
+        ended = self.training_finished_at or self.finished_at or now or time.time()
+        return ended - self.training_started_at
+
+    def attempts_exhausted(self, max_attempts: int) -> bool:
+        """Whether automatic retries are used up (counted from the user's last retry)."""
+        return self.attempt - self.attempt_base >= max_attempts
+
     @property
     def name(self) -> str:
         return self.spec.name

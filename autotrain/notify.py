@@ -99,12 +99,9 @@ def _announce_batch_if_done(store: JobStore, batch_id: str, urls: list[str]) -> 
 
 
 def _durations(job: Job) -> str:
-    ended = job.finished_at or time.time()
-    total = format_eta(ended - job.created_at)
-    if not job.training_started_at:
-        return total
-    trained = format_eta((job.training_finished_at or ended) - job.training_started_at)
-    return f"{total} (training {trained})"
+    total = format_eta((job.finished_at or time.time()) - job.created_at)
+    trained = job.training_seconds()
+    return total if trained is None else f"{total} (training {format_eta(trained)})"
 
 
 def _redact(url: str) -> str:

@@ -23,7 +23,8 @@ GIB = 1 << 30
 
 def need_bytes(profile: Profile, variant: int, margin_gb: float = 0.0) -> int:
     """What a job needs on each of its GPUs, margin included; 0 when the profile says nothing."""
-    gb = profile.ladder[variant - 1].vram_gb if variant else profile.vram_gb
+    leaner = profile.variant(variant)
+    gb = leaner.vram_gb if leaner else profile.vram_gb
     return int((gb + margin_gb) * GIB) if gb else 0
 
 
@@ -73,7 +74,7 @@ def initial_variant(client: redis.Redis, profile: Profile, margin_gb: float) -> 
         raise ValidationError(no_fit_message(profile, gpus, margin_gb))
     if variant == 0:
         return 0, ""
-    chosen = profile.ladder[variant - 1]
+    chosen = profile.variant(variant)
     return variant, (
         f"profile {profile.name} as is needs {profile.vram_gb:g} GiB and the largest GPU has "
         f"{gpus[0]['memory_total'] / GIB:.0f} GiB: it starts with {chosen.name} "

@@ -85,6 +85,14 @@ class Profile(BaseModel):
         default_factory=list, description="leaner variants, tried in order after an out-of-memory"
     )
 
+    def variant(self, index: int) -> Variant | None:
+        """The `index`-th leaner variant of the ladder (1-based); None for 0, the profile as is."""
+        return self.ladder[index - 1] if index else None
+
+    def variant_name(self, index: int) -> str:
+        variant = self.variant(index)
+        return variant.name if variant else "as is"
+
     @property
     def template_path(self) -> Path:
         return self.directory / TEMPLATE_FILE

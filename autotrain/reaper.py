@@ -74,7 +74,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             result.cancelled.append(job_id)
             hand_on_batch_slot(store, job)
         return
-    if job.attempt - job.attempt_base >= settings.max_attempts:
+    if job.attempts_exhausted(settings.max_attempts):
         error = (
             f"Interrupted {job.attempt} times (worker {dead} stopped renewing its lease during "
             f"{job.phase}); giving up after max_attempts={settings.max_attempts}."

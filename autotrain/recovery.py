@@ -59,7 +59,7 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
     )
     if leaner is not None:
         ctx.store.add_history(job.id, attempt=job.attempt, event="leaner variant",
-                              variant=profile.ladder[leaner - 1].name)  # fmt: skip
+                              variant=profile.variant_name(leaner))  # fmt: skip
         ctx.hand_on("configure", variant=leaner)
         return None
     ctx.finish(
@@ -84,7 +84,7 @@ def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -
     where = [f"{host}:{g}" for g in gpus]
     ctx.store.add_history(job.id, attempt=job.attempt, event="gpu failure", gpu=",".join(where),
                           step=run.last_step, error=error.get("line"))  # fmt: skip
-    if job.attempt - job.attempt_base >= settings.max_attempts:
+    if job.attempts_exhausted(settings.max_attempts):
         return False
     log.warning("%s %s: NCCL failure on GPU %s; re-queued away from it", job.name, job.id, where)
     ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
@@ -102,14 +102,14 @@ def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> 
         return False
     job = ctx.job
     profile = phases.profile_for(job.spec, ctx.settings)
-    ladder = profile.ladder
-    if job.variant >= len(ladder):
-        if ladder:
-            tried = ", ".join(v.name for v in ladder)
-            error["message"] = (f"{error.get('message')} (every leaner variant of {profile.name} "
-                                f"was tried: {tried})")  # fmt: skip
+    variant = profile.variant(job.variant + 1) if job.variant < len(profile.ladder) else None
+    if variant is None:
+        if profile.ladder:
+            tried = ", ".join(v.name for v in profile.ladder)
+            # raise_for_trainer quotes this event: the job's error then says the ladder is spent
+            run.error_event = {**error, "message": f"{error.get('message')} (every leaner "
+                               f"variant of {profile.name} was tried: {tried})"}  # fmt: skip
         return False
-    variant = ladder[job.variant]
     why = (f"out of GPU memory on {worker} (GPU {gpu_label}) at step {run.last_step}; next: "
            f"{variant.name} (needs about {variant.vram_gb:g} GB)")  # fmt: skip
     ctx.store.add_history(job.id, attempt=job.attempt, event="out of memory", worker=worker,
@@ -128,7 +128,7 @@ def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
            f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
     ctx.store.add_history(job.id, attempt=job.attempt, event="stalled", worker=worker,
                           gpu=gpu_label, step=run.last_step, error=why)  # fmt: skip
-    if job.attempt - job.attempt_base >= settings.max_attempts:
+    if job.attempts_exhausted(settings.max_attempts):
         ctx.finish(JobState.FAILED, error=f"{why[0].upper()}{why[1:]}; giving up after "
                                           f"max_attempts={settings.max_attempts}.")  # fmt: skip
         return

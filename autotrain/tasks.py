@@ -247,7 +247,8 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         raise Ignore()
     until_redis_back(
         lambda: _record_attempt(store, job.id, job.attempt, worker, run, command, resumed,
-                                gpu_label, host, _variant_name(ctx)),
+                                gpu_label, host,
+                                phases.profile_for(job.spec, settings).variant_name(job.variant)),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
     if run.stalled_seconds is not None:
@@ -317,12 +318,6 @@ def _warn_about_gpu_processes(plan: TrainPlan, gpus: list[int]) -> None:
         trainer_log.write(f"\nautotrain: warning: {message}\n")
 
 
-def _variant_name(ctx: PhaseContext) -> str:
-    if not ctx.job.variant:
-        return "as is"
-    return phases.profile_for(ctx.job.spec, ctx.settings).ladder[ctx.job.variant - 1].name
-
-
 def _record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run, command: list[str],
                     resumed, gpu_label: str, host: str, variant: str = "as is") -> None:  # fmt: skip
     """What each attempt ran, kept for phase 5's run.json."""
@@ -362,8 +357,7 @@ def report(self: Task, job_id: str) -> None:
                 "training_started_at": job.training_started_at,
                 "training_finished_at": job.training_finished_at,
                 "reported_at": time.time(),
-                "training_seconds": (job.training_finished_at or time.time())
-                - (job.training_started_at or time.time()),
+                "training_seconds": job.training_seconds() or 0.0,
             },
         )
         manifest = phases.report_phase(job.spec, plan, ctx.settings, info)

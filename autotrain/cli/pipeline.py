@@ -174,7 +174,7 @@ def run_cmd(
     if job.variant:
         from autotrain.phases import profile_for
 
-        variant = profile_for(job.spec, settings).ladder[job.variant - 1]
+        variant = profile_for(job.spec, settings).variant(job.variant)
         err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "
                           f"starts with {variant.name} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)

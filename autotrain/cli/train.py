@@ -274,13 +274,11 @@ def print_batch_summary(jobs: list) -> None:
     table.add_column("weights", overflow="fold")  # a path is never cut at the terminal's width
     now = time.time()
     for j in jobs:
-        began_training = j.training_started_at or j.finished_at or now
-        training = (j.training_finished_at or j.finished_at or now) - j.training_started_at \
-            if j.training_started_at else None  # fmt: skip
+        training = j.training_seconds(now)
         weights = (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else None
         table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
                       f"{j.loss:.4f}" if j.loss is not None else "-",
-                      format_eta(began_training - j.created_at),
+                      format_eta(j.queued_seconds(now)),
                       format_eta(training) if training is not None else "-",
                       str(weights or "-"))  # fmt: skip
     console.print(table, soft_wrap=True)
