@@ -39,12 +39,14 @@ def _start_background(sender=None, **_kwargs) -> None:
         "host": os.environ.get("AUTOTRAIN_HOST", ""),
         "gpu": os.environ.get("AUTOTRAIN_GPU_INDEX", ""),
         "gpu_uuid": os.environ.get("AUTOTRAIN_GPU_UUID", ""),
+        "gpu_name": os.environ.get("AUTOTRAIN_GPU_NAME", ""),  # the model: its pace (autotrain.eta)
         "pid": os.getpid(),
         "queues": [q.name for q in sender.app.amqp.queues.consume_from.values()]  # taken in order
         if sender
         else [],
         "started_at": time.time(),
     }
+    info["slots"] = settings.max_jobs_per_gpu if info["gpu"] else 1  # its --concurrency
     interval = max(1.0, settings.lease_seconds / 3)
     _kill_leftover_trainers(settings, info)
 

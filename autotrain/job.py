@@ -65,6 +65,7 @@ class Job(BaseModel):
     started_at: float | None = None
     training_started_at: float | None = None
     training_finished_at: float | None = None
+    attempt_started_at: float | None = None  # this attempt's training start (the queue ETA)
     finished_at: float | None = None
     error: str | None = None
     cancel_requested: bool = False
@@ -434,8 +435,9 @@ _TIMES = ("created_at", "started_at", "training_started_at", "training_finished_
 
 
 def public_record(job: Job, history: list[dict] | None = None, waiting_reason: str | None = None,
-                  ) -> dict[str, Any]:  # fmt: skip
-    """A job as `train list --json` and `train show --json` print it."""
+                  forecast: Any = None) -> dict[str, Any]:  # fmt: skip
+    """A job as `train list --json` and `train show --json` print it; `forecast` is its
+    autotrain.eta.Forecast."""
     result = job.result or {}
     record: dict[str, Any] = {
         "id": job.id, "name": job.name, "profile": job.profile,
@@ -449,6 +451,10 @@ def public_record(job: Job, history: list[dict] | None = None, waiting_reason: s
         "samples": job.samples,
     }  # fmt: skip
     record.update({name: iso_time(getattr(job, name)) for name in _TIMES})
+    if forecast is not None:
+        record["forecast"] = {"starts_at": iso_time(forecast.starts_at),
+                              "finishes_at": iso_time(forecast.finishes_at),
+                              "worker": forecast.gpu, "why": forecast.why}  # fmt: skip
     if history is not None:
         record["history"] = [{**e, "at": iso_time(e.get("at"))} for e in history]
     return record

@@ -22,6 +22,7 @@
 | autotrain:gpu:<host>:<index>         | hash   | a lease        | jobs' memory reservations on a GPU |
 | autotrain:gpu:<host>:<index>:failures | string | a day         | NCCL/hardware failures seen there |
 | autotrain:reaper                     | string | a reaper pass  | fleet-wide reaper lock          |
+| autotrain:pace                       | hash   | -              | profile+GPU model -> measured pace |
 
 Celery's broker queues are Redis lists too, named as below (`prep`, `prep.ongoing`, `gpu`,
 `gpu.<host>.<index>`); they are defined here so that readers need not import Celery.
@@ -90,6 +91,7 @@ DISPATCH = f"{PREFIX}dispatch"
 WORKERS = f"{PREFIX}workers"
 QUEUES = f"{PREFIX}queues"
 REAPER = f"{PREFIX}reaper"
+PACE = f"{PREFIX}pace"  # profile and GPU model -> measured pace (autotrain.pace)
 JOB_DATA = ("report", "stage", "run")  # bulky per-job data beside the record
 
 

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 from autotrain.job import FINAL_STATES, Job, JobState, JobStore
+
+if TYPE_CHECKING:
+    from autotrain.eta import Forecast
 
 __all__ = [
     "progress_bar",
     "job_line",
     "batch_line",
+    "batch_end_line",
+    "eta_text",
     "follow_job",
     "follow_batch",
     "format_eta",
@@ -65,8 +71,17 @@ def job_line(job: Job, queue_depth: int = 0) -> str:
     return line
 
 
-def batch_line(job: Job, jobs: list[Job]) -> str:
-    """The DESIGN.md batch line for one job of a batch."""
+def eta_text(job: Job, forecast: Forecast | None, now: float) -> str:
+    """`ETA` of a table row: a training job's time left; when a waiting one starts."""
+    if job.state == JobState.TRAINING:
+        return format_eta(job.eta_seconds)
+    if forecast is None or forecast.starts_at is None:
+        return "-"
+    return f"starts {format_eta(forecast.starts_at - now)}"
+
+
+def batch_line(job: Job, jobs: list[Job], forecast: Forecast | None = None) -> str:
+    """The DESIGN.md batch line for one job of a batch; a waiting job says when it starts."""
     waiting = [
         j
         for j in jobs
@@ -76,10 +91,23 @@ def batch_line(job: Job, jobs: list[Job]) -> str:
     queue = f"Queue: {len(waiting)}" + (f" (next: {waiting[0].name})" if waiting else "")
     overall = f"Progress: {done}/{len(jobs)} ({done / len(jobs) * 100:.1f}%)" if jobs else ""
     icon = STATE_ICONS.get(job.state, "")
+    eta = format_eta(job.eta_seconds)
+    if job.state != JobState.TRAINING and forecast and forecast.starts_at:
+        eta = f"starts in {format_eta(forecast.starts_at - time.time())}"
     return (
-        f"{icon} {job.name}: {progress_bar(job.step, job.total, width=20)} | ETA: {format_eta(job.eta_seconds)} "
+        f"{icon} {job.name}: {progress_bar(job.step, job.total, width=20)} | ETA: {eta} "
         f"| Loss: {_loss(job)} | {queue} | {overall}"
     )
+
+
+def batch_end_line(jobs: list[Job], forecasts: dict[str, Forecast]) -> str | None:
+    """`Batch done in about 00:12:40 (at 04:52)`, from the forecast of its last job."""
+    ends = [forecasts[j.id].finishes_at for j in jobs if not j.is_final and j.id in forecasts]
+    if not ends or None in ends:
+        return None
+    end = max(e for e in ends if e is not None)
+    return (f"Batch done in about {format_eta(end - time.time())} "
+            f"(at {time.strftime('%H:%M', time.localtime(end))})")  # fmt: skip
 
 
 def follow_job(

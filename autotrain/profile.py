@@ -75,6 +75,12 @@ class Profile(BaseModel):
     min_resolution: int = Field(256, ge=1, description="smaller images get a warning")
     disk_gb: float = Field(1.0, ge=0, description="space for weights and checkpoints")
     vram_gb: float = Field(0.0, ge=0)
+    seconds_per_step: float = Field(
+        1.0, gt=0, description="the queue ETA's pace until a run of this profile was measured"
+    )
+    startup_seconds: float = Field(
+        60.0, ge=0, description="... and its time from start to the first step (loading, caching)"
+    )
     models: dict[str, str] = Field(
         default_factory=dict, description="trainer config key -> setting naming a model file"
     )

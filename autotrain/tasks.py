@@ -9,6 +9,7 @@ out a Redis outage instead of failing (autotrain.connection.until_redis_back).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -17,12 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore
 
 from autotrain import (
     heartbeat,  # noqa: F401 - importing it registers the worker signals
     keys,
+    pace,
     phases,
     recovery,
 )
@@ -231,8 +234,10 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         store.redis.set(busy_key, job.id, ex=int(settings.lease_seconds))
 
     try:
+        attempt_started = time.time()
         store.set_state(job.id, JobState.TRAINING, gpu=gpu_label, train_worker=worker,
-                        training_started_at=first_started, waiting_for=None)  # fmt: skip
+                        training_started_at=first_started, attempt_started_at=attempt_started,
+                        waiting_for=None)  # fmt: skip
         mark_busy()
         ctx.lease.extra.append(mark_busy)
         run, command, resumed = _run_trainer(task, ctx, plan, gpus, first_started)
@@ -259,6 +264,8 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     if recovery.move_off_a_failing_gpu(ctx, run, host, gpus):
         raise Ignore()
     phases.raise_for_trainer(run, plan)
+    with contextlib.suppress(redis.RedisError):  # a pace is nice to have, never worth a retry
+        pace.record_pace(store.redis, job.profile, pace.own_gpu_model(), run, attempt_started)
     ctx.hand_on("report", training_finished_at=time.time())
 
 

@@ -43,6 +43,9 @@ class TrainerRun:
     stalled_seconds: float | None = None  # ended by the stall watchdog after this much silence
     trainer_versions: dict[str, str] = field(default_factory=dict)  # set by phase 4
     resume: dict[str, Any] | None = None  # how this run resumed (phase 4), None when it did not
+    first_step: int = 0  # the first step this run reported, and when (its pace: autotrain.eta)
+    first_step_at: float | None = None
+    last_step_at: float | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -129,6 +132,9 @@ def run_trainer(
         error_event=state["error"],
         tail=list(tail),
         stalled_seconds=state.get("stalled"),
+        first_step=state.get("first_step", 0),
+        first_step_at=state.get("first_step_at"),
+        last_step_at=state.get("last_step_at"),
     )
 
 
@@ -155,6 +161,10 @@ def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
 
 def _track(state: dict[str, Any], event: ProgressEvent) -> None:
     if event.kind == "step":
+        if event.step and "first_step_at" not in state:
+            state["first_step"], state["first_step_at"] = event.step, time.time()
+        if event.step and event.step != state["step"]:
+            state["last_step_at"] = time.time()
         state["step"] = event.step or state["step"]
         state["total"] = event.total or state["total"]
         if event.loss is not None:

@@ -14,7 +14,7 @@ from autotrain import keys
 from autotrain.job import Job
 from autotrain.registry import live_workers
 
-__all__ = ["why_waiting", "waiting_reasons", "NO_WORKER"]
+__all__ = ["why_waiting", "waiting_reasons", "batch_limits", "NO_WORKER"]
 
 NO_WORKER = (
     "no live worker is connected: start one with `autotrain worker` on a GPU host, "
@@ -28,7 +28,7 @@ def waiting_reasons(client: redis.Redis, jobs: list[Job]) -> dict[str, str]:
     if not open_jobs:
         return {}
     workers = live_workers(client)
-    limits = _batch_limits(client, {j.spec.batch_id for j in open_jobs if j.owner == "parked"})
+    limits = batch_limits(client, {j.spec.batch_id for j in open_jobs if j.owner == "parked"})
     reasons = {}
     for job in open_jobs:
         reason = why_waiting(job, workers, limits.get(job.spec.batch_id or ""))
@@ -67,7 +67,8 @@ def _queued(job: Job) -> bool:
     return job.owner.startswith("queue:")
 
 
-def _batch_limits(client: redis.Redis, batch_ids: set[str | None]) -> dict[str, int]:
+def batch_limits(client: redis.Redis, batch_ids: set[str | None]) -> dict[str, int]:
+    """The `--max-concurrent` of each of these batches, in one round trip."""
     ids = sorted(b for b in batch_ids if b)
     if not ids:
         return {}

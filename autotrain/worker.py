@@ -193,6 +193,7 @@ def plan_workers(
                 "CUDA_VISIBLE_DEVICES": str(gpu.index),
                 "AUTOTRAIN_GPU_INDEX": str(gpu.index),
                 "AUTOTRAIN_GPU_UUID": gpu.uuid,
+                "AUTOTRAIN_GPU_NAME": gpu.name,
                 "AUTOTRAIN_GPU_MEMORY_TOTAL": str(gpu.memory_total),
             }
             workers.append(

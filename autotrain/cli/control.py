@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import click
 
@@ -108,13 +109,16 @@ def show_cmd(ctx, job_id, as_json) -> None:
       autotrain train show --job 20261125-101500-a1b2c3
       autotrain train show --job 20261125 --json | jq '.history'
     """
+    from autotrain.eta import forecast
     from autotrain.job import job_store, public_record
     from autotrain.waiting import waiting_reasons
 
-    store = job_store(settings_of(ctx))
+    settings = settings_of(ctx)
+    store = job_store(settings)
     job = store.get(job_id)
     reason = waiting_reasons(store.redis, [job]).get(job.id)
-    record = public_record(job, store.history(job.id), reason)
+    expected = None if job.is_final else forecast(store, settings).get(job.id)
+    record = public_record(job, store.history(job.id), reason, expected)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -122,8 +126,10 @@ def show_cmd(ctx, job_id, as_json) -> None:
 
     table = Table(box=None, pad_edge=False, show_header=False)
     for field, value in record.items():
-        if field != "history" and value not in (None, [], ""):
+        if field not in ("history", "forecast") and value not in (None, [], ""):
             table.add_row(f"[bold]{field}[/]", str(value))
+    if expected is not None:
+        table.add_row("[bold]forecast[/]", _forecast_text(expected))
     console.print(table)
     history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
     for entry in record["history"]:
@@ -131,6 +137,21 @@ def show_cmd(ctx, job_id, as_json) -> None:
         history.add_row(entry["at"], str(entry.get("attempt", "")), entry.get("event", ""),
                         entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
     console.print(history)
+
+
+def _forecast_text(expected) -> str:
+    """`starts in 00:03:10 (04:12:30), done in 00:09:40 (04:19:00), on gpu1@h0: <why>`."""
+    from autotrain.monitor import format_eta
+
+    now = time.time()
+
+    def when(at: float | None) -> str:
+        return "unknown" if at is None else (
+            f"{format_eta(at - now)} ({time.strftime('%H:%M:%S', time.localtime(at))})")  # fmt: skip
+
+    starts = "" if expected.starts_at and expected.starts_at <= now else (
+        f"starts in {when(expected.starts_at)}, ")  # fmt: skip
+    return f"{starts}done in {when(expected.finishes_at)}: {expected.why}"
 
 
 def _duration(text: str) -> float:

@@ -47,11 +47,13 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     """
     from rich.table import Table
 
+    from autotrain.eta import forecast
     from autotrain.job import job_store
-    from autotrain.monitor import format_eta
+    from autotrain.monitor import eta_text
     from autotrain.waiting import waiting_reasons
 
-    store = job_store(settings_of(ctx))
+    settings = settings_of(ctx)
+    store = job_store(settings)
     wanted = {JobState(s) for s in states} or None
 
     def where(job) -> bool:
@@ -59,10 +61,12 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
 
     jobs = store.page(states=wanted, batch_id=batch_id, where=where, offset=offset, limit=limit)
     reasons = waiting_reasons(store.redis, jobs)
+    forecasts = forecast(store, settings) if any(not j.is_final for j in jobs) else {}
     if as_json:
         from autotrain.job import public_record
 
-        click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id)) for j in jobs],
+        click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id),
+                                             forecast=forecasts.get(j.id)) for j in jobs],
                               indent=2))  # fmt: skip
         return
     position = _start_positions(store, jobs)
@@ -85,7 +89,7 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     for j in jobs:
         where = f"{j.host}/{j.gpu or '-'}" if j.host else "-"
         progress = f"{j.fraction * 100:.0f}% ({j.step}/{j.total})" if j.total else "-"
-        eta = format_eta(j.eta_seconds) if j.state == JobState.TRAINING else "-"
+        eta = eta_text(j, forecasts.get(j.id), now)
         loss = f"{j.loss:.4f}" if j.loss is not None else "-"
         table.add_row(
             j.id,
@@ -241,22 +245,28 @@ def monitor_job(settings: Settings, job_id: str) -> int:
 def monitor_batch(settings: Settings, batch_id: str) -> int:
     """The batch view until every job of the batch is final, then a summary table."""
     from autotrain.cli.live import LiveView
+    from autotrain.eta import forecast
     from autotrain.job import job_store
-    from autotrain.monitor import batch_line, follow_batch
+    from autotrain.monitor import batch_end_line, batch_line, follow_batch
     from autotrain.waiting import waiting_reasons
 
     store = job_store(settings)
     jobs = []
+    forecasts, forecast_at = {}, 0.0
     try:
         with LiveView(console.rich()) as view:
             for jobs in follow_batch(store, batch_id):
                 reasons = waiting_reasons(store.redis, jobs)
-                lines = [batch_line(j, jobs) + (f" | {reasons[j.id]}" if j.id in reasons else "")
-                         for j in jobs]  # fmt: skip
+                if time.monotonic() - forecast_at > 5:  # the replay reads every job in progress
+                    forecasts, forecast_at = forecast(store, settings), time.monotonic()
+                lines = [batch_line(j, jobs, forecasts.get(j.id))
+                         + (f" | {reasons[j.id]}" if j.id in reasons else "") for j in jobs]  # fmt: skip
+                if end := batch_end_line(jobs, forecasts):
+                    lines.append(end)
                 key = tuple(
                     (j.state, (j.step * 10) // (j.total or 1), reasons.get(j.id)) for j in jobs
                 )
-                view.update("\n".join(lines), key=(key, _minute_if(reasons)))
+                view.update("\n".join(lines), key=(key, _minute_if(reasons), end))
     except KeyboardInterrupt:
         console.print("\nDetached; the jobs go on. Watch them: autotrain train list")
         return INTERRUPTED
