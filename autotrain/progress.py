@@ -135,6 +135,11 @@ _NCCL_HINT = (
     "NCCL (multi-GPU communication) failed: check that every id in --gpu-ids exists and is free, "
     "run with NCCL_DEBUG=INFO for details, or train on a single GPU"
 )
+_HARDWARE_HINT = (
+    "the GPU failed (a hardware, driver or memory fault, an Xid in the kernel log): the job goes "
+    "on on another GPU; if this GPU fails again, check `nvidia-smi -q -d ECC` and `dmesg | grep "
+    "Xid` there"
+)
 _HEADER_HINT = (
     "a model file is not a valid .safetensors file (an unfinished download or a Git LFS "
     "pointer?): download it again and check the model paths in autotrain.toml"
@@ -169,6 +174,19 @@ _ERRORS: tuple[tuple[re.Pattern[str], str, str], ...] = (
         ),
         _NCCL_HINT,
         "nccl",
+    ),
+    # CUDA runtime errors that mean the device, not the program (cudaError_t strings from the
+    # CUDA Runtime API's error types, as torch's CUDA check prints them), and the driver's Xid.
+    (
+        re.compile(
+            r"CUDA error: (?:uncorrectable ECC error encountered|unspecified launch failure|"
+            r"an illegal memory access was encountered|hardware stack error|"
+            r"all CUDA-capable devices are busy or unavailable|"
+            r"CUDA-capable device\(s\) is/are busy or unavailable)|"
+            r"NVRM: Xid|GPU has fallen off the bus"
+        ),
+        _HARDWARE_HINT,
+        "hardware",
     ),
     (
         re.compile(r"Error while deserializing header|HeaderTooLarge|HeaderTooSmall"),

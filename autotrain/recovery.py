@@ -69,12 +69,18 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
 
 
 def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:
-    """An NCCL (GPU or link) failure is this GPU's, not the job's: count it against the GPU
+    """An NCCL (GPU or link) or hardware failure (ECC, Xid, a GPU lost) is this GPU's, not the
+    job's: count it against the GPU
     (`status` marks a GPU suspect after `suspect_gpu_failures` in a day) and queue the training
     again as the next attempt, on any GPU but this one. Pinned jobs and CPU runs fail as before."""
     error = run.error_event or {}
     job, settings = ctx.job, ctx.settings
-    if run.succeeded or error.get("cause") != "nccl" or not gpus or job.spec.gpu_ids:
+    if (
+        run.succeeded
+        or error.get("cause") not in ("nccl", "hardware")
+        or not gpus
+        or job.spec.gpu_ids
+    ):
         return False
     pipe = ctx.store.redis.pipeline(transaction=False)
     for gpu in gpus:
@@ -86,7 +92,8 @@ def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -
                           step=run.last_step, error=error.get("line"))  # fmt: skip
     if job.attempts_exhausted(settings.max_attempts):
         return False
-    log.warning("%s %s: NCCL failure on GPU %s; re-queued away from it", job.name, job.id, where)
+    log.warning("%s %s: %s failure on GPU %s; re-queued away from it", job.name, job.id,
+                error.get("cause"), where)  # fmt: skip
     ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
                 queue=keys.GPU_QUEUE)  # fmt: skip
     return True

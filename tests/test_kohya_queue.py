@@ -214,10 +214,14 @@ def test_out_of_memory_steps_down_the_ladder_until_a_variant_fits(kohya, tmp_pat
     assert manifest["config"]["values"]["blocks_to_swap"] == 16
 
 
-def test_an_nccl_failure_moves_the_job_to_another_gpu_and_marks_the_first(kohya, tmp_path):
-    """Stand-in GPU 0 is broken: every run there fails with torch's NCCL error."""
-    kohya.env.update(STANDIN_NCCL_ERROR_ON_GPU="0", STANDIN_SLEEP_PER_STEP="0.1",
-                     AUTOTRAIN_SUSPECT_GPU_FAILURES="1")  # fmt: skip
+@pytest.mark.parametrize(("fault", "quoted"), [("NCCL", "NCCL error"),
+                                              ("ECC", "uncorrectable ECC error")])  # fmt: skip
+def test_a_gpu_failure_moves_the_job_to_another_gpu_and_marks_the_first(kohya, tmp_path, fault,
+                                                                         quoted):  # fmt: skip
+    """Stand-in GPU 0 is broken: every run there fails with torch's NCCL error, or with its CUDA
+    error for an uncorrectable ECC error (an Xid 48)."""
+    kohya.env.update({f"STANDIN_{fault}_ERROR_ON_GPU": "0", "STANDIN_SLEEP_PER_STEP": "0.1",
+                      "AUTOTRAIN_SUSPECT_GPU_FAILURES": "1"})  # fmt: skip
     kohya.start_gpu_host("g1", [24, 24])
     store = kohya.store()
     busy = kohya.cli("pipeline", "run", "--dataset-path", str(copy_example(tmp_path, "busy")),
@@ -230,7 +234,7 @@ def test_an_nccl_failure_moves_the_job_to_another_gpu_and_marks_the_first(kohya,
     assert job.state == JobState.SUCCEEDED, job.error
     assert job.train_worker == "gpu1@g1" and job.attempt == 2 and job.avoid_gpus == ["g1:0"]
     failure = next(e for e in store.history(job_id) if e["event"] == "gpu failure")
-    assert failure["gpu"] == "g1:0" and "NCCL error" in failure["error"]
+    assert failure["gpu"] == "g1:0" and quoted in failure["error"]
     status = json.loads(kohya.cli("status", "--json", check=True).stdout)
     gpu0 = next(w for w in status["workers"] if w["name"] == "gpu0@g1")
     assert gpu0["gpu_failures"] == 1 and gpu0["suspect"]

@@ -158,6 +158,22 @@ def test_nccl_errors_but_not_the_exit_warning() -> None:
     assert internal.kind == "error"
 
 
+def test_gpu_faults_are_the_gpus_and_code_errors_are_not() -> None:
+    for line in (
+        "torch.AcceleratorError: CUDA error: uncorrectable ECC error encountered",
+        "RuntimeError: CUDA error: unspecified launch failure",
+        "RuntimeError: CUDA error: an illegal memory access was encountered",
+        "RuntimeError: CUDA error: all CUDA-capable devices are busy or unavailable",
+        "[12345.678] NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, GPU has fallen off the bus.",
+    ):
+        (event,) = parse_text(line + "\n")
+        assert event.kind == "error" and event.cause == "hardware", line
+    # a device-side assert is the program's (bad labels, bad indices), never the GPU's
+    (event,) = parse_text("Traceback (most recent call last):\n"
+                          "RuntimeError: CUDA error: device-side assert triggered\n")  # fmt: skip
+    assert event.cause is None and event.message == "the trainer failed"
+
+
 def test_missing_model_file() -> None:
     (error,) = _of(parse_text(_read("kohya_missing_model.txt")), "error")
     assert (

@@ -311,6 +311,27 @@ def nccl_failure(script: str) -> None:
     )
 
 
+def ecc_failure(script: str) -> None:
+    """What a GPU with a double-bit memory error (an Xid 48) looks like from the trainer: torch's
+    CUDA error check (c10/cuda/CUDAException.cpp) raising AcceleratorError in the backward pass,
+    worded as published reports of torch 2.8+ read it."""
+    _fail_in_backward(
+        script,
+        '  File "accelerate/accelerator.py", line 2850, in backward',
+        "    loss.backward(**kwargs)",
+        '  File "torch/autograd/graph.py", line 825, in _engine_run_backward',
+        "    return Variable._execution_engine.run_backward(  # Calls into the C++ engine",
+        "torch.AcceleratorError: CUDA error: uncorrectable ECC error encountered",
+        "Search for `cudaErrorECCUncorrectable' in "
+        "https://docs.nvidia.com/cuda/cuda-runtime-api/group__CUDART__TYPES.html for more "
+        "information.",
+        "CUDA kernel errors might be asynchronously reported at some other API call, so the "
+        "stacktrace below might be incorrect.",
+        "For debugging consider passing CUDA_LAUNCH_BLOCKING=1",
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions.",
+    )
+
+
 def out_of_memory(script: str) -> None:
     """What a CUDA OOM in the training step looks like on stderr; exit status 1."""
     _fail_in_backward(

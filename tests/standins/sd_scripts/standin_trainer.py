@@ -44,7 +44,8 @@ STANDIN_GPU_MEMORY_GB=<n> is the GPU's memory: a run that needs more (sd-scripts
 standin_support.vram_need_gb) runs out of memory at its first step, as the real one does in its
 first backward pass;
 STANDIN_NCCL_ERROR_ON_GPU=<i> fails its first step with an NCCL error when it runs on GPU i
-(CUDA_VISIBLE_DEVICES), as a rank on a broken GPU does;
+(CUDA_VISIBLE_DEVICES), as a rank on a broken GPU does; STANDIN_ECC_ERROR_ON_GPU=<i> fails it
+with torch's CUDA error for an uncorrectable ECC error there instead;
 STANDIN_HANG_AT_STEP=<n> stops before global step n and never prints or exits again (not on a
 resumed run): what a deadlocked collective (an NCCL hang) or a dead filesystem looks like from
 outside, a process that lives on silently;
@@ -70,6 +71,7 @@ from standin_support import (
     RANK,
     WORLD_SIZE,
     check_arguments,
+    ecc_failure,
     flatten,
     load_argument_list,
     log,
@@ -249,6 +251,7 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
     crash_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_CRASH_AT_STEP", "0") or 0)
     memory_gb = float(os.environ.get("STANDIN_GPU_MEMORY_GB", "0") or 0)
     broken_gpu = os.environ.get("STANDIN_NCCL_ERROR_ON_GPU", "")
+    faulty_gpu = os.environ.get("STANDIN_ECC_ERROR_ON_GPU", "")
     visible_gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
     hang_at = 0 if config.get("resume") else int(os.environ.get("STANDIN_HANG_AT_STEP", "0") or 0)
     bar = tqdm(
@@ -272,6 +275,9 @@ def _train(config: dict[str, Any], script: str, plan: dict[str, int], steps_from
             if broken_gpu and broken_gpu in visible_gpus:
                 bar.close()
                 nccl_failure(script)
+            if faulty_gpu and faulty_gpu in visible_gpus:
+                bar.close()
+                ecc_failure(script)
             if RANK == 0 and memory_gb and vram_need_gb(script, config) > memory_gb:
                 bar.close()
                 out_of_memory(script)
