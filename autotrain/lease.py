@@ -129,9 +129,13 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
 # multi-GPU jobs never deadlock. A GPU admits jobs while their count stays within `max_jobs`
 # and their reserved bytes within the GPU's capacity (0: not counted). Reservations expire
 # with the lease if the host dies. With `max_jobs` 1 a reservation is a plain exclusive lock.
+# Where NVML measures the GPU, a new reservation also needs that much memory free right now:
+# other programs on the GPU (a notebook, another user's job) hold memory no reservation shows.
 
 # KEYS: the GPU's hash (job -> "bytes deadline_ms"). ARGV: job, bytes, ttl ms, now ms,
-# max jobs, capacity bytes. Returns 1 when the job holds its reservation (taken or renewed).
+# max jobs, capacity bytes, measured free bytes (-1: unknown). Returns 1 when the job holds its
+# reservation (taken or renewed), 0 when the GPU is full of reservations, -1 when the memory
+# measured free is short.
 _RESERVE = """
 local now, mine = tonumber(ARGV[4]), nil
 local count, used = 0, 0
@@ -146,6 +150,8 @@ if not mine then
   if count >= tonumber(ARGV[5]) then return 0 end
   local capacity = tonumber(ARGV[6])
   if capacity > 0 and used + tonumber(ARGV[2]) > capacity then return 0 end
+  local free = tonumber(ARGV[7])
+  if free >= 0 and tonumber(ARGV[2]) > free then return -1 end
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -160,6 +166,7 @@ class GpuRoom:
     need_bytes: int = 0
     max_jobs: int = 1
     capacity_bytes: dict[int, int] = field(default_factory=dict)  # GPU index -> total memory
+    free_bytes: Callable[[int], int | None] | None = None  # measures a GPU's free memory now
 
 
 def acquire_gpus(
@@ -173,15 +180,15 @@ def acquire_gpus(
     room: GpuRoom | None = None,
 ) -> bool:
     """Reserve every GPU in order, waiting while one is full; False when `should_stop()` says
-    give up. `on_wait(gpu, holders)` names the jobs that fill the GPU it waits for."""
+    give up. `on_wait(gpu, why)` says what the GPU it waits for is full of."""
     room = room or GpuRoom()
     for gpu in sorted(gpus):
-        while not _reserve(client, host, gpu, job_id, lease_seconds, room):
+        while (answer := _reserve(client, host, gpu, job_id, lease_seconds, room)) != 1:
             if should_stop():
                 release_gpus(client, host, gpus, job_id)
                 return False
             if on_wait:
-                on_wait(gpu, ", ".join(gpu_holders(client, host, gpu)) or "?")
+                on_wait(gpu, _why_full(client, host, gpu, room, answer))
             threading.Event().wait(1.0)
             renew_gpus(client, host, [g for g in gpus if g < gpu], job_id, lease_seconds, room)
     return True
@@ -201,10 +208,19 @@ def gpu_holders(client: redis.Redis, host: str, gpu: int) -> list[str]:
 
 
 def _reserve(client: redis.Redis, host: str, gpu: int, job_id: str, lease_seconds: float,
-             room: GpuRoom) -> bool:  # fmt: skip
+             room: GpuRoom) -> int:  # fmt: skip
+    free = room.free_bytes(gpu) if room.free_bytes and room.need_bytes else None
     args = [job_id, room.need_bytes, int(lease_seconds * 1000), int(time.time() * 1000),
-            room.max_jobs, room.capacity_bytes.get(gpu, 0)]  # fmt: skip
-    return bool(client.eval(_RESERVE, 1, keys.gpu_lock(host, gpu), *args))
+            room.max_jobs, room.capacity_bytes.get(gpu, 0), -1 if free is None else free]  # fmt: skip
+    return int(client.eval(_RESERVE, 1, keys.gpu_lock(host, gpu), *args))
+
+
+def _why_full(client: redis.Redis, host: str, gpu: int, room: GpuRoom, answer: int) -> str:
+    if answer == -1 and room.free_bytes:
+        free = room.free_bytes(gpu) or 0
+        return (f"NVML measures {free / 2**30:.1f} GiB free there and the job needs "
+                f"{room.need_bytes / 2**30:.1f} GiB: other processes use the rest")  # fmt: skip
+    return f"held by job {', '.join(gpu_holders(client, host, gpu)) or '?'}"
 
 
 def release_gpus(client: redis.Redis, host: str, gpus: list[int], job_id: str) -> None:

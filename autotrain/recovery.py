@@ -19,14 +19,22 @@ from autotrain.worker import gpu_memory
 if TYPE_CHECKING:
     from autotrain.tasks import PhaseContext
 
-__all__ = ["room_on_these_gpus", "move_off_a_failing_gpu", "step_down_after_oom", "retry_stalled"]
+__all__ = [
+    "room_on_these_gpus",
+    "move_to_free_memory",
+    "move_off_a_failing_gpu",
+    "step_down_after_oom",
+    "retry_stalled",
+]
 
 log = logging.getLogger("autotrain.pipeline")
 
 
 def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | None:
     """What the job reserves on its GPUs; None when this GPU is too small for it, after sending
-    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs).
+    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs). A GPU large
+    enough whose memory other processes hold (NVML measures it) sends the job to a GPU with
+    that much free, or, with none, keeps it waiting here until the memory is free.
 
     A pinned job stays where the user put it: its GPUs' memory still bounds what packs there.
     """
@@ -38,19 +46,27 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
     need = placement.need_bytes(profile, job.variant, settings.vram_margin_gb)
     own = gpu_memory()
     capacities = {g: own[0] for g in gpus} if own else {}
-    room = GpuRoom(need, settings.max_jobs_per_gpu, capacities)
+    room = GpuRoom(need, settings.max_jobs_per_gpu, capacities, free_bytes=_measured_free)
     avoided = bool(gpus) and f"{host}:{gpus[0]}" in job.avoid_gpus
-    if job.spec.gpu_ids or not own or (not avoided and (not need or need <= own[0])):
+    if job.spec.gpu_ids or not own:
         return room
+    short_now = own[1] is not None and need > own[1]  # other processes hold its memory
+    if not avoided and (not need or need <= own[0]) and not short_now:
+        return room
+    here = f"{host}:{gpus[0]}"
     fleet = [g for g in placement.fleet_gpus(ctx.store.redis)
              if f"{g['host']}:{g['gpu']}" not in job.avoid_gpus]  # fmt: skip
     if avoided and not fleet:
         return room  # every GPU failed it once: this one again rather than never
+    if short_now and need <= own[0] and not avoided:
+        moved = move_to_free_memory(ctx, here, need, own[1])  # or wait here until it is free
+        return None if moved else room
     target = placement.best_fit(fleet, need)
     if target is not None:
         queue = gpu_queue_name(target["host"], target["gpu"])
-        why = (f"it failed on GPU {host}:{gpus[0]} before" if avoided else
-               f"{need / placement.GIB:.1f} GiB do not fit this GPU ({own[0] / placement.GIB:.0f} GiB)")  # fmt: skip
+        gib = placement.GIB
+        why = (f"it failed on GPU {here} before" if avoided else
+               f"{need / gib:.1f} GiB do not fit this GPU ({own[0] / gib:.0f} GiB)")  # fmt: skip
         ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
         ctx.hand_on("train", queue=queue)
         return None
@@ -66,6 +82,42 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
         JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
     )
     return None
+
+
+# A job chasing free memory from GPU to GPU stops after this many moves per attempt and waits.
+_MAX_PLACEMENTS = 3
+
+
+def move_to_free_memory(ctx: PhaseContext, here: str, need: int, free_here: int | None) -> bool:
+    """Send a job waiting for memory that other programs hold on GPU `here` to a GPU whose
+    heartbeat measured that much free; False (it goes on waiting) when there is none, or after
+    `_MAX_PLACEMENTS` moves in this attempt."""
+    from autotrain import placement
+    from autotrain.keys import gpu_queue_name
+
+    job = ctx.job
+    roomy = [g for g in placement.fleet_gpus(ctx.store.redis)
+             if f"{g['host']}:{g['gpu']}" not in (here, *job.avoid_gpus)
+             and (g.get("memory_free") or g["memory_total"]) >= need]  # fmt: skip
+    target = placement.best_fit(roomy, need)
+    if target is None or _placements(ctx) >= _MAX_PLACEMENTS:
+        return False
+    queue = gpu_queue_name(target["host"], target["gpu"])
+    measured = f" (NVML: {free_here / placement.GIB:.1f} GiB)" if free_here is not None else ""
+    why = f"{need / placement.GIB:.1f} GiB are not free on GPU {here}{measured}"
+    ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
+    ctx.hand_on("train", queue=queue)
+    return True
+
+
+def _measured_free(gpu: int) -> int | None:
+    measured = gpu_memory(gpu)
+    return measured[1] if measured else None
+
+
+def _placements(ctx: PhaseContext) -> int:
+    return sum(1 for e in ctx.store.history(ctx.job.id)
+               if e.get("event") == "placed" and e.get("attempt") == ctx.job.attempt)  # fmt: skip
 
 
 def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:

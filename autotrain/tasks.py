@@ -210,17 +210,31 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     cancelled = lambda: ctx.lease.lost.is_set() or store.cancel_requested(job.id)  # noqa: E731
     holders: dict[int, str] = {}
 
-    def note_holder(gpu: int, holder: str) -> None:  # for `train list` and the monitors
-        if holders.get(gpu) != holder:
-            holders[gpu] = holder
-            store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, held by job {holder}")
+    def note_holder(gpu: int, why: str) -> None:  # for `train list` and the monitors
+        if holders.get(gpu) != why:
+            holders[gpu] = why
+            store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, {why}")
 
     room = recovery.room_on_these_gpus(ctx, host, gpus)
     if room is None:
         raise Ignore()  # sent to a GPU that fits, or failed saying none does
-    if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, cancelled,
+    moved, looked_at = [], [0.0]
+
+    def give_up() -> bool:
+        """Cancelled, or memory that other programs held here is free on another GPU now."""
+        if cancelled():
+            return True
+        short = [g for g, why in holders.items() if "GiB free there" in why]
+        if short and not job.spec.gpu_ids and time.monotonic() - looked_at[0] > 5:
+            looked_at[0] = time.monotonic()
+            if recovery.move_to_free_memory(ctx, f"{host}:{short[0]}", room.need_bytes,
+                                            room.free_bytes(short[0]) if room.free_bytes else None):  # fmt: skip
+                moved.append(True)
+        return bool(moved)
+
+    if not acquire_gpus(store.redis, host, gpus, job.id, settings.lease_seconds, give_up,
                         on_wait=note_holder, room=room):  # fmt: skip
-        if not ctx.lease.lost.is_set():
+        if not moved and not ctx.lease.lost.is_set():
             ctx.finish(JobState.CANCELLED, error="cancelled by user")
         raise Ignore()
     ctx.lease.extra.append(

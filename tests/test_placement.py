@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import tomli_w
 
 from autotrain.job import JobState
-from tests.conftest import copy_example, wait_for
+from tests.conftest import REPO, copy_example, wait_for
 
 
 def _profile(cluster, name: str, vram_gb: float, steps: int = 60, **profile) -> str:
@@ -79,3 +83,61 @@ def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, 
     spans = sorted((_steps(cluster, n)[0], _steps(cluster, n)[-1]) for n in names)
     assert spans[1][0] < spans[0][1], f"the first two did not train at the same time: {spans}"
     assert spans[2][0] >= min(spans[0][1], spans[1][1]), f"the third did not wait: {spans}"
+
+
+STANDIN_NVML = Path(__file__).parent / "standins" / "nvml"
+
+
+def _nvml(path: Path, used_gib: list[float]) -> None:
+    """The stand-in NVML's view of two 24 GiB GPUs, `used_gib` held by another program."""
+    gpus = [{"name": "NVIDIA GeForce RTX 4090", "uuid": f"GPU-nv-{i}", "total_gib": 24,
+             "used_gib": used, "processes": [{"pid": 4242, "used_gib": used}] if used else []}
+            for i, used in enumerate(used_gib)]  # fmt: skip
+    path.write_text(json.dumps({"driver": "570.86.15", "gpus": gpus}))
+
+
+def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tmp_path):
+    """The real `autotrain worker` discovers its GPUs and measures their free memory through
+    NVML (a stand-in pynvml: no driver here). A 10 GiB job never starts where another program
+    holds 20 of 24 GiB: it goes to a GPU with room, or waits until the memory is free."""
+    nvml = tmp_path / "nvml.json"
+    _nvml(nvml, [20, 0])
+    cluster.env.update(AUTOTRAIN_TINY_STEP_DELAY="0.05", STANDIN_NVML_FILE=str(nvml),
+                       PYTHONPATH=os.pathsep.join([str(STANDIN_NVML), str(REPO)]))  # fmt: skip
+    log = open(cluster.root / "nv1.log", "ab")  # noqa: SIM115
+    cluster.workers.append(subprocess.Popen(
+        [sys.executable, "-m", "autotrain.cli", "worker", "--host", "nv1"], env=cluster.env,
+        cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+
+    def heartbeat(name: str) -> dict:
+        raw = cluster.redis.get(f"autotrain:worker:{name}")
+        return json.loads(raw) if raw else {}
+
+    wait_for(lambda: heartbeat("gpu0@nv1").get("memory_free") and heartbeat("gpu1@nv1"), 60,
+             "both GPU workers to report NVML's memory")  # fmt: skip
+    assert heartbeat("gpu0@nv1")["memory_free"] == 4 << 30
+    assert heartbeat("gpu0@nv1")["gpu_name"] == "NVIDIA GeForce RTX 4090"
+    profile = _profile(cluster, "TinyTen", 10, steps=20)
+    store = cluster.store()
+    sets = tmp_path / "sets"
+    first = [cluster.submit(copy_example(sets, n), profile=profile) for n in ("a", "b")]
+    wait_for(lambda: all(store.get(j).is_final for j in first), 180, "both jobs to end")
+    for job_id in first:
+        job = store.get(job_id)
+        assert job.state == JobState.SUCCEEDED and job.train_worker == "gpu1@nv1", job.error
+
+    _nvml(nvml, [20, 20])  # now both GPUs are held by other programs
+    waiting = cluster.submit(copy_example(sets, "c"), profile=profile)
+    wait_for(lambda: "GiB free there" in (store.get(waiting).waiting_for or ""), 60,
+             "the job to wait for free memory")  # fmt: skip
+    job = store.get(waiting)
+    assert job.state != JobState.TRAINING and "NVML measures 4.0 GiB free" in job.waiting_for
+    listed = cluster.cli("train", "list", check=True).stdout
+    assert "other processes use the rest" in listed
+    _nvml(nvml, [0, 20])
+    wait_for(lambda: store.get(waiting).is_final, 120, "the job to train once memory is free")
+    job = store.get(waiting)
+    assert job.state == JobState.SUCCEEDED and job.train_worker in ("gpu0@nv1", "gpu1@nv1")
+    assert job.train_worker == "gpu0@nv1" or any(
+        e.get("event") == "placed" for e in store.history(waiting)
+    )
