@@ -138,7 +138,7 @@ class _Fleet:
         if not candidates:
             return Forecast(job.id, None, None, None, f"no live worker takes queue {queue!r}")
         ready = self._batch_gate(job, now, batch_limit)
-        need = need_bytes(profile, job.variant, self.settings.vram_margin_gb)
+        need = need_bytes(profile, job.variant, self.settings.vram_margin_gb, _config(job))
         best: tuple[float, str | None, _Slot, pace.Pace] | None = None
         for slot in candidates:
             paced = pace.pace_for(self.paces, profile, slot.model)
@@ -190,3 +190,8 @@ def _waiting_in_order(jobs: list[Job], broker_order: list[str]) -> list[Job]:
 
 def _planned_steps(job: Job) -> int | None:
     return (job.plan or {}).get("total_steps")
+
+
+def _config(job: Job) -> dict | None:
+    """The job's trainer config once configured (its need depends on it)."""
+    return (job.plan or {}).get("config")

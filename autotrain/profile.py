@@ -18,6 +18,8 @@ from autotrain.errors import ConfigError
 __all__ = [
     "Profile",
     "SampleSettings",
+    "Variant",
+    "VramScaling",
     "load_profile",
     "list_profiles",
     "builtin_templates_dir",
@@ -58,6 +60,25 @@ class Variant(BaseModel):
     overrides: dict[str, Any] = Field(description="trainer config keys this variant changes")
 
 
+class VramScaling(BaseModel):
+    """How a profile's VRAM figures move with the knobs that matter. The figures (`vram_gb` of
+    the profile and of each variant) hold at these settings; a config that trains larger images,
+    bigger batches or a higher network rank needs more, a leaner one less."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    resolution: int = Field(ge=16, description="the figures' training resolution (square)")
+    train_batch_size: int = Field(
+        1, ge=1, description="their batch size (a variant may set its own)"
+    )
+    network_dim: int | None = Field(None, ge=1, description="their LoRA rank")
+    per_sample_gb: float = Field(
+        0.0, ge=0, description="activations of one sample at `resolution`; scale with its pixels"
+    )
+    per_dim_gb: float = Field(0.0, ge=0, description="weights, gradients and optimizer per rank")
+    source: str = Field("", description="where the coefficients come from")
+
+
 class Profile(BaseModel):
     """What autotrain needs to know about a profile besides the trainer template itself."""
 
@@ -90,6 +111,7 @@ class Profile(BaseModel):
     ladder: list[Variant] = Field(
         default_factory=list, description="leaner variants, tried in order after an out-of-memory"
     )
+    vram_scaling: VramScaling | None = None
 
     def variant(self, index: int) -> Variant | None:
         """The `index`-th leaner variant of the ladder (1-based); None for 0, the profile as is."""

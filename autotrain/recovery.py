@@ -43,7 +43,9 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
 
     job, settings = ctx.job, ctx.settings
     profile = phases.profile_for(job.spec, settings)
-    need = placement.need_bytes(profile, job.variant, settings.vram_margin_gb)
+    need = placement.need_bytes(
+        profile, job.variant, settings.vram_margin_gb, (job.plan or {}).get("config")
+    )
     own = gpu_memory()
     capacities = {g: own[0] for g in gpus} if own else {}
     room = GpuRoom(need, settings.max_jobs_per_gpu, capacities, free_bytes=_measured_free)

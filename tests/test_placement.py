@@ -141,3 +141,34 @@ def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tm
     assert job.train_worker == "gpu0@nv1" or any(
         e.get("event") == "placed" for e in store.history(waiting)
     )
+
+
+def test_the_need_follows_resolution_batch_and_rank_of_a_profile_made_from_fluxlora(tmp_path):
+    """A user's copy of FluxLORA training 768 px at batch 2 and rank 32: the built-in figures
+    move by the profile's vram_scaling; the built-in settings keep the published figures."""
+    from autotrain.placement import describe_needs, need_gb
+    from autotrain.profile import builtin_templates_dir, load_profile
+
+    builtin = load_profile("FluxLORA")
+    assert need_gb(builtin, 0) == 24 and [need_gb(builtin, i) for i in (1, 2, 3, 4)] == [
+        16,
+        12,
+        10,
+        8,
+    ]
+    copy = tmp_path / "templates" / "MyFlux"
+    shutil.copytree(builtin_templates_dir() / "FluxLORA", copy)
+    descriptor = tomllib.loads((copy / "profile.toml").read_text())
+    descriptor["resolution"] = 768
+    (copy / "profile.toml").write_text(tomli_w.dumps(descriptor))
+    base = tomllib.loads((copy / "base.toml").read_text())
+    base.update(train_batch_size=2, network_dim=32)
+    (copy / "base.toml").write_text(tomli_w.dumps(base))
+    mine = load_profile("MyFlux", tmp_path / "templates")
+    # 24 + 4 GiB x (2 x 0.5625 - 1) + 0.016 x 16 = 24.756
+    assert need_gb(mine, 0) == 24.76
+    # the variants set batch 1: their figures only move with the pixels and the rank
+    assert need_gb(mine, 1) == round(16 + 4 * (0.5625 - 1) + 0.016 * 16, 2)
+    lines = describe_needs(mine, current=1)
+    assert lines[0].startswith("as is: about 24.76 GiB") and lines[1].endswith("<- now")
+    assert "docs/flux_train_network.md:287" in lines[1]

@@ -130,6 +130,8 @@ def show_cmd(ctx, job_id, as_json) -> None:
             table.add_row(f"[bold]{field}[/]", str(value))
     if expected is not None:
         table.add_row("[bold]forecast[/]", _forecast_text(expected))
+    if needs := _needs(job, settings):
+        table.add_row("[bold]GPU memory[/]", "\n".join(needs))
     console.print(table)
     history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
     for entry in record["history"]:
@@ -137,6 +139,19 @@ def show_cmd(ctx, job_id, as_json) -> None:
         history.add_row(entry["at"], str(entry.get("attempt", "")), entry.get("event", ""),
                         entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
     console.print(history)
+
+
+def _needs(job, settings) -> list[str]:
+    """The job's memory estimate and its profile's ladder (none when the profile is gone)."""
+    from autotrain.errors import AutotrainError
+    from autotrain.phases import profile_for
+    from autotrain.placement import describe_needs
+
+    try:
+        profile = profile_for(job.spec, settings)
+    except AutotrainError:
+        return []
+    return describe_needs(profile, (job.plan or {}).get("config"), job.variant)
 
 
 def _forecast_text(expected) -> str:

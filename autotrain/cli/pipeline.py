@@ -305,6 +305,7 @@ def print_prepared(result: PrepareResult) -> None:
     """The validation table, staging decision, files and trainer command of phases 1-3."""
     import tomli_w
 
+    from autotrain.placement import describe_needs
     from autotrain.validate import report_table
 
     console.print(report_table(result.report))
@@ -333,11 +334,10 @@ def print_prepared(result: PrepareResult) -> None:
     console.print(shlex.join(result.command), soft_wrap=True, markup=False)
     console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
     profile = result.profile
-    if profile is not None and (profile.vram_gb or profile.ladder):
-        console.print(f"[bold]GPU memory:[/] about {profile.vram_gb:g} GB (profile {profile.name})")
-        for index, variant in enumerate(profile.ladder, start=1):
-            console.print(f"  if out of memory, {index}: {variant.name} (about "
-                          f"{variant.vram_gb:g} GB; {variant.source})", soft_wrap=True)  # fmt: skip
+    if profile is not None and (needs := describe_needs(profile, plan.config)):
+        console.print("[bold]GPU memory:[/]")
+        for line in needs:
+            console.print(f"  {line}", soft_wrap=True, markup=False)
 
 
 def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = False) -> None:
