@@ -17,7 +17,7 @@
 | autotrain:dispatch                   | zset   | -              | job -> deadline to confirm a sent message |
 | autotrain:workers                    | zset   | -              | worker name -> last heartbeat   |
 | autotrain:worker:<name>              | string | 3 heartbeats   | the worker's description        |
-| autotrain:worker:<name>:job          | string | a lease        | the job a worker trains         |
+| autotrain:worker:<name>:jobs         | zset   | a lease        | the jobs a worker trains -> until |
 | autotrain:queues                     | set    | -              | broker queues workers consume   |
 | autotrain:gpu:<host>:<index>         | hash   | a lease        | jobs' memory reservations on a GPU |
 | autotrain:gpu:<host>:<index>:failures | string | a day         | NCCL/hardware failures seen there |
@@ -53,7 +53,7 @@ __all__ = [
     "DISPATCH",
     "WORKERS",
     "worker",
-    "worker_job",
+    "worker_jobs",
     "QUEUES",
     "gpu_lock",
     "gpu_failures",
@@ -131,8 +131,9 @@ def worker(worker_name: str) -> str:
     return f"{PREFIX}worker:{worker_name}"
 
 
-def worker_job(worker_name: str) -> str:
-    return f"{PREFIX}worker:{worker_name}:job"
+def worker_jobs(worker_name: str) -> str:
+    """The jobs a worker trains (several when packed), each scored by when its mark expires."""
+    return f"{PREFIX}worker:{worker_name}:jobs"
 
 
 def gpu_lock(host: str, gpu: int) -> str:

@@ -16,19 +16,22 @@ __all__ = ["live_workers"]
 
 
 def live_workers(client: redis.Redis, within: float = 90.0) -> list[dict]:
-    """Workers that announced themselves in the last `within` seconds, with their busy job."""
-    names = client.zrangebyscore(keys.WORKERS, time.time() - within, "+inf")
+    """Workers that announced themselves in the last `within` seconds, with the jobs they train
+    (`jobs`; `job` names them in one string, None when idle)."""
+    now = time.time()
+    names = client.zrangebyscore(keys.WORKERS, now - within, "+inf")
     if not names:
         return []
     pipe = client.pipeline(transaction=False)
     for name in names:
         pipe.get(keys.worker(name))
-        pipe.get(keys.worker_job(name))
+        pipe.zrangebyscore(keys.worker_jobs(name), now, "+inf")
     replies = pipe.execute()
     workers = []
     for raw, busy in zip(replies[::2], replies[1::2], strict=True):
         if raw:
             info = json.loads(raw)
-            info["job"] = busy
+            info["jobs"] = sorted(busy)
+            info["job"] = ", ".join(info["jobs"]) or None
             workers.append(info)
     return sorted(workers, key=lambda w: w["name"])

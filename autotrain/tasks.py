@@ -242,10 +242,15 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     )
     gpu_label = ",".join(map(str, gpus)) or "cpu"
     first_started = job.training_started_at or time.time()
-    busy_key = keys.worker_job(worker)  # read by `autotrain status`
+    busy_key = keys.worker_jobs(worker)  # read by `autotrain status`
 
     def mark_busy() -> None:
-        store.redis.set(busy_key, job.id, ex=int(settings.lease_seconds))
+        now = time.time()
+        pipe = store.redis.pipeline(transaction=False)
+        pipe.zadd(busy_key, {job.id: now + settings.lease_seconds})
+        pipe.zremrangebyscore(busy_key, "-inf", now)  # a packed neighbour that died unmarked
+        pipe.expire(busy_key, int(settings.lease_seconds) + 1)
+        pipe.execute()
 
     try:
         attempt_started = time.time()
@@ -258,7 +263,7 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     finally:
         until_redis_back(lambda: release_gpus(store.redis, host, gpus, job.id), ctx.outage,
                          "releasing GPUs")  # fmt: skip
-        until_redis_back(lambda: store.redis.delete(busy_key), ctx.outage, "marking idle")
+        until_redis_back(lambda: store.redis.zrem(busy_key, job.id), ctx.outage, "marking idle")
     if ctx.lease.lost.is_set():
         raise Ignore()  # re-queued meanwhile: the job belongs to its new attempt
     if run.cancelled:

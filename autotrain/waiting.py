@@ -56,7 +56,11 @@ def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -
         takers = [w for w in workers if queue in w.get("queues", [])]
         if queue and not takers:
             return f"no live worker takes queue {queue!r}: start `autotrain worker` where it runs"
-        if queue and queue.startswith("gpu") and all(w.get("job") for w in takers):
+        if (
+            queue
+            and queue.startswith("gpu")
+            and all(len(w.get("jobs") or []) >= (w.get("slots") or 1) for w in takers)
+        ):
             busy = ", ".join(f"{w['name']} (job {w['job']})" for w in takers)
             return f"queued on {queue!r}; every worker that takes it is busy: {busy}"
         return None

@@ -78,6 +78,14 @@ def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, 
     names = ["one", "two", "three"]
     ids = [cluster.submit(copy_example(tmp_path, n), profile=half) for n in names]
     store = cluster.store()
+
+    def two_on_gpu0() -> str | None:
+        status = json.loads(cluster.cli("status", "--json", check=True).stdout)
+        gpu0 = next(w for w in status["workers"] if w["name"] == "gpu0@g2")
+        return gpu0["job"] if gpu0["job"] and gpu0["job"].count(",") == 1 else None
+
+    packed = wait_for(two_on_gpu0, 120, "`status` to show two jobs training on gpu0@g2")
+    assert set(packed.split(", ")) < set(ids)
     wait_for(lambda: all(store.get(i).is_final for i in ids), 180, "the three jobs to train")
     assert all(store.get(i).state == JobState.SUCCEEDED for i in ids)
     spans = sorted((_steps(cluster, n)[0], _steps(cluster, n)[-1]) for n in names)
