@@ -102,6 +102,7 @@ class _Fleet:
     settings: Settings
     slots: dict[str, _Slot] = field(default_factory=dict)
     batches: dict[str, list[float]] = field(default_factory=dict)  # batch id -> its jobs' ends
+    live: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.slots = {w["name"]: _Slot(w, self.settings) for w in self.workers}
@@ -112,11 +113,14 @@ class _Fleet:
         profile = phases.profile_for(job.spec, self.settings)
         paced = pace.pace_for(self.paces, profile, model)
         per_step = 1 / job.rate if job.rate else paced.seconds_per_step
+        began = job.attempt_started_at or job.training_started_at or now
+        if job.rate and job.step:  # a pace for jobs not measured yet: seconds per step, startup
+            startup = max(0.0, now - began - job.step * per_step)
+            self.live.setdefault((profile.name, model), []).append((per_step, startup))
         total = job.total or _planned_steps(job) or 0
         left = max(0, total - job.step)
         seconds = left * per_step + paced.tail_seconds
         if not job.step:  # still loading: what is left of its startup
-            began = job.attempt_started_at or job.training_started_at or now
             seconds += max(0.0, paced.startup_seconds - (now - began))
         end = now + seconds
         self._book(slot, job, now, end)
@@ -141,7 +145,7 @@ class _Fleet:
         need = need_bytes(profile, job.variant, self.settings.vram_margin_gb, _config(job))
         best: tuple[float, str | None, _Slot, pace.Pace] | None = None
         for slot in candidates:
-            paced = pace.pace_for(self.paces, profile, slot.model)
+            paced = pace.pace_for(self.paces, profile, slot.model, self.live)
             steps = max(0, (job.total or _planned_steps(job) or paced.typical_steps) - job.step)
             start, freed_by = slot.earliest(ready, paced.seconds(steps), need)
             if best is None or start < best[0]:

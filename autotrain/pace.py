@@ -99,11 +99,18 @@ def read_paces(client: redis.Redis) -> dict[tuple[str, str], dict]:
     return paces
 
 
-def pace_for(paces: dict[tuple[str, str], dict], profile: Profile, model: str) -> Pace:
-    """The pace of `profile` on `model`: measured there, else the mean over the other models it
-    ran on, else the profile's defaults."""
+def pace_for(paces: dict[tuple[str, str], dict], profile: Profile, model: str,
+             live: dict[tuple[str, str], list[tuple[float, float]]] | None = None) -> Pace:  # fmt: skip
+    """The pace of `profile` on `model`: measured there; else the live rate of its jobs training
+    there now (`live`: (seconds per step, startup) of each); else the mean over the other models
+    it ran on; else the profile's defaults."""
     if (measured := paces.get((profile.name, model))) is not None:
         return _pace(measured, f"measured on {model} over {measured['runs']} run(s)")
+    if observed := (live or {}).get((profile.name, model)):
+        per_step = sum(o[0] for o in observed) / len(observed)
+        startup = max(o[1] for o in observed)
+        return Pace(per_step, startup, 0.0, 0,
+                    f"the live rate of {len(observed)} job(s) training on {model} now")  # fmt: skip
     elsewhere = [p for (name, _), p in paces.items() if name == profile.name]
     if elsewhere:
         mean = {k: sum(p.get(k, 0) for p in elsewhere) / len(elsewhere)
