@@ -52,9 +52,12 @@ def test_a_waiting_job_says_why_and_how_to_fix_it():
     assert "autotrain worker" in why_waiting(queued, [])
     prep_only = [{"name": "prep@a", "queues": ["prep.ongoing", "prep"], "job": None}]
     assert "no live worker takes queue 'gpu'" in why_waiting(queued, prep_only)
-    busy = [{"name": "gpu0@a", "queues": ["gpu.a.0", "gpu"], "job": "20261202-000000-aaaaaa"}]
+    busy = [{"name": "gpu0@a", "queues": ["gpu.a.0", "gpu"], "job": "20261202-000000-aaaaaa",
+             "jobs": ["20261202-000000-aaaaaa"]}]  # as registry.live_workers reads them
     assert "busy: gpu0@a (job 20261202-000000-aaaaaa)" in why_waiting(queued, busy)
-    assert why_waiting(queued, [{**busy[0], "job": None}]) is None, "an idle worker will take it"
+    assert why_waiting(queued, [{**busy[0], "job": None, "jobs": []}]) is None, "an idle worker"
+    packed = [{**busy[0], "slots": 2}]
+    assert why_waiting(queued, packed) is None, "a worker with a free slot will take it"
     parked = job("dog", JobState.WAITING_GPU, owner="parked")
     assert "slot of its batch (--max-concurrent 2)" in why_waiting(parked, busy, batch_limit=2)
     held = job("owl", JobState.WAITING_GPU, owner="worker:gpu1@a/x", waiting_for="waits for GPU 1")
