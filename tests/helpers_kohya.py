@@ -34,13 +34,18 @@ class Report:
         self.images = [None] * sum(s.image_count for s in subsets)
 
 
+def write_placeholder_weights(path: Path) -> None:
+    """A valid, empty safetensors file: the stand-in reads checkpoint headers as sd-scripts does."""
+    path.write_bytes(len(b"{}  ").to_bytes(8, "little") + b"{}  ")
+
+
 def kohya_settings(tmp_path):
     """Settings of a workspace in `tmp_path` with the stand-in and placeholder model files."""
     models = tmp_path / "models"
     models.mkdir()
     paths = {name: models / f"{name}.safetensors" for name in MODEL_FIELDS}
     for path in paths.values():
-        path.write_bytes(b"weights")
+        write_placeholder_weights(path)
     return load_settings(
         tmp_path / "ws", sd_scripts_dir=STANDIN, sd_scripts_python=sys.executable, **paths
     )

@@ -24,6 +24,7 @@ from autotrain.job import JobState
 from autotrain.profile import builtin_templates_dir
 from autotrain.progress import parse_text
 from tests.conftest import copy_example, pids_of, wait_for
+from tests.helpers_kohya import write_placeholder_weights
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +38,7 @@ def kohya(cluster):
     models.mkdir()
     for name in ("flux_model", "clip_l", "t5xxl", "ae"):
         path = models / f"{name}.safetensors"
-        path.write_bytes(b"stand-in weights")
+        write_placeholder_weights(path)
         cluster.env[f"AUTOTRAIN_{name.upper()}"] = str(path)
     cluster.env["AUTOTRAIN_SD_SCRIPTS_DIR"] = str(STANDIN)
     cluster.env["AUTOTRAIN_SD_SCRIPTS_PYTHON"] = sys.executable
@@ -149,6 +150,27 @@ def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     assert "torch.OutOfMemoryError: CUDA out of memory" in job.error  # the trainer's line, quoted
     listing = kohya.cli("train", "list", "--json", check=True)
     assert json.loads(listing.stdout)[0]["state"] == "failed"
+
+
+def test_a_bad_model_file_fails_at_once_quoting_the_trainer_and_is_not_retried(kohya, tmp_path):
+    """The Flux checkpoint is a Git LFS pointer, not weights: sd-scripts (here its stand-in)
+    fails reading its header. Bad data fails the same way on every GPU, so no attempt follows."""
+    flux = kohya.root / "models" / "flux_model.safetensors"
+    flux.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:4f1c\nsize 23802932552\n"
+    )
+    kohya.start_gpu_host("g3", [24, 24])
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to fail")
+    job = store.get(job_id)
+    assert job.state == JobState.FAILED and job.attempt == 1, job.error
+    assert "Error while deserializing header: HeaderTooLarge" in job.error
+    assert "Git LFS" in job.error  # the hint: download it again
+    events = [e["event"] for e in store.history(job_id)]
+    assert "gpu failure" not in events and "out of memory" not in events
+    status = json.loads(kohya.cli("status", "--json", check=True).stdout)
+    assert all(not w.get("gpu_failures") for w in status["workers"]), "a GPU was blamed"
 
 
 def test_the_documented_script_integration_runs_as_written(kohya, tmp_path):

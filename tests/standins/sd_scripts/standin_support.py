@@ -311,6 +311,61 @@ def nccl_failure(script: str) -> None:
     )
 
 
+# Where each script reads the Flux checkpoint's safetensors header first (sd-scripts 48d368fa).
+_LOAD_FRAMES = {
+    "flux_train_network": (
+        ("flux_train_network.py", 547, "<module>", "trainer.train(args)"),
+        ("train_network.py", 602, "train",
+         "model_version, text_encoder, vae, unet = self.load_target_model(args, weight_dtype, accelerator)"),
+        ("flux_train_network.py", 106, "load_target_model", "_, model = flux_utils.load_flow_model("),
+    ),
+    "flux_train": (
+        ("flux_train.py", 851, "<module>", "train(args)"),
+        ("flux_train.py", 273, "train", "_, flux = flux_utils.load_flow_model("),
+    ),
+}  # fmt: skip
+
+
+def check_checkpoint_header(script: str, path: str) -> None:
+    """The Flux scripts open the checkpoint with safetensors' `safe_open` before anything else
+    (library/flux_utils.py:103 -> analyze_checkpoint_state, :55); a file that is no safetensors
+    (a Git LFS pointer, a cut-off download) fails there with the safetensors error, whose kinds
+    follow the format: an 8-byte little-endian header length, then that much JSON."""
+    if script not in _LOAD_FRAMES:
+        return  # sdxl_train.py loads through other code, not imitated here
+    data = Path(path).read_bytes()
+    problem = None
+    if len(data) < 8:
+        problem = "HeaderTooSmall"
+    else:
+        length = int.from_bytes(data[:8], "little")
+        if length > 100_000_000:
+            problem = "HeaderTooLarge"
+        elif 8 + length > len(data):
+            problem = "InvalidHeaderLength"
+        else:
+            try:
+                json.loads(data[8 : 8 + length])
+            except ValueError:
+                problem = "InvalidHeaderDeserialization"
+    if problem is None:
+        return
+    lines = ["Traceback (most recent call last):"]
+    frames = (*_LOAD_FRAMES[script],
+              ("library/flux_utils.py", 103, "load_flow_model",
+               "is_diffusers, is_schnell, (num_double_blocks, num_single_blocks), ckpt_paths = "
+               "analyze_checkpoint_state(ckpt_path)"),
+              ("library/flux_utils.py", 55, "analyze_checkpoint_state",
+               'with safe_open(ckpt_path, framework="pt") as f:'))  # fmt: skip
+    for file, line, function, code in frames:
+        lines += [f'  File "{file}", line {line}, in {function}', f"    {code}"]
+    lines.append(f"safetensors_rust.SafetensorError: Error while deserializing header: {problem}")
+    sys.stdout.flush()
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def ecc_failure(script: str) -> None:
     """What a GPU with a double-bit memory error (an Xid 48) looks like from the trainer: torch's
     CUDA error check (c10/cuda/CUDAException.cpp) raising AcceleratorError in the backward pass,

@@ -71,6 +71,7 @@ from standin_support import (
     RANK,
     WORLD_SIZE,
     check_arguments,
+    check_checkpoint_header,
     ecc_failure,
     flatten,
     load_argument_list,
@@ -119,6 +120,7 @@ def main(script: str) -> int:
             "あるフォルダではなく、画像があるフォルダの親フォルダを指定する必要があります）"
         )
         return 0
+    check_checkpoint_header(script, config["pretrained_model_name_or_path"])
     _load_models_silently()
     plan = _schedule(config, images)
     steps_from_state = _load_state(config.get("resume"), network)
