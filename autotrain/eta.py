@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from autotrain import keys, pace, phases
 from autotrain.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.profile import Profile
 from autotrain.settings import Settings
 
 __all__ = ["Forecast", "forecast"]
@@ -72,17 +73,28 @@ class _Slot:
         self.memory: int | None = info.get("memory_total")
         self.margin_gb = settings.vram_margin_gb
         self.runs: list[tuple[float, float, int, str]] = []  # start, end, bytes, job id
+        self.floor = 0.0  # the start of the last job booked here
 
     def earliest(self, ready: float, seconds: float, need: int) -> tuple[float, str | None]:
         """The first time from `ready` at which a job of `need` bytes fits here for `seconds`,
-        and the job whose end makes room (None when it fits at once)."""
+        and the job whose end makes room (None when it fits at once).
+
+        A worker starts the jobs it takes in order, so none starts before the last one booked
+        here; runs that ended by then no longer matter and are dropped, which keeps a replay of
+        a thousand jobs linear."""
         if self.memory and need > self.memory:
             return math.inf, None
-        ends = sorted((end, job) for _, end, _, job in self.runs if end > ready)
+        ready = max(ready, self.floor)
+        self.runs = [run for run in self.runs if run[1] > ready]
+        ends = sorted((end, job) for _, end, _, job in self.runs)
         for start, freed_by in [(ready, None), *ends]:
             if self._fits(start, start + seconds, need):
                 return start, freed_by
         return math.inf, None
+
+    def book(self, start: float, end: float, need: int, job_id: str) -> None:
+        self.runs.append((start, end, need, job_id))
+        self.floor = max(self.floor, start)
 
     def _fits(self, start: float, end: float, need: int) -> bool:
         moments = [start] + [s for s, _, _, _ in self.runs if start < s < end]
@@ -103,6 +115,9 @@ class _Fleet:
     slots: dict[str, _Slot] = field(default_factory=dict)
     batches: dict[str, list[float]] = field(default_factory=dict)  # batch id -> its jobs' ends
     live: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    needs: dict[tuple[str, int], int] = field(default_factory=dict)
+    chosen_paces: dict[tuple[str, str], pace.Pace] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.slots = {w["name"]: _Slot(w, self.settings) for w in self.workers}
@@ -110,7 +125,7 @@ class _Fleet:
     def running(self, job: Job, now: float) -> Forecast:
         slot = self.slots.get(job.train_worker or "")
         model = slot.model if slot else "cpu" if job.gpu == "cpu" else "GPU"
-        profile = phases.profile_for(job.spec, self.settings)
+        profile = self._profile(job)
         paced = pace.pace_for(self.paces, profile, model)
         per_step = 1 / job.rate if job.rate else paced.seconds_per_step
         began = job.attempt_started_at or job.training_started_at or now
@@ -130,10 +145,9 @@ class _Fleet:
                         f"+ {paced.tail_seconds:.0f} s to save")  # fmt: skip
 
     def place(self, job: Job, now: float, batch_limit: int | None) -> Forecast:
-        from autotrain.placement import need_bytes
         from autotrain.queue import training_queue
 
-        profile = phases.profile_for(job.spec, self.settings)
+        profile = self._profile(job)
         queue = training_queue(job.spec)
         candidates = [s for s in self.slots.values() if queue in s.queues
                       and f"{s.host}:{s.gpu}" not in job.avoid_gpus]  # fmt: skip
@@ -142,10 +156,10 @@ class _Fleet:
         if not candidates:
             return Forecast(job.id, None, None, None, f"no live worker takes queue {queue!r}")
         ready = self._batch_gate(job, now, batch_limit)
-        need = need_bytes(profile, job.variant, self.settings.vram_margin_gb, _config(job))
+        need = self._need(job, profile)
         best: tuple[float, str | None, _Slot, pace.Pace] | None = None
         for slot in candidates:
-            paced = pace.pace_for(self.paces, profile, slot.model, self.live)
+            paced = self._pace(profile, slot.model)
             steps = max(0, (job.total or _planned_steps(job) or paced.typical_steps) - job.step)
             start, freed_by = slot.earliest(ready, paced.seconds(steps), need)
             if best is None or start < best[0]:
@@ -162,9 +176,33 @@ class _Fleet:
                         f"on {slot.name} {after}; {steps} steps x {paced.seconds_per_step:.2f} "
                         f"s/step + {paced.startup_seconds:.0f} s startup ({paced.source})")  # fmt: skip
 
+    def _profile(self, job: Job) -> Profile:
+        """Profiles are files: read each once per forecast, not once per job."""
+        if job.spec.profile not in self.profiles:
+            self.profiles[job.spec.profile] = phases.profile_for(job.spec, self.settings)
+        return self.profiles[job.spec.profile]
+
+    def _pace(self, profile: Profile, model: str) -> pace.Pace:
+        """Once the running jobs are replayed, a profile's pace on a model no longer changes."""
+        key = (profile.name, model)
+        if key not in self.chosen_paces:
+            self.chosen_paces[key] = pace.pace_for(self.paces, profile, model, self.live)
+        return self.chosen_paces[key]
+
+    def _need(self, job: Job, profile: Profile) -> int:
+        from autotrain.placement import need_bytes
+
+        margin, config = self.settings.vram_margin_gb, _config(job)
+        if config is not None:
+            return need_bytes(profile, job.variant, margin, config)
+        key = (profile.name, job.variant)  # from the template: the same for all its jobs
+        if key not in self.needs:
+            self.needs[key] = need_bytes(profile, job.variant, margin)
+        return self.needs[key]
+
     def _book(self, slot: _Slot | None, job: Job, start: float, end: float, need: int = 0) -> None:
         if slot is not None:
-            slot.runs.append((start, end, need, job.id))
+            slot.book(start, end, need, job.id)
         if job.spec.batch_id:
             self.batches.setdefault(job.spec.batch_id, []).append(end)
 

@@ -15,6 +15,13 @@ first jobs train at a live rate, autotrain.eta.forecast() is read once, and the 
 end. It prints, for the jobs that had not started when the forecast was made, predicted and
 actual start times, and the mean and worst absolute error as a fraction of the batch's makespan
 (first training start to last training end), for all of them and for the last half.
+
+    python bench/eta.py --replay-jobs 1000 --replay-gpus 64
+
+The cost of one forecast at scale instead (what every `train list` pays): that many waiting
+jobs, queued through the job store and the broker lists as submit leaves them, on that many live
+GPU workers' heartbeats (no processes: only the records the forecast reads). It prints the
+forecast's time against reading the same jobs' records (`JobStore.list`), in one process.
 """
 
 from __future__ import annotations
@@ -46,10 +53,16 @@ def main() -> None:
     parser.add_argument("--startup", type=float, default=2.0)
     parser.add_argument("--save", type=float, default=0.5)
     parser.add_argument("--cold", action="store_true", help="no warm-up: default pace")
+    parser.add_argument("--replay-jobs", type=int, help="measure a forecast's cost instead")
+    parser.add_argument("--replay-gpus", type=int, default=64)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="autotrain-eta-"))
     redis_proc, url = scale._start_redis(root)
     try:
+        if args.replay_jobs:
+            scale._workspace(root, url, argparse.Namespace(lease=10.0, trainer_seconds=0))
+            replay_cost(url, args.replay_jobs, args.replay_gpus)
+            return
         env = scale._workspace(root, url, argparse.Namespace(lease=10.0, trainer_seconds=0))
         env.update(SCALE_SECONDS_PER_STEP=str(args.seconds_per_step), SCALE_JITTER=str(args.jitter),
                    SCALE_STARTUP_SECONDS=str(args.startup), SCALE_SAVE_SECONDS=str(args.save),
@@ -115,6 +128,55 @@ def run(root: Path, env: dict[str, str], args) -> None:
     finally:
         scale._stop_fleet([host])
     _report(jobs, predicted, made_at, args)
+
+
+def replay_cost(url: str, jobs: int, gpus: int) -> None:
+    import json
+
+    import redis
+
+    from autotrain import keys
+    from autotrain.eta import forecast
+    from autotrain.job import JobStore
+    from autotrain.settings import load_settings
+    from autotrain.spec import JobSpec
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    store, settings = JobStore(client), load_settings()
+    now = time.time()
+    for g in range(gpus):  # heartbeats as autotrain.heartbeat writes them
+        name = f"gpu{g % 8}@h{g // 8}"
+        info = {"name": name, "host": f"h{g // 8}", "gpu": str(g % 8), "gpu_name": "NVIDIA H100",
+                "slots": 1, "memory_total": 80 << 30, "memory_free": 80 << 30,
+                "queues": [keys.gpu_queue_name(f"h{g // 8}", g % 8), keys.GPU_QUEUE]}  # fmt: skip
+        client.set(keys.worker(name), json.dumps(info))
+        client.zadd(keys.WORKERS, {name: now})
+    for i in range(jobs):
+        spec = JobSpec(dataset_path=Path(f"/data/set{i}"), name=f"set{i:05d}", profile="Scale")
+        task = f"task-{i:05d}"
+        store.create(spec, state="waiting_gpu", owner=f"queue:{task}", phase="train",
+                     next_task={"name": "train", "id": task, "queue": keys.GPU_QUEUE},
+                     plan={"total_steps": 200 + i % 300}, total=200 + i % 300)  # fmt: skip
+        message = {"headers": {"id": task}, "properties": {"priority": 1}}
+        client.lpush(keys.broker_lists(keys.GPU_QUEUE)[1], json.dumps(message))
+    rounds = {"JobStore.list (the records)": [], "forecast": []}
+    for _ in range(5):
+        t0 = time.perf_counter()
+        store.list(states={JobState.WAITING_GPU})
+        rounds["JobStore.list (the records)"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        predicted = forecast(store, settings)
+        rounds["forecast"].append(time.perf_counter() - t0)
+    last = max(f.starts_at for f in predicted.values())
+    print(
+        f"{jobs} waiting jobs on {gpus} GPU workers; the last starts in {(last - now) / 3600:.1f} h"
+    )
+    for label, times in rounds.items():
+        print(f"  {label}: median {statistics.median(times) * 1000:.0f} ms")
+    ratio = statistics.median(rounds["forecast"]) / statistics.median(
+        rounds["JobStore.list (the records)"]
+    )
+    print(f"  forecast / reading the records: {ratio:.1f}x")
 
 
 def _forecast_once_training(store, settings, batch_id: str, gpus: int, forecast):

@@ -16,14 +16,17 @@ GIB = 1 << 30
 def test_a_job_waits_for_room_on_a_gpu_slot_by_count_and_by_memory():
     settings = Settings(workspace=".", vram_margin_gb=0)
     gpu = _Slot({"name": "gpu0@h", "gpu": "0", "slots": 2, "memory_total": 24 * GIB}, settings)
-    gpu.runs = [(0, 100, 16 * GIB, "big"), (0, 50, 4 * GIB, "small")]
+    gpu.book(0, 100, 16 * GIB, "big")
+    gpu.book(0, 50, 4 * GIB, "small")
     # two slots, both busy: the first end makes room
     assert gpu.earliest(10, 30, 2 * GIB) == (50, "small")
     # 10 GiB fits beside the big job only; it must wait for the big one, though a slot frees at 50
     assert gpu.earliest(10, 30, 10 * GIB) == (100, "big")
-    # a job that would overlap a later-booked start must not squeeze in before it
-    gpu.runs.append((60, 200, 20 * GIB, "later"))
-    assert gpu.earliest(50, 30, 8 * GIB) == (200, "later")
+    # a worker starts what it takes in order: nothing starts before the last job booked
+    gpu.book(60, 200, 4 * GIB, "later")
+    # "small" ended at 50, but "later" started at 60: at 60 both slots are full, until 100
+    assert gpu.earliest(10, 30, 2 * GIB) == (100, "big")
+    assert gpu.earliest(10, 30, 21 * GIB) == (200, "later"), "4 + 21 GiB do not fit in 24"
     # larger than the GPU: never
     assert gpu.earliest(0, 1, 30 * GIB)[0] == float("inf")
 
