@@ -89,6 +89,15 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         None, description="Flower basic-auth password; unset = no auth (loopback only)"
     )
+    dashboard_address: str = Field(
+        "127.0.0.1", description="Dashboard listen address (beyond loopback needs a credential)"
+    )
+    dashboard_port: int = Field(8642, description="Dashboard port")
+    dashboard_token: SecretStr | None = Field(
+        None,
+        description="Dashboard access token (`?token=`, then a cookie); the Flower password "
+        "(basic auth) works too",
+    )
 
     @field_validator("notify_urls", mode="before")
     @classmethod
