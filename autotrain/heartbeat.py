@@ -95,12 +95,13 @@ def _warm_imports() -> None:
 
 
 def _announce(client: redis.Redis, name: str, info: dict, interval: float) -> None:
-    from autotrain.worker import gpu_memory
+    from autotrain.worker import gpu_health, gpu_memory
 
     now = time.time()
     memory = gpu_memory() if info.get("gpu") else None
     if memory:  # measured at every beat: placement reads it (autotrain.placement)
         info["memory_total"], info["memory_free"] = memory
+        info.update(gpu_health(int(info["gpu"])))  # the dashboard's fleet page shows it
     pipe = client.pipeline(transaction=False)
     pipe.set(keys.worker(name), json.dumps(info), ex=int(interval * 3) + 1)
     pipe.zadd(keys.WORKERS, {name: now})

@@ -129,6 +129,26 @@ def gpu_memory(index: int | None = None) -> tuple[int, int | None] | None:
         return (int(total), None) if total else None
 
 
+def gpu_health(index: int) -> dict[str, float]:
+    """Utilisation (%) and temperature (°C) of GPU `index` as NVML reports them; {} without."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            return {
+                "utilization": float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu),
+                "temperature": float(
+                    pynvml.nvmlDeviceGetTemperature(handle, pynvml.NVML_TEMPERATURE_GPU)
+                ),
+            }
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no package, no driver, not supported by this GPU
+        return {}
+
+
 def compute_processes(indices: list[int]) -> list[tuple[int, int, int]]:
     """(gpu, pid, MiB used) of every compute process NVML sees on these GPUs; [] without a driver."""
     try:

@@ -99,6 +99,7 @@ STANDIN_NVML = Path(__file__).parent / "standins" / "nvml"
 def _nvml(path: Path, used_gib: list[float]) -> None:
     """The stand-in NVML's view of two 24 GiB GPUs, `used_gib` held by another program."""
     gpus = [{"name": "NVIDIA GeForce RTX 4090", "uuid": f"GPU-nv-{i}", "total_gib": 24,
+             "utilization": 97 if used else 0, "temperature": 61 if used else 38,
              "used_gib": used, "processes": [{"pid": 4242, "used_gib": used}] if used else []}
             for i, used in enumerate(used_gib)]  # fmt: skip
     path.write_text(json.dumps({"driver": "570.86.15", "gpus": gpus}))
@@ -125,6 +126,7 @@ def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tm
              "both GPU workers to report NVML's memory")  # fmt: skip
     assert heartbeat("gpu0@nv1")["memory_free"] == 4 << 30
     assert heartbeat("gpu0@nv1")["gpu_name"] == "NVIDIA GeForce RTX 4090"
+    assert heartbeat("gpu0@nv1")["temperature"] == 61 and heartbeat("gpu0@nv1")["utilization"] == 97
     profile = _profile(cluster, "TinyTen", 10, steps=20)
     store = cluster.store()
     sets = tmp_path / "sets"

@@ -10,7 +10,9 @@ Only the calls autotrain makes exist, each shaped as in nvidia-ml-py 13.615 (pyn
 `NVMLError(value)` with `.value` (:1037), `nvmlDeviceGetMemoryInfo` returning a structure with
 `total`, `free` and `used` in bytes (c_nvmlMemory_t, :1386, :3993), names and UUIDs as `str`
 (the `convertStrBytes` wrapper, :3431, :3588), running processes as objects with `pid` and
-`usedGpuMemory` in bytes (:4228).
+`usedGpuMemory` in bytes (:4228), utilisation as a structure with `gpu` and `memory` percent
+(c_nvmlUtilization_t, :1500, :4079), and the temperature of sensor NVML_TEMPERATURE_GPU (0, :82)
+in °C (:3876).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import json
 import os
 from types import SimpleNamespace
 
+NVML_TEMPERATURE_GPU = 0
 NVML_ERROR_UNINITIALIZED = 1
 NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_DRIVER_NOT_LOADED = 9
@@ -98,3 +101,14 @@ def nvmlDeviceGetMemoryInfo(handle: int, version: int | None = None) -> SimpleNa
 def nvmlDeviceGetComputeRunningProcesses(handle: int) -> list[SimpleNamespace]:
     return [SimpleNamespace(pid=p["pid"], usedGpuMemory=int(p["used_gib"] * _GIB))
             for p in _device(handle).get("processes", [])]  # fmt: skip
+
+
+def nvmlDeviceGetUtilizationRates(handle: int) -> SimpleNamespace:
+    gpu = _device(handle)
+    return SimpleNamespace(gpu=gpu.get("utilization", 0), memory=gpu.get("memory_utilization", 0))
+
+
+def nvmlDeviceGetTemperature(handle: int, sensor: int) -> int:
+    if sensor != NVML_TEMPERATURE_GPU:
+        raise NVMLError(NVML_ERROR_INVALID_ARGUMENT)
+    return _device(handle).get("temperature", 40)
