@@ -139,6 +139,11 @@ def up(
 def down(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Stop the local workers (warm shutdown), then Redis (its data is kept). Returns what stopped."""
     stopped: list[str] = []
+    board = _read_json(_dashboard_state_file(settings))
+    if board and _pid_alive(board["pid"]):
+        _terminate(board["pid"], timeout)
+        stopped.append(f"dashboard (pid {board['pid']})")
+    _dashboard_state_file(settings).unlink(missing_ok=True)
     workers = _read_json(_workers_state_file(settings))
     if workers and _pid_alive(workers["pid"]):
         _terminate(workers["pid"], timeout)
@@ -225,12 +230,26 @@ def _write_private(path: Path, text: str) -> None:
 
 def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
     """`autotrain worker` in the background, logging to .autotrain/worker.log."""
+    return _start_in_background(settings, ["worker", *worker_args], "worker.log",
+                                _workers_state_file(settings))  # fmt: skip
+
+
+def start_local_dashboard(settings: Settings) -> int | None:
+    """`autotrain dashboard` in the background (.autotrain/dashboard.log), unless it runs."""
+    state = _read_json(_dashboard_state_file(settings))
+    if state and _pid_alive(state["pid"]):
+        return None
+    return _start_in_background(settings, ["dashboard"], "dashboard.log",
+                                _dashboard_state_file(settings))  # fmt: skip
+
+
+def _start_in_background(settings: Settings, args: list[str], log_name: str, state: Path) -> int:
     state_dir = Workspace(settings.workspace).state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
-    log = open(state_dir / "worker.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(state_dir / log_name, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
-        [sys.executable, "-m", "autotrain.cli", "worker", *worker_args],
+        [sys.executable, "-m", "autotrain.cli", *args],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -238,8 +257,12 @@ def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
         start_new_session=True,
     )
     log.close()
-    _write_json(_workers_state_file(settings), {"pid": proc.pid})
+    _write_json(state, {"pid": proc.pid})
     return proc.pid
+
+
+def _dashboard_state_file(settings: Settings) -> Path:
+    return Workspace(settings.workspace).state_dir / "dashboard.json"
 
 
 def _redis_state_file(settings: Settings) -> Path:

@@ -76,3 +76,40 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
     assert cluster.cluster_status(settings).redis_running, "nothing was stopped"
     forced = down("--force")
     assert forced.returncode == 0 and "redis" in forced.stdout
+
+
+def test_up_with_the_dashboard_serves_the_embedded_cluster_and_down_stops_it(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(tmp_path / "ws"),
+           "AUTOTRAIN_DASHBOARD_PORT": str(port)}  # fmt: skip
+    env.pop("AUTOTRAIN_REDIS_URL", None)
+    env.pop("AUTOTRAIN_DASHBOARD_TOKEN", None)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "autotrain.cli", *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    up = cli("up", "--no-workers", "--dashboard")
+    assert up.returncode == 0, up.stderr
+    assert f"Dashboard: http://127.0.0.1:{port}" in up.stdout
+
+    def page() -> str | None:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        except OSError:
+            return None
+
+    assert "No jobs yet" in wait_for(page, 30, "the dashboard of the embedded cluster")
+    down = cli("down")
+    assert down.returncode == 0 and "dashboard (pid" in down.stdout, down.stdout + down.stderr
+    wait_for(lambda: page() is None, 10, "the dashboard to stop")

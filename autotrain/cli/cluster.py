@@ -17,13 +17,15 @@ __all__ = ["COMMANDS"]
 @click.command("up")
 @click.option("--no-workers", is_flag=True, help="Start only the embedded Redis.")
 @click.option("--cpu", is_flag=True, help="Start a CPU worker even if GPUs are present.")
+@click.option("--dashboard", is_flag=True, help="Also serve the dashboard (autotrain dashboard).")
 @click.pass_context
-def up_cmd(ctx, no_workers, cpu) -> None:
+def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
     """Start the embedded Redis and this host's workers (when no AUTOTRAIN_REDIS_URL is set).
 
     \b
-    Example:
+    Examples:
       autotrain up && autotrain status
+      autotrain up --dashboard     # and http://127.0.0.1:8642; `autotrain down` stops it too
     """
     import autotrain.cluster as local
 
@@ -36,6 +38,15 @@ def up_cmd(ctx, no_workers, cpu) -> None:
         console.print(
             f"Workers: supervisor pid {status.workers_pid}; log {settings.workspace / '.autotrain' / 'worker.log'}"
         )
+    if dashboard:
+        from autotrain.dashboard.access import needs_credential
+
+        if why := needs_credential(settings, settings.dashboard_address):
+            raise AutotrainError(why)
+        pid = local.start_local_dashboard(settings)
+        running = f"pid {pid}" if pid else "already running"
+        console.print(f"Dashboard: http://{settings.dashboard_address}:{settings.dashboard_port} "
+                      f"({running}); log {settings.workspace / '.autotrain' / 'dashboard.log'}")  # fmt: skip
 
 
 @click.command("down")
