@@ -24,6 +24,7 @@ __all__ = [
     "follow_job",
     "follow_batch",
     "format_eta",
+    "format_age",
     "STATE_ICONS",
 ]
 
@@ -46,6 +47,14 @@ def format_eta(seconds: float | None) -> str:
         return "--:--:--"
     seconds = max(0, int(seconds))
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def format_age(seconds: float) -> str:
+    """`42s`, `7m`, `3h`, `2d`: compact enough for a table column."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def progress_bar(step: int, total: int | None, width: int = 30) -> str:

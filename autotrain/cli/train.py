@@ -49,7 +49,7 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
 
     from autotrain.eta import forecast
     from autotrain.job import job_store
-    from autotrain.monitor import eta_text
+    from autotrain.monitor import eta_text, format_age
     from autotrain.waiting import waiting_reasons
 
     settings = settings_of(ctx)
@@ -325,14 +325,6 @@ def _minute_if(waiting: object) -> int | None:
     """Part of a log monitor's change key: while something waits, a new line every minute, so a
     log says the job still waits and why."""
     return int(time.monotonic() // 60) if waiting else None
-
-
-def format_age(seconds: float) -> str:
-    """`42s`, `7m`, `3h`, `2d`: compact enough for a table column."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def _queue_depth(store) -> int:

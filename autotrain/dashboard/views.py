@@ -12,7 +12,7 @@ from typing import Any
 from autotrain.dashboard import files
 from autotrain.eta import Forecast, forecast
 from autotrain.job import Job, JobState, JobStore
-from autotrain.monitor import format_eta
+from autotrain.monitor import format_age, format_eta
 from autotrain.recorder import read_loss_history
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
@@ -36,7 +36,7 @@ def job_row(job: Job, expected: Forecast | None = None, now: float | None = None
         "batch": job.spec.batch_id or "", "where": f"{job.host}/{job.gpu or '-'}" if job.host else "-",
         "step": job.step, "total": job.total or 0,
         "percent": round(100 * (job.fraction or 0), 1), "loss": _loss(job.loss), "eta": eta,
-        "age": _age(now - job.created_at), "final": job.is_final,
+        "age": format_age(now - job.created_at), "final": job.is_final,
     }  # fmt: skip
 
 
@@ -151,13 +151,6 @@ def _celsius(value: float | None) -> str:
 
 def _loss(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
-
-
-def _age(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def _clock(at: float | None) -> str:
