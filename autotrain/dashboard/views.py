@@ -22,6 +22,20 @@ __all__ = ["job_row", "jobs_page", "job_page", "batch_page", "fleet_page", "FILT
 FILTER_STATES = [s.value for s in JobState]
 
 
+# The queue's replay reads every job in progress: live pages share one, a few seconds old at most.
+_FORECAST_SECONDS = 3.0
+_forecasts: dict[int, tuple[float, dict[str, Forecast]]] = {}
+
+
+def recent_forecast(store: JobStore, settings: Settings) -> dict[str, Forecast]:
+    """autotrain.eta.forecast, recomputed at most every few seconds per store."""
+    made, value = _forecasts.get(id(store), (0.0, {}))
+    if time.monotonic() - made > _FORECAST_SECONDS:
+        value = forecast(store, settings)
+        _forecasts[id(store)] = (time.monotonic(), value)
+    return value
+
+
 def job_row(job: Job, expected: Forecast | None = None, now: float | None = None) -> dict:
     """One line of the jobs table: what `train list` shows."""
     now = now or time.time()
@@ -46,7 +60,7 @@ def jobs_page(store: JobStore, settings: Settings, state: str = "", batch: str =
     states = {JobState(state)} if state in FILTER_STATES else None
     jobs = store.page(states=states, batch_id=batch or None, limit=limit,
                       where=(lambda j: j.profile == profile) if profile else None)  # fmt: skip
-    expected = forecast(store, settings) if any(not j.is_final for j in jobs) else {}
+    expected = recent_forecast(store, settings) if any(not j.is_final for j in jobs) else {}
     now = time.time()
     return {"jobs": [job_row(j, expected.get(j.id), now) for j in jobs],
             "filters": {"state": state, "batch": batch, "profile": profile}}  # fmt: skip
@@ -56,7 +70,7 @@ def job_page(store: JobStore, settings: Settings, job_id: str) -> dict:
     """Everything about one job: its row, loss curve, samples, log tail, manifest, attempts."""
     job = store.get(job_id)
     workspace = Workspace(settings.workspace)
-    expected = None if job.is_final else forecast(store, settings).get(job.id)
+    expected = None if job.is_final else recent_forecast(store, settings).get(job.id)
     lines, live, offset = files.log_tail(workspace, job)
     log_dir = files.job_dir(workspace, job) / "log"
     return {
@@ -89,7 +103,7 @@ def batch_page(store: JobStore, settings: Settings, batch_id: str) -> dict:
     of every job side by side."""
     jobs = list(reversed(store.list(batch_id=batch_id)))  # oldest first: the order submitted
     workspace = Workspace(settings.workspace)
-    expected = forecast(store, settings) if any(not j.is_final for j in jobs) else {}
+    expected = recent_forecast(store, settings) if any(not j.is_final for j in jobs) else {}
     steps = sum(j.step for j in jobs)
     total = sum(j.total or 0 for j in jobs)
     sheet: dict[int, dict[str, Any]] = {}
