@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -26,10 +27,11 @@ import pytest
 import tomli_w
 
 from autotrain.job import JobState
-from tests.conftest import copy_example, pids_of, wait_for
+from tests.conftest import REPO, copy_example, pids_of, wait_for
 
 TOKEN = "board-test-token"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+STANDIN_NVML = Path(__file__).resolve().parent / "standins" / "nvml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -138,8 +140,13 @@ def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
             assert "2 of 2 jobs finished" in page.inner_text("main")
             page.screenshot(path=str(SCREENSHOTS / "dashboard-batch.png"), full_page=True)
 
+            _start_nvml_host(cluster, tmp_path)
             page.goto(f"{board.url}/fleet")
             page.wait_for_selector("#workers td:text('cpu@h1')", timeout=15_000)
+            page.wait_for_selector("#workers td:text('gpu1@nv1')", timeout=60_000)
+            fleet = page.inner_text("#workers")
+            assert "NVIDIA GeForce RTX 4090" in fleet and "4.0 of 24 GiB free" in fleet
+            assert "97%" in fleet and "61 °C" in fleet
             page.screenshot(path=str(SCREENSHOTS / "dashboard-fleet.png"))
 
             long_run = _profile(cluster, "TinyLongBoard", 2000, 2000)
@@ -154,6 +161,22 @@ def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
                      "the trainer to stop")  # fmt: skip
         finally:
             browser.close()
+
+
+def _start_nvml_host(cluster, tmp_path) -> None:
+    """The real `autotrain worker` on two GPUs of the stand-in NVML (tests/standins/nvml: no
+    driver here), one of them busy with another program, for the fleet page to show."""
+    nvml = tmp_path / "nvml.json"
+    gpus = [{"name": "NVIDIA GeForce RTX 4090", "uuid": f"GPU-nv-{i}", "total_gib": 24,
+             "used_gib": used, "utilization": util, "temperature": temp}
+            for i, (used, util, temp) in enumerate([(20, 97, 61), (0, 0, 38)])]  # fmt: skip
+    nvml.write_text(json.dumps({"driver": "570.86.15", "gpus": gpus}))
+    env = {**cluster.env, "STANDIN_NVML_FILE": str(nvml),
+           "PYTHONPATH": os.pathsep.join([str(STANDIN_NVML), str(REPO)])}  # fmt: skip
+    log = open(cluster.root / "nv1.log", "ab")  # noqa: SIM115
+    cluster.workers.append(subprocess.Popen(
+        [sys.executable, "-m", "autotrain.cli", "worker", "--host", "nv1", "--no-prep"], env=env,
+        cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
 
 def _report_latency(cluster, name: str, shown: dict) -> None:

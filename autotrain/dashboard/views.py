@@ -133,7 +133,8 @@ def fleet_page(store: JobStore, settings: Settings) -> dict:
             int(store.redis.get(keys.gpu_failures(w["host"], w["gpu"])) or 0) if w.get("gpu") else 0
         )
         workers.append({
-            "name": w["name"], "host": w.get("host", ""), "gpu": w.get("gpu") or "cpu",
+            "name": w["name"], "host": w.get("host", ""),
+            "gpu": w.get("gpu") or ("cpu" if keys.GPU_QUEUE in w.get("queues", []) else "-"),
             "model": w.get("gpu_name") or ("-" if not w.get("gpu") else "GPU"),
             "memory": _memory(w.get("memory_total"), w.get("memory_free")),
             "utilisation": _percent(w.get("utilization")), "temperature": _celsius(w.get("temperature")),
