@@ -134,8 +134,16 @@ def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
                      "the batch to end")  # fmt: skip
             page.goto(f"{board.url}/batches/{batch_id}")
             page.wait_for_selector("#sheet .sheet-row img", timeout=15_000)
+
+            def loaded_per_row() -> list[int]:
+                return page.eval_on_selector_all("#sheet .sheet-row", "rows => rows.map(r => [...r."
+                                                 "querySelectorAll('img')].filter(i => i.complete "
+                                                 "&& i.naturalWidth > 0).length)")  # fmt: skip
+
+            wait_for(lambda: (rows := loaded_per_row()) and all(n == 2 for n in rows), 15,
+                     "one loaded sample per job in every prompt row of the contact sheet")  # fmt: skip
             rows = page.eval_on_selector_all("#sheet .sheet-row", "rows => rows.map(r => "
-                                             "[...r.querySelectorAll('img')].filter(i => i.complete).length)")  # fmt: skip
+                                             "r.querySelectorAll('img').length)")  # fmt: skip
             assert rows and all(n == 2 for n in rows), f"one sample per job per prompt: {rows}"
             assert "2 of 2 jobs finished" in page.inner_text("main")
             page.screenshot(path=str(SCREENSHOTS / "dashboard-batch.png"), full_page=True)
