@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from autotrain.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
 
 if TYPE_CHECKING:
-    from autotrain.eta import Forecast
+    from autotrain.fleet.eta import Forecast
 
 __all__ = [
     "progress_bar",

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from autotrain import phases
 from autotrain.errors import AutotrainError
-from autotrain.job import Job, JobStore, job_store
-from autotrain.phases import PhaseProgress
-from autotrain.plan import TrainPlan
+from autotrain.jobs.job import Job, JobStore, job_store
 from autotrain.settings import Settings, load_settings
 from autotrain.spec import JobSpec
+from autotrain.trainers.plan import TrainPlan
+from autotrain.worker import phases
+from autotrain.worker.phases import PhaseProgress
 
 __all__ = [
     "PrepareResult",
@@ -118,7 +118,7 @@ def batch_specs(
     **options: Any,
 ) -> list[JobSpec]:
     """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both)."""
-    from autotrain.dataset import find_datasets, parse_dataset_paths
+    from autotrain.datasets.discovery import find_datasets, parse_dataset_paths
 
     if bool(datasets_dir) == bool(dataset_paths):
         raise AutotrainError("Give exactly one of --datasets-dir or --dataset-paths.")
@@ -188,9 +188,9 @@ def run_pipeline(
     )  # fmt: skip
     if immediate:
         return run_immediate(spec, settings, on_output=on_output, progress=progress)
-    from autotrain.celery_app import configure_app
-    from autotrain.precheck import check_before_queueing
-    from autotrain.queue import submit_job
+    from autotrain.datasets.precheck import check_before_queueing
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.queue import submit_job
 
     if precheck:
         check_before_queueing(spec, settings)
@@ -202,8 +202,8 @@ def run_pipeline(
 
 
 def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:
-    """The profile variant a new job starts with on the live fleet (autotrain.placement)."""
-    from autotrain.placement import initial_variant
+    """The profile variant a new job starts with on the live fleet (autotrain.fleet.placement)."""
+    from autotrain.fleet.placement import initial_variant
 
     variant, note = initial_variant(store.redis, phases.profile_for(spec, settings),
                                     settings.vram_margin_gb)  # fmt: skip
@@ -226,10 +226,10 @@ def run_batch_pipeline(
 
     The batch gets an id (in the result) and a name: `batch_name`, or the datasets folder's.
     """
-    from autotrain.celery_app import configure_app
-    from autotrain.lease import create_batch
-    from autotrain.precheck import check_before_queueing
-    from autotrain.queue import submit_job
+    from autotrain.datasets.precheck import check_before_queueing
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.lease import create_batch
+    from autotrain.jobs.queue import submit_job
 
     settings = settings or load_settings()
     if max_concurrent < 1:
@@ -266,7 +266,7 @@ def run_immediate(
     progress: PhaseProgress | None = None,
 ) -> ImmediateResult:
     """All five phases in this process, in the foreground, with no broker."""
-    from autotrain.recorder import ProgressRecorder, read_loss_history
+    from autotrain.worker.recorder import ProgressRecorder, read_loss_history
 
     prepared = _prepare(spec, settings, dry_run=False, progress=progress)
     result = ImmediateResult(**vars(prepared))

@@ -11,7 +11,7 @@ jobs differ in length.
 First a warm-up batch of `--gpus` jobs finishes, so the pace of the profile on this GPU model
 is measured, as it would be after a fleet's first night (`--cold` skips it: the forecast then
 starts from the profile's default pace). Then a batch of `--jobs` datasets is queued; once the
-first jobs train at a live rate, autotrain.eta.forecast() is read once, and the batch runs to the
+first jobs train at a live rate, autotrain.fleet.eta.forecast() is read once, and the batch runs to the
 end. It prints, for the jobs that had not started when the forecast was made, predicted and
 actual start times, and the mean and worst absolute error as a fraction of the batch's makespan
 (first training start to last training end), for all of them and for the last half.
@@ -41,7 +41,7 @@ import tomli_w
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scale  # noqa: E402 - the bench's shared setup: Redis, workspace, stand-in launcher
 
-from autotrain.job import JobState  # noqa: E402
+from autotrain.jobs.job import JobState  # noqa: E402
 
 
 def main() -> None:
@@ -98,9 +98,9 @@ def _datasets(root: Path, sizes: list[int], prefix: str) -> list[Path]:
 
 
 def run(root: Path, env: dict[str, str], args) -> None:
-    from autotrain.celery_app import configure_app
-    from autotrain.eta import forecast
-    from autotrain.job import job_store
+    from autotrain.fleet.eta import forecast
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.job import job_store
     from autotrain.pipeline import run_batch_pipeline
     from autotrain.settings import load_settings
 
@@ -135,16 +135,16 @@ def replay_cost(url: str, jobs: int, gpus: int) -> None:
 
     import redis
 
-    from autotrain import keys
-    from autotrain.eta import forecast
-    from autotrain.job import JobStore
+    from autotrain.fleet.eta import forecast
+    from autotrain.jobs import keys
+    from autotrain.jobs.job import JobStore
     from autotrain.settings import load_settings
     from autotrain.spec import JobSpec
 
     client = redis.Redis.from_url(url, decode_responses=True)
     store, settings = JobStore(client), load_settings()
     now = time.time()
-    for g in range(gpus):  # heartbeats as autotrain.heartbeat writes them
+    for g in range(gpus):  # heartbeats as autotrain.worker.heartbeat writes them
         name = f"gpu{g % 8}@h{g // 8}"
         info = {"name": name, "host": f"h{g // 8}", "gpu": str(g % 8), "gpu_name": "NVIDIA H100",
                 "slots": 1, "memory_total": 80 << 30, "memory_free": 80 << 30,

@@ -31,8 +31,8 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autotrain import cluster  # noqa: E402
-from autotrain.job import JobStore  # noqa: E402
+from autotrain.fleet import cluster  # noqa: E402
+from autotrain.jobs.job import JobStore  # noqa: E402
 from autotrain.pipeline import prepare_pipeline, run_pipeline  # noqa: E402
 from autotrain.settings import load_settings  # noqa: E402
 
@@ -94,7 +94,7 @@ def run_queued(settings, root: Path) -> tuple[float, float, list[float]]:
 
 
 def cluster_client(settings):
-    from autotrain.connection import get_redis
+    from autotrain.jobs.connection import get_redis
 
     return get_redis(settings)
 
@@ -139,7 +139,7 @@ def main() -> None:
 
 
 def wait_for_workers(settings, timeout: float = 60) -> None:
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

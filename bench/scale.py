@@ -43,9 +43,9 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autotrain import keys  # noqa: E402
-from autotrain.cluster import find_redis_server  # noqa: E402
-from autotrain.job import JobState, JobStore, _encode  # noqa: E402
+from autotrain.fleet.cluster import find_redis_server  # noqa: E402
+from autotrain.jobs import keys  # noqa: E402
+from autotrain.jobs.job import JobState, JobStore, _encode  # noqa: E402
 from autotrain.profile import builtin_templates_dir  # noqa: E402
 from autotrain.spec import JobSpec  # noqa: E402
 
@@ -177,7 +177,7 @@ def _start_fleet(root: Path, env: dict[str, str], hosts: int, gpus: int) -> list
 
 
 def _wait_for_workers(store: JobStore, count: int, timeout: float) -> None:
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -202,8 +202,8 @@ def _stop_fleet(procs: list[subprocess.Popen]) -> None:
 
 
 def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
-    from autotrain.celery_app import configure_app
-    from autotrain.job import job_store, run_batch_pipeline
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.job import job_store, run_batch_pipeline
     from autotrain.settings import load_settings
 
     settings = load_settings()
@@ -253,7 +253,7 @@ def _cpu_busy(since: tuple[float, float] | None = None):
 
 
 def _kill_a_training_worker(store: JobStore) -> str:
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
 
     busy = [w["name"] for w in live_workers(store.redis) if w.get("job")]
     if not busy:
@@ -344,7 +344,7 @@ def _pct(values: list[float], pct: float) -> float:
 def history_run(root: Path, url: str, env: dict[str, str], args) -> None:
     import redis
 
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
     from autotrain.settings import load_settings
 
     client = redis.Redis.from_url(url, decode_responses=True)
@@ -399,8 +399,8 @@ def _fill(client, stored: int, target: int) -> int:
 
 
 def _status_sdk(store: JobStore) -> None:
-    from autotrain.queue import queue_depths
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
+    from autotrain.jobs.queue import queue_depths
 
     live_workers(store.redis)
     queue_depths(store)

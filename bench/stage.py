@@ -37,11 +37,11 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from autotrain.datasets.stage import stage_dataset  # noqa: E402
+from autotrain.datasets.validate import validate_dataset  # noqa: E402
 from autotrain.profile import load_profile  # noqa: E402
 from autotrain.settings import Settings  # noqa: E402
 from autotrain.spec import JobSpec  # noqa: E402
-from autotrain.stage import stage_dataset  # noqa: E402
-from autotrain.validate import validate_dataset  # noqa: E402
 from autotrain.workspace import Workspace  # noqa: E402
 
 SIZE = 256

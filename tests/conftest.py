@@ -17,7 +17,7 @@ import pytest
 import redis
 import tomli_w
 
-from autotrain.cluster import find_redis_server
+from autotrain.fleet.cluster import find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DATASET = REPO / "examples" / "datasets" / "tiny_shapes"
@@ -147,7 +147,7 @@ class Cluster:
         return name
 
     def store(self):
-        from autotrain.job import JobStore
+        from autotrain.jobs.job import JobStore
 
         return JobStore(self.redis)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import tomli_w
 
-from autotrain.configure import configure_job
 from autotrain.profile import builtin_templates_dir, load_profile
 from autotrain.settings import load_settings
 from autotrain.spec import JobSpec
+from autotrain.trainers.configure import configure_job
 from autotrain.workspace import Workspace
 
 STANDIN = Path(__file__).parent / "standins" / "sd_scripts"

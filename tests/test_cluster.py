@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from autotrain import cluster
+from autotrain.fleet import cluster
 from autotrain.settings import load_settings
 
 
@@ -53,7 +53,7 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
     import subprocess
     import sys
 
-    from autotrain.job import JobState, JobStore
+    from autotrain.jobs.job import JobState, JobStore
     from autotrain.spec import JobSpec
 
     settings, _status = embedded

@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from autotrain.configure import (
+from autotrain.errors import ConfigError
+from autotrain.profile import builtin_templates_dir, load_profile
+from autotrain.settings import load_settings
+from autotrain.spec import JobSpec
+from autotrain.trainers.configure import (
     TrainSubset,
     clean_prompt_text,
     configure_job,
@@ -23,10 +27,6 @@ from autotrain.configure import (
     sample_prompt_line,
     write_plan,
 )
-from autotrain.errors import ConfigError
-from autotrain.profile import builtin_templates_dir, load_profile
-from autotrain.settings import load_settings
-from autotrain.spec import JobSpec
 from autotrain.workspace import Workspace
 from tests.standins.sd_scripts.standin_support import (
     load_argument_list,
@@ -40,7 +40,7 @@ PER_DATASET_KEYS = {"output_dir", "output_name", "logging_dir", "sample_prompts"
 
 @dataclass
 class FakeSubset:
-    """The shape of autotrain.dataset.Subset that phase 3 reads."""
+    """The shape of autotrain.datasets.discovery.Subset that phase 3 reads."""
 
     relpath: str
     repeats: int | None

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from autotrain.job import JobState
+from autotrain.jobs.job import JobState
 from tests.conftest import copy_example, wait_for
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from autotrain.job import JobState
+from autotrain.jobs.job import JobState
 from tests.conftest import REPO, copy_example, pids_of, wait_for
 
 TOKEN = "board-test-token"
@@ -235,7 +235,7 @@ def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
 
 def test_the_live_channel_says_reconnecting_while_redis_restarts(cluster, tmp_path):
     """A private redis-server: stopped and started again on the same port under a live page."""
-    from autotrain.cluster import find_redis_server
+    from autotrain.fleet.cluster import find_redis_server
 
     port = _free_port()
     data = tmp_path / "redis"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from autotrain.datasets.stage import stage_dataset
+from autotrain.datasets.validate import validate_dataset
 from autotrain.errors import StagingError
 from autotrain.spec import JobSpec
-from autotrain.stage import stage_dataset
-from autotrain.validate import validate_dataset
 from autotrain.workspace import Workspace
 from tests.helpers_datasets import make_dataset, snapshot, test_settings, tiny_profile
 

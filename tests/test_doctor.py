@@ -6,7 +6,7 @@ import stat
 import sys
 from pathlib import Path
 
-from autotrain.doctor import check_gpus, run_checks
+from autotrain.fleet.doctor import check_gpus, run_checks
 from autotrain.settings import load_settings
 
 STANDIN = Path(__file__).parent / "standins" / "sd_scripts"

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from autotrain.eta import _Slot
-from autotrain.job import JobState
+from autotrain.fleet.eta import _Slot
+from autotrain.jobs.job import JobState
 from autotrain.settings import Settings
 from tests.conftest import copy_example, wait_for
 
@@ -42,7 +42,9 @@ def test_queued_jobs_show_when_they_start_and_the_pace_is_learned(cluster, tmp_p
              120, "the first job to train at a live rate")  # fmt: skip
     wait_for(lambda: all(store.get(i).plan for i in ids), 60, "every job configured")
 
-    listed = {j["id"]: j for j in json.loads(cluster.cli("train", "list", "--json", check=True).stdout)}
+    listed = {
+        j["id"]: j for j in json.loads(cluster.cli("train", "list", "--json", check=True).stdout)
+    }
     first, second, third = (listed[i]["forecast"] for i in ids)
     assert first["finishes_at"] is not None and "live rate" in first["why"]
     # one worker: each queued job starts when the one before it ends

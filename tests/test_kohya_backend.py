@@ -13,11 +13,11 @@ import tomli_w
 
 from autotrain.errors import ConfigError
 from autotrain.profile import load_profile
-from autotrain.progress import parse_text
-from autotrain.resume import ResumeLaunch
 from autotrain.settings import load_settings
 from autotrain.trainers import get_backend
 from autotrain.trainers.kohya import KohyaBackend
+from autotrain.trainers.progress import parse_text
+from autotrain.trainers.resume import ResumeLaunch
 from tests.helpers_kohya import (
     STANDIN,
     kohya_settings,

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from autotrain.job import JobState
+from autotrain.jobs.job import JobState
 from autotrain.profile import builtin_templates_dir
-from autotrain.progress import parse_text
+from autotrain.trainers.progress import parse_text
 from tests.conftest import copy_example, pids_of, wait_for
 from tests.helpers_kohya import write_placeholder_weights
 

@@ -1,5 +1,5 @@
 """The trainer's launch: autotrain's own accelerate config, and a process tree that never outlives
-the worker that started it (autotrain.guard). Real processes, the real accelerate launcher."""
+the worker that started it (autotrain.trainers.guard). Real processes, the real accelerate launcher."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotrain.guard import device_records, kill_recorded_trainers, record_trainer
+from autotrain.trainers.guard import device_records, kill_recorded_trainers, record_trainer
 from autotrain.trainers.kohya import KohyaBackend
 from tests.conftest import wait_for
 from tests.helpers_kohya import (
@@ -78,7 +78,7 @@ def test_a_killed_worker_takes_the_whole_trainer_tree(tmp_path):
         "time.sleep(120)\n"
     )
     worker = (
-        "import sys\nfrom pathlib import Path\nfrom autotrain.training import run_trainer\n"
+        "import sys\nfrom pathlib import Path\nfrom autotrain.trainers.training import run_trainer\n"
         f"run_trainer([sys.executable, {str(trainer)!r}], log_path=Path({str(tmp_path / 'log')!r}))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", worker])
@@ -118,7 +118,7 @@ def test_recorded_trainer_sessions_are_killed_and_reused_pids_spared(tmp_path):
 
 
 def test_guard_passes_on_the_exit_status(tmp_path):
-    from autotrain.training import run_trainer
+    from autotrain.trainers.training import run_trainer
 
     result = run_trainer(
         [sys.executable, "-c", "import sys; print('bye'); sys.exit(3)"], log_path=tmp_path / "log"

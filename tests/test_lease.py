@@ -9,9 +9,9 @@ import time
 import pytest
 import redis
 
-from autotrain import keys
-from autotrain.job import JobState, JobStore
-from autotrain.lease import (
+from autotrain.jobs import keys
+from autotrain.jobs.job import JobState, JobStore
+from autotrain.jobs.lease import (
     GpuRoom,
     Lease,
     acquire_batch_slot,
@@ -120,7 +120,7 @@ def _owned_by_worker(store: JobStore, lease_until: float, attempt: int = 1, phas
 
 @pytest.fixture
 def reaping(client, redis_server, tmp_path):
-    from autotrain.celery_app import configure_app
+    from autotrain.jobs.celery_app import configure_app
     from autotrain.settings import load_settings
 
     settings = load_settings(tmp_path, redis_url=redis_server, lease_seconds=1, max_attempts=3)
@@ -142,7 +142,7 @@ def test_taking_a_job_is_atomic_and_by_message_id(client):
 
 
 def test_a_job_waiting_in_a_queue_for_longer_than_a_lease_is_never_reaped(reaping, client):
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() + 60)
@@ -155,7 +155,7 @@ def test_a_job_waiting_in_a_queue_for_longer_than_a_lease_is_never_reaped(reapin
 
 
 def test_the_reaper_requeues_the_phase_a_dead_worker_held_as_a_new_attempt(reaping, client):
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() - 0.2)
@@ -170,7 +170,7 @@ def test_the_reaper_requeues_the_phase_a_dead_worker_held_as_a_new_attempt(reapi
 
 
 def test_the_reaper_fails_a_job_out_of_attempts(reaping):
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() - 5, attempt=3)
@@ -183,7 +183,7 @@ def test_the_reaper_fails_a_job_out_of_attempts(reaping):
 def test_a_worker_renewing_in_time_keeps_its_job(reaping):
     """After a Redis restart a live worker renews within a third of a lease; the reaper's grace
     is half a lease past the deadline, so the job is not re-queued (and trained twice)."""
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() - 0.3)
@@ -206,7 +206,7 @@ def test_a_lease_moved_away_is_let_go(client):
 
 
 def test_an_unconfirmed_hand_off_is_sent_again_with_the_same_id(reaping, client):
-    from autotrain.reaper import reap
+    from autotrain.jobs.reaper import reap
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() + 60)
@@ -239,7 +239,7 @@ def test_train_list_reads_one_page_of_ten_thousand_jobs(client):
 
 
 def _waiting(client, queue: str) -> int:
-    """Messages in a broker queue, over its priority lists (autotrain.keys.broker_lists)."""
-    from autotrain import keys
+    """Messages in a broker queue, over its priority lists (autotrain.jobs.keys.broker_lists)."""
+    from autotrain.jobs import keys
 
     return sum(client.llen(name) for name in keys.broker_lists(queue))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from autotrain.job import Job, JobState
+from autotrain.jobs.job import Job, JobState
 from autotrain.monitor import batch_line, format_eta, job_line
 from autotrain.spec import JobSpec
 
@@ -45,15 +45,21 @@ def test_eta_with_hours_and_unknown():
 
 
 def test_a_waiting_job_says_why_and_how_to_fix_it():
-    from autotrain.waiting import why_waiting
+    from autotrain.fleet.waiting import why_waiting
 
     queued = job("cat", JobState.QUEUED, owner="queue:t1", next_task={"queue": "gpu"})
     assert "no live worker is connected" in why_waiting(queued, [])
     assert "autotrain worker" in why_waiting(queued, [])
     prep_only = [{"name": "prep@a", "queues": ["prep.ongoing", "prep"], "job": None}]
     assert "no live worker takes queue 'gpu'" in why_waiting(queued, prep_only)
-    busy = [{"name": "gpu0@a", "queues": ["gpu.a.0", "gpu"], "job": "20261202-000000-aaaaaa",
-             "jobs": ["20261202-000000-aaaaaa"]}]  # as registry.live_workers reads them
+    busy = [
+        {
+            "name": "gpu0@a",
+            "queues": ["gpu.a.0", "gpu"],
+            "job": "20261202-000000-aaaaaa",
+            "jobs": ["20261202-000000-aaaaaa"],
+        }
+    ]  # as registry.live_workers reads them
     assert "busy: gpu0@a (job 20261202-000000-aaaaaa)" in why_waiting(queued, busy)
     assert why_waiting(queued, [{**busy[0], "job": None, "jobs": []}]) is None, "an idle worker"
     packed = [{**busy[0], "slots": 2}]

@@ -8,10 +8,10 @@ import json
 import pytest
 import redis
 
-from autotrain import job as job_module
-from autotrain.job import JobState, JobStore, NameInUse
-from autotrain.outputs import claim_output_dir
+from autotrain.jobs import job as job_module
+from autotrain.jobs.job import JobState, JobStore, NameInUse
 from autotrain.spec import JobSpec
+from autotrain.trainers.outputs import claim_output_dir
 from autotrain.workspace import Workspace
 from tests.conftest import copy_example, job_id_in
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import tomli_w
 
-from autotrain.job import JobState
+from autotrain.jobs.job import JobState
 from tests.conftest import REPO, copy_example, wait_for
 
 
@@ -156,7 +156,7 @@ def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tm
 def test_the_need_follows_resolution_batch_and_rank_of_a_profile_made_from_fluxlora(tmp_path):
     """A user's copy of FluxLORA training 768 px at batch 2 and rank 32: the built-in figures
     move by the profile's vram_scaling; the built-in settings keep the published figures."""
-    from autotrain.placement import describe_needs, need_gb
+    from autotrain.fleet.placement import describe_needs, need_gb
     from autotrain.profile import builtin_templates_dir, load_profile
 
     builtin = load_profile("FluxLORA")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autotrain.progress import ProgressEvent, TrainerOutputParser, parse_text
+from autotrain.trainers.progress import ProgressEvent, TrainerOutputParser, parse_text
 
 SAMPLES = Path(__file__).parent / "data" / "trainer_output"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.txt"))
@@ -280,7 +280,7 @@ def test_events_serialize_to_json_and_back() -> None:
 
 
 def test_the_stall_budget_follows_the_runs_own_pace():
-    from autotrain.watchdog import StallWatchdog
+    from autotrain.trainers.watchdog import StallWatchdog
 
     dog = StallWatchdog(factor=6, floor=2, ceiling=60, startup=100)
     dog._last = 0.0

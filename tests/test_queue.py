@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from autotrain.job import JobState
+from autotrain.jobs.job import JobState
 from tests.conftest import EXAMPLE_DATASET, copy_example, job_id_in, wait_for
 
 pytestmark = pytest.mark.slow
@@ -185,7 +185,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
     phase waits for Redis: the finished training is recorded, not trained again."""
     import socket
 
-    from autotrain.cluster import find_redis_server
+    from autotrain.fleet.cluster import find_redis_server
 
     data = tmp_path / "redis-data"
     data.mkdir()

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from autotrain import phases
 from autotrain.errors import TrainingError
-from autotrain.progress import parse_text
-from autotrain.report import finished_weights
-from autotrain.resume import ResumeRecord, choose_state
 from autotrain.trainers.kohya import KohyaBackend
+from autotrain.trainers.progress import parse_text
+from autotrain.trainers.report import finished_weights
+from autotrain.trainers.resume import ResumeRecord, choose_state
+from autotrain.worker import phases
 from tests.helpers_kohya import (
     STANDIN,
     kohya_settings,

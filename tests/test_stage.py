@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import autotrain.stage as stage_module
+import autotrain.datasets.stage as stage_module
+from autotrain.datasets.stage import MANIFEST_NAME, StageResult, read_manifest, stage_dataset
+from autotrain.datasets.validate import ValidationReport, validate_dataset
 from autotrain.errors import StagingError, ValidationError
 from autotrain.spec import JobSpec
-from autotrain.stage import MANIFEST_NAME, StageResult, read_manifest, stage_dataset
-from autotrain.validate import ValidationReport, validate_dataset
 from autotrain.workspace import Workspace
 from tests.helpers_datasets import (
     make_dataset,

@@ -13,13 +13,13 @@ import pytest
 import tomli_w
 from PIL import Image, ImageDraw
 
-from autotrain.plan import TrainPlan
 from autotrain.profile import load_profile
-from autotrain.progress import ProgressEvent, TrainerOutputParser, parse_text
-from autotrain.resume import ResumeLaunch, choose_state
 from autotrain.settings import Settings
 from autotrain.trainers import get_backend
 from autotrain.trainers import tiny as tiny_backend
+from autotrain.trainers.plan import TrainPlan
+from autotrain.trainers.progress import ProgressEvent, TrainerOutputParser, parse_text
+from autotrain.trainers.resume import ResumeLaunch, choose_state
 from autotrain.trainers.tiny import TinyBackend
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220)}

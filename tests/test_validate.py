@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from autotrain.dataset import find_datasets, parse_dataset_paths, scan_dataset
+from autotrain.datasets.discovery import find_datasets, parse_dataset_paths, scan_dataset
+from autotrain.datasets.imagecheck import INLINE_LIMIT, check_files
+from autotrain.datasets.validate import ValidationReport, report_table, validate_dataset
 from autotrain.errors import AutotrainError, ValidationError
-from autotrain.imagecheck import INLINE_LIMIT, check_files
 from autotrain.profile import load_profile
 from autotrain.spec import JobSpec
-from autotrain.validate import ValidationReport, report_table, validate_dataset
 from tests.helpers_datasets import (
     make_dataset,
     test_settings,

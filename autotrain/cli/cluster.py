@@ -27,7 +27,7 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
       autotrain up && autotrain status
       autotrain up --dashboard     # and http://127.0.0.1:8642; `autotrain down` stops it too
     """
-    import autotrain.cluster as local
+    import autotrain.fleet.cluster as local
 
     settings = settings_of(ctx)
     status = local.up(settings, workers=not no_workers, worker_args=["--cpu"] if cpu else [])
@@ -63,7 +63,7 @@ def down_cmd(ctx, force) -> None:
       autotrain down
       autotrain down --force
     """
-    import autotrain.cluster as local
+    import autotrain.fleet.cluster as local
 
     settings = settings_of(ctx)
     training = [] if force else _training_jobs(settings)
@@ -80,8 +80,8 @@ def down_cmd(ctx, force) -> None:
 
 def _training_jobs(settings) -> list:
     """Jobs training on this workspace's embedded Redis, [] when it is not running."""
-    import autotrain.cluster as local
-    from autotrain.job import JobState, job_store
+    import autotrain.fleet.cluster as local
+    from autotrain.jobs.job import JobState, job_store
 
     status = local.cluster_status(settings)
     if not status.embedded or not status.redis_running:
@@ -102,11 +102,11 @@ def status_cmd(ctx, as_json) -> None:
     """
     from rich.table import Table
 
-    import autotrain.cluster as local
-    from autotrain import keys
-    from autotrain.job import JobStore
-    from autotrain.queue import queue_depths
-    from autotrain.registry import live_workers
+    import autotrain.fleet.cluster as local
+    from autotrain.fleet.registry import live_workers
+    from autotrain.jobs import keys
+    from autotrain.jobs.job import JobStore
+    from autotrain.jobs.queue import queue_depths
 
     settings = settings_of(ctx)
     status = local.cluster_status(settings)
@@ -122,7 +122,7 @@ def status_cmd(ctx, as_json) -> None:
             "Start it with `autotrain up`." if status.embedded else "Check AUTOTRAIN_REDIS_URL."
         )
         sys.exit(1)
-    from autotrain.connection import get_redis
+    from autotrain.jobs.connection import get_redis
 
     client = get_redis(settings)
     workers = live_workers(client)
@@ -187,8 +187,8 @@ def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
       autotrain worker --gpus 0,2            # only GPUs 0 and 2
       AUTOTRAIN_REDIS_URL=redis://:pw@queue-host:6379/0 autotrain worker
     """
-    from autotrain.queue import current_host
-    from autotrain.worker import discover_gpus, plan_workers, run_workers
+    from autotrain.jobs.queue import current_host
+    from autotrain.worker.launch import discover_gpus, plan_workers, run_workers
 
     settings = settings_of(ctx)
     host = host or current_host()
@@ -225,7 +225,7 @@ def flower_cmd(ctx, flower_args) -> None:
       AUTOTRAIN_FLOWER_PASSWORD=secret autotrain flower
     """
     settings = settings_of(ctx)
-    argv = [sys.executable, "-m", "celery", "-A", "autotrain.celery_app", "flower",
+    argv = [sys.executable, "-m", "celery", "-A", "autotrain.jobs.celery_app", "flower",
             f"--address={settings.flower_address}", f"--port={settings.flower_port}"]  # fmt: skip
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
     if settings.flower_password:
@@ -252,7 +252,7 @@ def doctor_cmd(ctx) -> None:
     """
     from rich.table import Table
 
-    from autotrain.doctor import run_checks
+    from autotrain.fleet.doctor import run_checks
 
     checks = run_checks(settings_of(ctx))
     table = Table("check", "status", "detail", "fix")

@@ -43,10 +43,10 @@ def retry_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
       autotrain train retry --job 20261125-101500-a1b2c3 --from-scratch
       autotrain train retry --batch 20261125-101500-b4d5e6 --failed
     """
-    from autotrain.celery_app import configure_app
     from autotrain.errors import AutotrainError
-    from autotrain.job import JobState, job_store
-    from autotrain.queue import retry_job
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.job import JobState, job_store
+    from autotrain.jobs.queue import retry_job
 
     if bool(job_id) == bool(batch_id):
         raise click.UsageError("Give one of --job or --batch.")
@@ -109,9 +109,9 @@ def show_cmd(ctx, job_id, as_json) -> None:
       autotrain train show --job 20261125-101500-a1b2c3
       autotrain train show --job 20261125 --json | jq '.history'
     """
-    from autotrain.eta import forecast
-    from autotrain.job import job_store, public_record
-    from autotrain.waiting import waiting_reasons
+    from autotrain.fleet.eta import forecast
+    from autotrain.fleet.waiting import waiting_reasons
+    from autotrain.jobs.job import job_store, public_record
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -144,8 +144,8 @@ def show_cmd(ctx, job_id, as_json) -> None:
 def _needs(job, settings) -> list[str]:
     """The job's memory estimate and its profile's ladder (none when the profile is gone)."""
     from autotrain.errors import AutotrainError
-    from autotrain.phases import profile_for
-    from autotrain.placement import describe_needs
+    from autotrain.fleet.placement import describe_needs
+    from autotrain.worker.phases import profile_for
 
     try:
         profile = profile_for(job.spec, settings)
@@ -197,8 +197,8 @@ def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
       autotrain train prune --older-than 7d
       autotrain train prune --older-than 30d --state failed --state cancelled --dry-run
     """
-    from autotrain.job import JobState, job_store
-    from autotrain.prune import prune_jobs
+    from autotrain.jobs.job import JobState, job_store
+    from autotrain.jobs.prune import prune_jobs
     from autotrain.workspace import Workspace
 
     seconds = _duration(older_than)
@@ -232,8 +232,8 @@ def move_cmd(ctx, job_id, where, other_id) -> None:
       autotrain train move --job 20261125-101500-a1b2c3 --top
       autotrain train move --job 20261125-101500-a1b2c3 --before 20261125-101000-d4e5f6
     """
-    from autotrain.job import job_store
-    from autotrain.order import move_job
+    from autotrain.jobs.job import job_store
+    from autotrain.jobs.order import move_job
 
     if bool(where) == bool(other_id):
         raise click.UsageError("Give one of --top, --bottom or --before JOB.")
@@ -251,8 +251,8 @@ def hold_cmd(ctx, job_id) -> None:
     Example:
       autotrain train hold --job 20261125-101500-a1b2c3
     """
-    from autotrain.job import job_store
-    from autotrain.order import hold_job
+    from autotrain.jobs.job import job_store
+    from autotrain.jobs.order import hold_job
 
     job = hold_job(job_store(settings_of(ctx)), job_id)
     console.print(
@@ -270,9 +270,9 @@ def release_cmd(ctx, job_id) -> None:
     Example:
       autotrain train release --job 20261125-101500-a1b2c3
     """
-    from autotrain.celery_app import configure_app
-    from autotrain.job import job_store
-    from autotrain.order import release_job
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.job import job_store
+    from autotrain.jobs.order import release_job
 
     settings = settings_of(ctx)
     configure_app(settings)

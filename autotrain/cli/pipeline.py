@@ -157,8 +157,8 @@ def run_cmd(
             f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"
         )
         return
-    from autotrain.cluster import ensure_up
-    from autotrain.precheck import check_before_queueing
+    from autotrain.datasets.precheck import check_before_queueing
+    from autotrain.fleet.cluster import ensure_up
     from autotrain.spec import JobSpec
 
     spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host,
@@ -172,7 +172,7 @@ def run_cmd(
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
     if job.variant:
-        from autotrain.phases import profile_for
+        from autotrain.worker.phases import profile_for
 
         variant = profile_for(job.spec, settings).variant(job.variant)
         err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "
@@ -254,7 +254,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         console.print(f"{len(result.prepared) - len(failed)} prepared, {len(failed)} failed.")
         sys.exit(1 if failed else 0)
     _logging(settings, False)
-    from autotrain.cluster import ensure_up
+    from autotrain.fleet.cluster import ensure_up
 
     ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
     result = sdk.run_batch_pipeline(
@@ -305,8 +305,8 @@ def print_prepared(result: PrepareResult) -> None:
     """The validation table, staging decision, files and trainer command of phases 1-3."""
     import tomli_w
 
-    from autotrain.placement import describe_needs
-    from autotrain.validate import report_table
+    from autotrain.datasets.validate import report_table
+    from autotrain.fleet.placement import describe_needs
 
     console.print(report_table(result.report))
     stage, plan = result.stage, result.plan
@@ -344,8 +344,8 @@ def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = F
     """A job no live worker will take would wait silently; say so (not for workers starting)."""
     import redis
 
-    from autotrain.connection import get_redis
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
+    from autotrain.jobs.connection import get_redis
 
     try:
         workers = live_workers(get_redis(settings))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from autotrain.cli import INTERRUPTED, console, settings_of
-from autotrain.states import JobState
+from autotrain.jobs.states import JobState
 
 if TYPE_CHECKING:
     from autotrain.settings import Settings
@@ -47,10 +47,10 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     """
     from rich.table import Table
 
-    from autotrain.eta import forecast
-    from autotrain.job import job_store
+    from autotrain.fleet.eta import forecast
+    from autotrain.fleet.waiting import waiting_reasons
+    from autotrain.jobs.job import job_store
     from autotrain.monitor import eta_text, format_age
-    from autotrain.waiting import waiting_reasons
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -63,7 +63,7 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     reasons = waiting_reasons(store.redis, jobs)
     forecasts = forecast(store, settings) if any(not j.is_final for j in jobs) else {}
     if as_json:
-        from autotrain.job import public_record
+        from autotrain.jobs.job import public_record
 
         click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id),
                                              forecast=forecasts.get(j.id)) for j in jobs],
@@ -146,9 +146,9 @@ def cancel_cmd(ctx, job_id, batch_id) -> None:
       autotrain train cancel --job 20261125-101500-a1b2c3
       autotrain train cancel --batch b20261125-101500-a1b2
     """
-    from autotrain.celery_app import configure_app
-    from autotrain.job import job_store
-    from autotrain.queue import cancel_job
+    from autotrain.jobs.celery_app import configure_app
+    from autotrain.jobs.job import job_store
+    from autotrain.jobs.queue import cancel_job
 
     if bool(job_id) == bool(batch_id):
         raise click.UsageError("Give one of --job or --batch.")
@@ -185,7 +185,7 @@ def logs_cmd(ctx, job_id, follow) -> None:
     Example:
       autotrain train logs --job 20261125-101500-a1b2c3 --follow
     """
-    from autotrain.job import job_store
+    from autotrain.jobs.job import job_store
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -213,9 +213,9 @@ def logs_cmd(ctx, job_id, follow) -> None:
 def monitor_job(settings: Settings, job_id: str) -> int:
     """Show the live single-job line until the job ends; 0 when it succeeded."""
     from autotrain.cli.live import LiveView
-    from autotrain.job import job_store
+    from autotrain.fleet.waiting import waiting_reasons
+    from autotrain.jobs.job import job_store
     from autotrain.monitor import follow_job, job_line
-    from autotrain.waiting import waiting_reasons
 
     store = job_store(settings)
     job = store.get(job_id)
@@ -245,10 +245,10 @@ def monitor_job(settings: Settings, job_id: str) -> int:
 def monitor_batch(settings: Settings, batch_id: str) -> int:
     """The batch view until every job of the batch is final, then a summary table."""
     from autotrain.cli.live import LiveView
-    from autotrain.eta import forecast
-    from autotrain.job import job_store
+    from autotrain.fleet.eta import forecast
+    from autotrain.fleet.waiting import waiting_reasons
+    from autotrain.jobs.job import job_store
     from autotrain.monitor import batch_end_line, batch_line, follow_batch
-    from autotrain.waiting import waiting_reasons
 
     store = job_store(settings)
     jobs = []
@@ -310,7 +310,7 @@ def _change_key(job) -> tuple:
 
 def _start_positions(store, jobs) -> dict[str, int]:
     """{job id: 1 for the next to start, ...} for jobs waiting in a GPU queue."""
-    from autotrain.order import start_order
+    from autotrain.jobs.order import start_order
 
     queues = sorted({j.next_task["queue"] for j in jobs
                      if j.owner.startswith("queue:") and j.next_task and j.phase == "train"})  # fmt: skip

@@ -2,7 +2,7 @@
 
 A job's files are in `output/<name>/` while it owns that folder, and in
 `output/<name>/runs/<job id>/` once a later job of the same name moved them there
-(autotrain.outputs). Every path served to a browser is resolved and checked to stay inside the
+(autotrain.trainers.outputs). Every path served to a browser is resolved and checked to stay inside the
 workspace's `output/`, whatever a request asks for.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autotrain.job import Job
-from autotrain.outputs import RUNS_DIR, output_owner
+from autotrain.jobs.job import Job
+from autotrain.trainers.outputs import RUNS_DIR, output_owner
 from autotrain.workspace import Workspace
 
 __all__ = [

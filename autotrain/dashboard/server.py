@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from autotrain.dashboard import files, views
 from autotrain.dashboard.access import AccessGuard
 from autotrain.errors import AutotrainError
-from autotrain.job import JobStore, store_for
+from autotrain.jobs.job import JobStore, store_for
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 
@@ -45,7 +45,7 @@ HERE = Path(__file__).parent
 def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlette:
     """The dashboard for this workspace and its Redis (the embedded one, or `redis_url`)."""
     if client is None:
-        from autotrain.connection import get_redis
+        from autotrain.jobs.connection import get_redis
 
         client = get_redis(settings)
     store = store_for(settings, client)
@@ -180,8 +180,8 @@ class _Pages:
         return JSONResponse({"message": message})
 
     def _act(self, job_id: str, action: str) -> str:
-        from autotrain.order import hold_job, move_job, release_job
-        from autotrain.queue import cancel_job, retry_job
+        from autotrain.jobs.order import hold_job, move_job, release_job
+        from autotrain.jobs.queue import cancel_job, retry_job
 
         do = {
             "cancel": lambda: cancel_job(self.store, job_id),

@@ -10,11 +10,11 @@ import time
 from typing import Any
 
 from autotrain.dashboard import files
-from autotrain.eta import Forecast, forecast
-from autotrain.job import Job, JobState, JobStore
+from autotrain.fleet.eta import Forecast, forecast
+from autotrain.jobs.job import Job, JobState, JobStore
 from autotrain.monitor import format_age, format_eta
-from autotrain.recorder import read_loss_history
 from autotrain.settings import Settings
+from autotrain.worker.recorder import read_loss_history
 from autotrain.workspace import Workspace
 
 __all__ = ["job_row", "jobs_page", "job_page", "batch_page", "fleet_page", "FILTER_STATES"]
@@ -28,7 +28,7 @@ _forecasts: dict[int, tuple[float, dict[str, Forecast]]] = {}
 
 
 def recent_forecast(store: JobStore, settings: Settings) -> dict[str, Forecast]:
-    """autotrain.eta.forecast, recomputed at most every few seconds per store."""
+    """autotrain.fleet.eta.forecast, recomputed at most every few seconds per store."""
     made, value = _forecasts.get(id(store), (0.0, {}))
     if time.monotonic() - made > _FORECAST_SECONDS:
         value = forecast(store, settings)
@@ -123,9 +123,9 @@ def batch_page(store: JobStore, settings: Settings, batch_id: str) -> dict:
 
 def fleet_page(store: JobStore, settings: Settings) -> dict:
     """Hosts, workers and GPUs with their memory and the jobs they train; queue depths."""
-    from autotrain import keys
-    from autotrain.queue import queue_depths
-    from autotrain.registry import live_workers
+    from autotrain.fleet.registry import live_workers
+    from autotrain.jobs import keys
+    from autotrain.jobs.queue import queue_depths
 
     workers = []
     for w in live_workers(store.redis):

@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
-from autotrain.resume import ResumeLaunch, ResumeRecord
 from autotrain.settings import Settings
+from autotrain.trainers.plan import TrainPlan
+from autotrain.trainers.resume import ResumeLaunch, ResumeRecord
 
 __all__ = ["TrainerBackend", "get_backend"]
 
@@ -32,7 +32,7 @@ class TrainerBackend(Protocol):
     def plan_resume(
         self, profile: Profile, plan: TrainPlan, state: Path, record: ResumeRecord, attempt: int
     ) -> ResumeLaunch:
-        """How the trainer continues from a saved state (autotrain.resume)."""
+        """How the trainer continues from a saved state (autotrain.trainers.resume)."""
 
     def versions(self, profile: Profile, settings: Settings) -> dict[str, str | None]:
         """What would run (trainer commit, library versions), for run.json and resume checks."""

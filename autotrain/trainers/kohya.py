@@ -25,10 +25,10 @@ import time
 from pathlib import Path
 
 from autotrain.errors import ConfigError
-from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
-from autotrain.resume import ResumeLaunch, ResumeRecord, plan_resume
 from autotrain.settings import CONFIG_FILE_NAME, ENV_PREFIX, Settings
+from autotrain.trainers.plan import TrainPlan
+from autotrain.trainers.resume import ResumeLaunch, ResumeRecord, plan_resume
 
 __all__ = ["KohyaBackend", "setting_hint", "git_commit"]
 
@@ -87,7 +87,7 @@ class KohyaBackend:
     def plan_resume(
         self, profile: Profile, plan: TrainPlan, state: Path, record: ResumeRecord, attempt: int
     ) -> ResumeLaunch:
-        """How this profile's script continues from `state` (see autotrain.resume)."""
+        """How this profile's script continues from `state` (see autotrain.trainers.resume)."""
         return plan_resume(profile.script or "", state, plan.config, record, attempt)
 
     def versions(self, profile: Profile, settings: Settings) -> dict[str, str | None]:

@@ -11,10 +11,10 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from autotrain.plan import TrainPlan
 from autotrain.profile import Profile
-from autotrain.resume import ResumeLaunch, ResumeRecord, state_step
 from autotrain.settings import Settings
+from autotrain.trainers.plan import TrainPlan
+from autotrain.trainers.resume import ResumeLaunch, ResumeRecord, state_step
 
 __all__ = ["TinyBackend", "TINY_MODULE", "TINY_REQUIREMENTS", "MISSING_EXTRA_MESSAGE"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 
 from autotrain.settings import load_settings
-from autotrain.worker import Gpu, plan_workers, run_workers
+from autotrain.worker.launch import Gpu, plan_workers, run_workers
 
 host, count = sys.argv[1], int(sys.argv[2])
 sizes = [float(g) for g in sys.argv[3].split(",")] if len(sys.argv) > 3 else [24.0] * count

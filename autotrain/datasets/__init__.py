@@ -1,0 +1,1 @@
+"""Datasets: discovery, image checks, validation, staging, disk space and the checks before queueing."""

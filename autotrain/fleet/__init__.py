@@ -1,0 +1,1 @@
+"""The fleet: hosts, GPUs, the worker registry, placement, pace, the queue ETA, the local cluster and doctor."""

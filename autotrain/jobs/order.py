@@ -1,0 +1,151 @@
+"""The order in which waiting jobs start, and the commands that change it: move, hold, release.
+
+A waiting job is a message in a broker queue, and the queue is kombu's: one Redis list per
+priority level (autotrain.jobs.keys.broker_lists), served level 0 first, each list FIFO (kombu
+LPUSHes and BRPOPs, so the next message is the rightmost). Reading those lists gives the true
+start order; moving a message between them, atomically in Lua against the workers' BRPOP, changes
+it. The job record follows: its `priority` is the level its message is in, so every later phase
+keeps the new place.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Literal
+
+from autotrain.errors import AutotrainError
+from autotrain.jobs import keys
+from autotrain.jobs.job import Job, JobState, JobStore
+
+__all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
+
+Where = Literal["top", "bottom", "before"]
+
+# KEYS: a queue's lists, highest priority first. ARGV: [1] task id, [2] top|bottom|before|remove,
+# [3] the other task id (before), then the priority value of each list.
+# Returns {level, payload} of the message's new place ({-1} when `before`'s other message is not in
+# this queue), or {0} when the message is not waiting (a worker took it, or it was never sent).
+_REORDER = """
+local function find(id)
+  for k = 1, #KEYS do
+    local items = redis.call('LRANGE', KEYS[k], 0, -1)
+    for i = 1, #items do
+      if string.find(items[i], id, 1, true) then return k, items[i] end
+    end
+  end
+end
+local k, item = find(ARGV[1])
+if not k then return {0} end
+local target, other = nil, nil
+if ARGV[2] == 'before' then
+  target, other = find(ARGV[3])
+  if not target then return {-1} end
+end
+redis.call('LREM', KEYS[k], 1, item)
+if ARGV[2] == 'remove' then return {k, item} end
+if ARGV[2] == 'top' then target = 1 elseif ARGV[2] == 'bottom' then target = #KEYS end
+local message = cjson.decode(item)
+message['properties']['priority'] = tonumber(ARGV[3 + target])
+local moved = cjson.encode(message)
+if ARGV[2] == 'top' then redis.call('RPUSH', KEYS[target], moved)
+elseif ARGV[2] == 'bottom' then redis.call('LPUSH', KEYS[target], moved)
+else redis.call('LINSERT', KEYS[target], 'AFTER', other, moved) end
+return {target, moved}
+"""
+
+
+def start_order(store: JobStore, queues: list[str]) -> list[str]:
+    """Task ids waiting in `queues`, in the order a worker taking from all of them starts them:
+    priority first, then the queues in the given order, then first in, first out."""
+    pipe = store.redis.pipeline(transaction=False)
+    for level in range(len(keys.PRIORITIES)):
+        for queue in queues:
+            pipe.lrange(keys.broker_lists(queue)[level], 0, -1)
+    order = []
+    for items in pipe.execute():
+        for item in reversed(items):  # the rightmost is taken first
+            try:
+                order.append(json.loads(item)["headers"]["id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return order
+
+
+def move_job(store: JobStore, job_id: str, where: Where, other_id: str | None = None) -> Job:
+    """Put a waiting job first or last of its queue, or just before another waiting job."""
+    job = _waiting(store, job_id, "moved")
+    other = _waiting(store, other_id, "used as a reference") if where == "before" else None
+    if other and other.next_task["queue"] != job.next_task["queue"]:
+        raise AutotrainError(
+            f"Jobs {job.id} and {other.id} wait in different queues "
+            f"({job.next_task['queue']}, {other.next_task['queue']}): one cannot start before the other."
+        )
+    outcome = _reorder(store, job, where, other.next_task["id"] if other else "")
+    if outcome[0] == 0:
+        raise AutotrainError(f"Job {job.id} ({job.name}) is no longer waiting: a worker took it.")
+    if outcome[0] == -1:
+        raise AutotrainError(
+            f"Job {other.id} ({other.name}) is no longer waiting: a worker took it."
+        )
+    level = sorted(keys.PRIORITIES.values())[int(outcome[0]) - 1]
+    store.update(job.id, priority=level, next_task={**job.next_task, "priority": level})
+    return store.get(job.id)
+
+
+def hold_job(store: JobStore, job_id: str) -> Job:
+    """Keep a job queued but not startable until `release_job`.
+
+    A job waiting in a queue leaves it at once; one in validation, staging or configuration
+    (on a worker now) is held when that phase hands it on, and one parked by its batch when its
+    slot comes (the slot goes on to the next job of the batch).
+    """
+    job = store.get(job_id)
+    if job.is_final or job.state in (JobState.TRAINING, JobState.REPORTING):
+        raise AutotrainError(
+            f"Job {job.id} ({job.name}) is {job.state.value}: only a job that has not started "
+            f"training can be held. To stop it: autotrain train cancel --job {job.id}"
+        )
+    store.update(job.id, held=True)
+    waiting = job.owner.startswith("queue:") and job.next_task
+    if waiting and _reorder(store, job, "remove")[0] != 0:
+        moved = store.move(job.id, expected=job.owner, owner="held")
+        if moved == 1:
+            store.add_history(job.id, attempt=job.attempt, event="held", phase=job.phase)
+    return store.get(job.id)
+
+
+def release_job(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> Job:
+    """Let a held job start again, at the end of its priority level."""
+    from autotrain.jobs.queue import _message_for, _task_ids, send_next
+
+    job = store.get(job_id)
+    if not job.held:
+        raise AutotrainError(f"Job {job.id} ({job.name}) is not held.")
+    store.update(job.id, held=False)
+    if job.owner == "held":
+        message = _message_for(job, job.phase or "validate")
+        moved = store.move(job.id, expected="held", owner=f"queue:{message['id']}",
+                           dispatch_until=time.time() + confirm_seconds, next_task=message,
+                           task_ids=_task_ids(job, message))  # fmt: skip
+        if moved == 1:
+            store.add_history(job.id, attempt=job.attempt, event="released", phase=job.phase)
+            send_next(store, job.id, message)
+    return store.get(job.id)
+
+
+def _waiting(store: JobStore, job_id: str, verb: str) -> Job:
+    job = store.get(job_id)
+    if not (job.owner.startswith("queue:") and job.next_task):
+        how = "held" if job.owner == "held" else job.state.value
+        raise AutotrainError(
+            f"Job {job.id} ({job.name}) is {how}, not waiting in a queue, so it cannot be {verb}."
+        )
+    return job
+
+
+def _reorder(store: JobStore, job: Job, mode: str, other_task: str = "") -> list:
+    lists = keys.broker_lists(job.next_task["queue"])
+    levels = [str(p) for p in sorted(keys.PRIORITIES.values())]
+    script = store.redis.register_script(_REORDER)
+    return script(keys=lists, args=[job.next_task["id"], mode, other_task, *levels])

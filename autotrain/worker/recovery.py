@@ -1,0 +1,198 @@
+"""What a training task does when a run cannot go on where it is, instead of failing the job.
+
+Each answer is a new attempt from the newest saved state, elsewhere or leaner: a GPU too small
+(or one the job failed on) sends it to a GPU that fits; out of memory steps down the profile's
+ladder; an NCCL failure moves it off that GPU and counts against the GPU; a stalled trainer is
+retried. Bad data or a broken setup is never retried: it would fail the same way again.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from autotrain.jobs import keys
+from autotrain.jobs.job import JobState
+from autotrain.jobs.lease import GpuRoom
+from autotrain.worker import phases
+from autotrain.worker.launch import gpu_memory
+
+if TYPE_CHECKING:
+    from autotrain.worker.tasks import PhaseContext
+
+__all__ = [
+    "room_on_these_gpus",
+    "move_to_free_memory",
+    "move_off_a_failing_gpu",
+    "step_down_after_oom",
+    "retry_stalled",
+]
+
+log = logging.getLogger("autotrain.pipeline")
+
+
+def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | None:
+    """What the job reserves on its GPUs; None when this GPU is too small for it, after sending
+    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs). A GPU large
+    enough whose memory other processes hold (NVML measures it) sends the job to a GPU with
+    that much free, or, with none, keeps it waiting here until the memory is free.
+
+    A pinned job stays where the user put it: its GPUs' memory still bounds what packs there.
+    """
+    from autotrain.fleet import placement
+    from autotrain.jobs.keys import gpu_queue_name
+
+    job, settings = ctx.job, ctx.settings
+    profile = phases.profile_for(job.spec, settings)
+    need = placement.need_bytes(
+        profile, job.variant, settings.vram_margin_gb, (job.plan or {}).get("config")
+    )
+    own = gpu_memory()
+    capacities = {g: own[0] for g in gpus} if own else {}
+    room = GpuRoom(need, settings.max_jobs_per_gpu, capacities, free_bytes=_measured_free)
+    avoided = bool(gpus) and f"{host}:{gpus[0]}" in job.avoid_gpus
+    if job.spec.gpu_ids or not own:
+        return room
+    short_now = own[1] is not None and need > own[1]  # other processes hold its memory
+    if not avoided and (not need or need <= own[0]) and not short_now:
+        return room
+    here = f"{host}:{gpus[0]}"
+    fleet = [g for g in placement.fleet_gpus(ctx.store.redis)
+             if f"{g['host']}:{g['gpu']}" not in job.avoid_gpus]  # fmt: skip
+    if avoided and not fleet:
+        return room  # every GPU failed it once: this one again rather than never
+    if short_now and need <= own[0] and not avoided:
+        moved = move_to_free_memory(ctx, here, need, own[1])  # or wait here until it is free
+        return None if moved else room
+    target = placement.best_fit(fleet, need)
+    if target is not None:
+        queue = gpu_queue_name(target["host"], target["gpu"])
+        gib = placement.GIB
+        why = (f"it failed on GPU {here} before" if avoided else
+               f"{need / gib:.1f} GiB do not fit this GPU ({own[0] / gib:.0f} GiB)")  # fmt: skip
+        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
+        ctx.hand_on("train", queue=queue)
+        return None
+    leaner = placement.first_fitting_variant(
+        profile, fleet, settings.vram_margin_gb, job.variant + 1
+    )
+    if leaner is not None:
+        ctx.store.add_history(job.id, attempt=job.attempt, event="leaner variant",
+                              variant=profile.variant_name(leaner))  # fmt: skip
+        ctx.hand_on("configure", variant=leaner)
+        return None
+    ctx.finish(
+        JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
+    )
+    return None
+
+
+# A job chasing free memory from GPU to GPU stops after this many moves per attempt and waits.
+_MAX_PLACEMENTS = 3
+
+
+def move_to_free_memory(ctx: PhaseContext, here: str, need: int, free_here: int | None) -> bool:
+    """Send a job waiting for memory that other programs hold on GPU `here` to a GPU whose
+    heartbeat measured that much free; False (it goes on waiting) when there is none, or after
+    `_MAX_PLACEMENTS` moves in this attempt."""
+    from autotrain.fleet import placement
+    from autotrain.jobs.keys import gpu_queue_name
+
+    job = ctx.job
+    roomy = [g for g in placement.fleet_gpus(ctx.store.redis)
+             if f"{g['host']}:{g['gpu']}" not in (here, *job.avoid_gpus)
+             and (g.get("memory_free") or g["memory_total"]) >= need]  # fmt: skip
+    target = placement.best_fit(roomy, need)
+    if target is None or _placements(ctx) >= _MAX_PLACEMENTS:
+        return False
+    queue = gpu_queue_name(target["host"], target["gpu"])
+    measured = f" (NVML: {free_here / placement.GIB:.1f} GiB)" if free_here is not None else ""
+    why = f"{need / placement.GIB:.1f} GiB are not free on GPU {here}{measured}"
+    ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
+    ctx.hand_on("train", queue=queue)
+    return True
+
+
+def _measured_free(gpu: int) -> int | None:
+    measured = gpu_memory(gpu)
+    return measured[1] if measured else None
+
+
+def _placements(ctx: PhaseContext) -> int:
+    return sum(1 for e in ctx.store.history(ctx.job.id)
+               if e.get("event") == "placed" and e.get("attempt") == ctx.job.attempt)  # fmt: skip
+
+
+def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:
+    """An NCCL (GPU or link) or hardware failure (ECC, Xid, a GPU lost) is this GPU's, not the
+    job's: count it against the GPU
+    (`status` marks a GPU suspect after `suspect_gpu_failures` in a day) and queue the training
+    again as the next attempt, on any GPU but this one. Pinned jobs and CPU runs fail as before."""
+    error = run.error_event or {}
+    job, settings = ctx.job, ctx.settings
+    if (
+        run.succeeded
+        or error.get("cause") not in ("nccl", "hardware")
+        or not gpus
+        or job.spec.gpu_ids
+    ):
+        return False
+    pipe = ctx.store.redis.pipeline(transaction=False)
+    for gpu in gpus:
+        pipe.incr(keys.gpu_failures(host, gpu))
+        pipe.expire(keys.gpu_failures(host, gpu), 86400)
+    pipe.execute()
+    where = [f"{host}:{g}" for g in gpus]
+    ctx.store.add_history(job.id, attempt=job.attempt, event="gpu failure", gpu=",".join(where),
+                          step=run.last_step, error=error.get("line"))  # fmt: skip
+    if job.attempts_exhausted(settings.max_attempts):
+        return False
+    log.warning("%s %s: %s failure on GPU %s; re-queued away from it", job.name, job.id,
+                error.get("cause"), where)  # fmt: skip
+    ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
+                queue=keys.GPU_QUEUE)  # fmt: skip
+    return True
+
+
+def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:
+    """Out of GPU memory: the profile's next leaner variant, configured anew and resumed from
+    the newest state. False when the run did not run out of memory or no variant is left (the
+    job then fails with the trainer's line). Other failures are never retried: bad data or
+    config fails the same way every time."""
+    error = run.error_event or {}
+    if run.succeeded or error.get("cause") != "oom":
+        return False
+    job = ctx.job
+    profile = phases.profile_for(job.spec, ctx.settings)
+    variant = profile.variant(job.variant + 1) if job.variant < len(profile.ladder) else None
+    if variant is None:
+        if profile.ladder:
+            tried = ", ".join(v.name for v in profile.ladder)
+            # raise_for_trainer quotes this event: the job's error then says the ladder is spent
+            run.error_event = {**error, "message": f"{error.get('message')} (every leaner "
+                               f"variant of {profile.name} was tried: {tried})"}  # fmt: skip
+        return False
+    why = (f"out of GPU memory on {worker} (GPU {gpu_label}) at step {run.last_step}; next: "
+           f"{variant.name} (needs about {variant.vram_gb:g} GB)")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="out of memory", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why,
+                          variant=variant.name)  # fmt: skip
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("configure", attempt=job.attempt + 1, variant=job.variant + 1)
+    return True
+
+
+def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
+    """A trainer the watchdog ended: a failure of this GPU, not of the job. Its train phase goes
+    back to the queue as the next attempt and resumes from the newest saved state."""
+    job, settings = ctx.job, ctx.settings
+    why = (f"the trainer made no progress for {run.stalled_seconds:.0f} s on {worker} "
+           f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
+    ctx.store.add_history(job.id, attempt=job.attempt, event="stalled", worker=worker,
+                          gpu=gpu_label, step=run.last_step, error=why)  # fmt: skip
+    if job.attempts_exhausted(settings.max_attempts):
+        ctx.finish(JobState.FAILED, error=f"{why[0].upper()}{why[1:]}; giving up after "
+                                          f"max_attempts={settings.max_attempts}.")  # fmt: skip
+        return
+    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
+    ctx.hand_on("train", attempt=job.attempt + 1)
