@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
+from autotrain.formatting import format_eta
 from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
 
 if TYPE_CHECKING:
@@ -23,8 +24,6 @@ __all__ = [
     "eta_text",
     "follow_job",
     "follow_batch",
-    "format_eta",
-    "format_age",
     "STATE_ICONS",
 ]
 
@@ -40,21 +39,6 @@ STATE_ICONS = {
     JobState.FAILED: "❌",
     JobState.CANCELLED: "⚫",
 }
-
-
-def format_eta(seconds: float | None) -> str:
-    if seconds is None:
-        return "--:--:--"
-    seconds = max(0, int(seconds))
-    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-def format_age(seconds: float) -> str:
-    """`42s`, `7m`, `3h`, `2d`: compact enough for a table column."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
 
 
 def progress_bar(step: int, total: int | None, width: int = 30) -> str:

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import AutotrainError
-from autotrain.jobs.job import Job, JobStore, job_store
+from autotrain.jobs.connection import job_store
+from autotrain.jobs.job import Job, JobStore
+from autotrain.profile import profile_for
 from autotrain.settings import Settings, load_settings
 from autotrain.spec import JobSpec
 from autotrain.trainers.plan import TrainPlan
@@ -106,7 +108,7 @@ def _prepare(
     )
     result.plan = phases.configure_phase(spec, result.report, settings, dry_run=dry_run)
     result.command = phases.trainer_command(spec, result.plan, settings)
-    result.profile = phases.profile_for(spec, settings)
+    result.profile = profile_for(spec, settings)
     return result
 
 
@@ -205,7 +207,7 @@ def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:
     """The profile variant a new job starts with on the live fleet (autotrain.fleet.placement)."""
     from autotrain.fleet.placement import initial_variant
 
-    variant, note = initial_variant(store.redis, phases.profile_for(spec, settings),
+    variant, note = initial_variant(store.redis, profile_for(spec, settings),
                                     settings.vram_margin_gb)  # fmt: skip
     if note:
         log.warning("%s: %s", spec.name, note)
@@ -234,7 +236,7 @@ def run_batch_pipeline(
     settings = settings or load_settings()
     if max_concurrent < 1:
         raise AutotrainError(f"--max-concurrent must be at least 1 (got {max_concurrent}).")
-    phases.profile_for(JobSpec(dataset_path=Path("."), name="x", profile=profile), settings)
+    profile_for(JobSpec(dataset_path=Path("."), name="x", profile=profile), settings)
     batch_id = f"b{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     specs = batch_specs(
         profile,

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autotrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from autotrain.settings import Settings
+    from autotrain.spec import JobSpec
 
 __all__ = [
     "Profile",
@@ -21,6 +25,7 @@ __all__ = [
     "Variant",
     "VramScaling",
     "load_profile",
+    "profile_for",
     "list_profiles",
     "builtin_templates_dir",
     "DESCRIPTOR_FILE",
@@ -192,3 +197,10 @@ def _read_descriptor(directory: Path, source: str) -> Profile:
         raise ConfigError(f"Profile descriptor {descriptor} is not valid TOML: {exc}") from exc
     except ValidationError as exc:
         raise ConfigError(f"Profile descriptor {descriptor} is invalid:\n{exc}") from exc
+
+
+def profile_for(spec: JobSpec, settings: Settings) -> Profile:
+    """The profile a job asked for, from the workspace's templates or the built-in ones."""
+    from autotrain.workspace import Workspace
+
+    return load_profile(spec.profile, Workspace(settings.workspace).templates_dir)

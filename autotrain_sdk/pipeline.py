@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from autotrain import pipeline as _real
-from autotrain.jobs.job import Job, JobState, job_store
+from autotrain.jobs.connection import job_store
+from autotrain.jobs.job import Job, JobState
 from autotrain.monitor import follow_batch, follow_job
 from autotrain.settings import Settings, load_settings
 

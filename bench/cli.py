@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotrain.fleet import cluster  # noqa: E402
-from autotrain.jobs.job import job_store  # noqa: E402
+from autotrain.jobs.connection import job_store  # noqa: E402
 from autotrain.settings import load_settings  # noqa: E402
 from autotrain.spec import JobSpec  # noqa: E402
 

@@ -100,7 +100,7 @@ def _datasets(root: Path, sizes: list[int], prefix: str) -> list[Path]:
 def run(root: Path, env: dict[str, str], args) -> None:
     from autotrain.fleet.eta import forecast
     from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.pipeline import run_batch_pipeline
     from autotrain.settings import load_settings
 

@@ -43,9 +43,9 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from autotrain.fleet.cluster import find_redis_server  # noqa: E402
 from autotrain.jobs import keys  # noqa: E402
 from autotrain.jobs.job import JobState, JobStore, _encode  # noqa: E402
+from autotrain.jobs.local_redis import find_redis_server  # noqa: E402
 from autotrain.profile import builtin_templates_dir  # noqa: E402
 from autotrain.spec import JobSpec  # noqa: E402
 
@@ -203,7 +203,8 @@ def _stop_fleet(procs: list[subprocess.Popen]) -> None:
 
 def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.job import job_store, run_batch_pipeline
+    from autotrain.jobs.connection import job_store
+    from autotrain.jobs.job import run_batch_pipeline
     from autotrain.settings import load_settings
 
     settings = load_settings()

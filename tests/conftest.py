@@ -17,7 +17,7 @@ import pytest
 import redis
 import tomli_w
 
-from autotrain.fleet.cluster import find_redis_server
+from autotrain.jobs.local_redis import find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DATASET = REPO / "examples" / "datasets" / "tiny_shapes"

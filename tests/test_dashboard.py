@@ -235,7 +235,7 @@ def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
 
 def test_the_live_channel_says_reconnecting_while_redis_restarts(cluster, tmp_path):
     """A private redis-server: stopped and started again on the same port under a live page."""
-    from autotrain.fleet.cluster import find_redis_server
+    from autotrain.jobs.local_redis import find_redis_server
 
     port = _free_port()
     data = tmp_path / "redis"

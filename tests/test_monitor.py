@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from autotrain.formatting import format_eta
 from autotrain.jobs.job import Job, JobState
-from autotrain.monitor import batch_line, format_eta, job_line
+from autotrain.monitor import batch_line, job_line
 from autotrain.spec import JobSpec
 
 

@@ -185,7 +185,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
     phase waits for Redis: the finished training is recorded, not trained again."""
     import socket
 
-    from autotrain.fleet.cluster import find_redis_server
+    from autotrain.jobs.local_redis import find_redis_server
 
     data = tmp_path / "redis-data"
     data.mkdir()

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from autotrain.cli import console, err_console, settings_of
+from autotrain.cli.common import console, err_console, settings_of
 from autotrain.errors import AutotrainError
 
 __all__ = ["COMMANDS"]
@@ -81,7 +81,8 @@ def down_cmd(ctx, force) -> None:
 def _training_jobs(settings) -> list:
     """Jobs training on this workspace's embedded Redis, [] when it is not running."""
     import autotrain.fleet.cluster as local
-    from autotrain.jobs.job import JobState, job_store
+    from autotrain.jobs.connection import job_store
+    from autotrain.jobs.job import JobState
 
     status = local.cluster_status(settings)
     if not status.embedded or not status.redis_running:

@@ -8,7 +8,7 @@ import time
 
 import click
 
-from autotrain.cli import FAILED, console, err_console, settings_of
+from autotrain.cli.common import FAILED, console, err_console, settings_of
 
 __all__ = ["COMMANDS"]
 
@@ -45,7 +45,8 @@ def retry_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
     """
     from autotrain.errors import AutotrainError
     from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.job import JobState, job_store
+    from autotrain.jobs.connection import job_store
+    from autotrain.jobs.job import JobState
     from autotrain.jobs.queue import retry_job
 
     if bool(job_id) == bool(batch_id):
@@ -111,7 +112,8 @@ def show_cmd(ctx, job_id, as_json) -> None:
     """
     from autotrain.fleet.eta import forecast
     from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.job import job_store, public_record
+    from autotrain.jobs.connection import job_store
+    from autotrain.jobs.job import public_record
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -145,7 +147,7 @@ def _needs(job, settings) -> list[str]:
     """The job's memory estimate and its profile's ladder (none when the profile is gone)."""
     from autotrain.errors import AutotrainError
     from autotrain.fleet.placement import describe_needs
-    from autotrain.worker.phases import profile_for
+    from autotrain.profile import profile_for
 
     try:
         profile = profile_for(job.spec, settings)
@@ -156,7 +158,7 @@ def _needs(job, settings) -> list[str]:
 
 def _forecast_text(expected) -> str:
     """`starts in 00:03:10 (04:12:30), done in 00:09:40 (04:19:00), on gpu1@h0: <why>`."""
-    from autotrain.monitor import format_eta
+    from autotrain.formatting import format_eta
 
     now = time.time()
 
@@ -197,7 +199,8 @@ def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
       autotrain train prune --older-than 7d
       autotrain train prune --older-than 30d --state failed --state cancelled --dry-run
     """
-    from autotrain.jobs.job import JobState, job_store
+    from autotrain.jobs.connection import job_store
+    from autotrain.jobs.job import JobState
     from autotrain.jobs.prune import prune_jobs
     from autotrain.workspace import Workspace
 
@@ -232,7 +235,7 @@ def move_cmd(ctx, job_id, where, other_id) -> None:
       autotrain train move --job 20261125-101500-a1b2c3 --top
       autotrain train move --job 20261125-101500-a1b2c3 --before 20261125-101000-d4e5f6
     """
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.jobs.order import move_job
 
     if bool(where) == bool(other_id):
@@ -251,7 +254,7 @@ def hold_cmd(ctx, job_id) -> None:
     Example:
       autotrain train hold --job 20261125-101500-a1b2c3
     """
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.jobs.order import hold_job
 
     job = hold_job(job_store(settings_of(ctx)), job_id)
@@ -271,7 +274,7 @@ def release_cmd(ctx, job_id) -> None:
       autotrain train release --job 20261125-101500-a1b2c3
     """
     from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.jobs.order import release_job
 
     settings = settings_of(ctx)

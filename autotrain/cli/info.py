@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autotrain.cli import console, settings_of
+from autotrain.cli.common import console, settings_of
 
 __all__ = ["COMMANDS"]
 

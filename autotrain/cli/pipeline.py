@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from autotrain.cli import INTERRUPTED, console, err_console, settings_of
+from autotrain.cli.common import INTERRUPTED, console, err_console, settings_of
 
 if TYPE_CHECKING:
     from autotrain.pipeline import PrepareResult
@@ -172,7 +172,7 @@ def run_cmd(
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
     if job.variant:
-        from autotrain.worker.phases import profile_for
+        from autotrain.profile import profile_for
 
         variant = profile_for(job.spec, settings).variant(job.variant)
         err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from autotrain.cli import INTERRUPTED, console, settings_of
+from autotrain.cli.common import INTERRUPTED, console, settings_of
 from autotrain.jobs.states import JobState
 
 if TYPE_CHECKING:
@@ -49,8 +49,9 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
 
     from autotrain.fleet.eta import forecast
     from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.job import job_store
-    from autotrain.monitor import eta_text, format_age
+    from autotrain.formatting import format_age
+    from autotrain.jobs.connection import job_store
+    from autotrain.monitor import eta_text
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -147,7 +148,7 @@ def cancel_cmd(ctx, job_id, batch_id) -> None:
       autotrain train cancel --batch b20261125-101500-a1b2
     """
     from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.jobs.queue import cancel_job
 
     if bool(job_id) == bool(batch_id):
@@ -185,7 +186,7 @@ def logs_cmd(ctx, job_id, follow) -> None:
     Example:
       autotrain train logs --job 20261125-101500-a1b2c3 --follow
     """
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
 
     settings = settings_of(ctx)
     store = job_store(settings)
@@ -214,7 +215,7 @@ def monitor_job(settings: Settings, job_id: str) -> int:
     """Show the live single-job line until the job ends; 0 when it succeeded."""
     from autotrain.cli.live import LiveView
     from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.monitor import follow_job, job_line
 
     store = job_store(settings)
@@ -247,7 +248,7 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
     from autotrain.cli.live import LiveView
     from autotrain.fleet.eta import forecast
     from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.job import job_store
+    from autotrain.jobs.connection import job_store
     from autotrain.monitor import batch_end_line, batch_line, follow_batch
 
     store = job_store(settings)
@@ -278,7 +279,7 @@ def print_batch_summary(jobs: list) -> None:
     """One row per job, queued and training time apart; errors in full below the table."""
     from rich.table import Table
 
-    from autotrain.monitor import format_eta
+    from autotrain.formatting import format_eta
 
     table = Table("name", "state", "steps", "final loss", "queued", "training")
     table.add_column("weights", overflow="fold")  # a path is never cut at the terminal's width

@@ -33,7 +33,8 @@ from starlette.staticfiles import StaticFiles
 from autotrain.dashboard import files, views
 from autotrain.dashboard.access import AccessGuard
 from autotrain.errors import AutotrainError
-from autotrain.jobs.job import JobStore, store_for
+from autotrain.jobs.connection import store_for
+from autotrain.jobs.job import JobStore
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 

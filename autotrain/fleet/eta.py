@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from autotrain.fleet import pace
 from autotrain.jobs import keys
 from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
-from autotrain.profile import Profile
+from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
-from autotrain.worker import phases
 
 __all__ = ["Forecast", "forecast"]
 
@@ -181,7 +180,7 @@ class _Fleet:
     def _profile(self, job: Job) -> Profile:
         """Profiles are files: read each once per forecast, not once per job."""
         if job.spec.profile not in self.profiles:
-            self.profiles[job.spec.profile] = phases.profile_for(job.spec, self.settings)
+            self.profiles[job.spec.profile] = profile_for(job.spec, self.settings)
         return self.profiles[job.spec.profile]
 
     def _pace(self, profile: Profile, model: str) -> pace.Pace:

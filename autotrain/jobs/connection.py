@@ -17,9 +17,17 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from autotrain.errors import AutotrainError
+from autotrain.jobs.job import JobStore
 from autotrain.settings import Settings
 
-__all__ = ["redis_url_for", "get_redis", "check_redis", "until_redis_back"]
+__all__ = [
+    "redis_url_for",
+    "get_redis",
+    "check_redis",
+    "until_redis_back",
+    "job_store",
+    "store_for",
+]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -29,7 +37,7 @@ def redis_url_for(settings: Settings) -> str:
     """The configured shared Redis, else the workspace's embedded one."""
     if settings.redis_url:
         return settings.redis_url
-    from autotrain.fleet.cluster import embedded_redis_url
+    from autotrain.jobs.local_redis import embedded_redis_url
 
     return embedded_redis_url(settings)
 
@@ -87,3 +95,16 @@ def check_redis(settings: Settings) -> redis.Redis:
         )
         raise AutotrainError(f"Cannot reach Redis at {where}: {exc}. Fix: {hint}.") from exc
     return client
+
+
+def job_store(settings: Settings) -> JobStore:
+    """The job store of the configured (or embedded) Redis; errors say how to start it."""
+    return store_for(settings, check_redis(settings))
+
+
+def store_for(settings: Settings, client: redis.Redis) -> JobStore:
+    """The job store on `client` with the settings' limits and its end-of-job notifications."""
+    from autotrain.jobs.notify import job_end_notifier  # notify reads jobs: imported late
+
+    return JobStore(client, settings.progress_stream_maxlen, settings.retention_days * 86400,
+                    on_final=job_end_notifier(settings))  # fmt: skip

@@ -14,7 +14,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +22,13 @@ import redis
 from pydantic import BaseModel, Field
 
 from autotrain.errors import AutotrainError
+from autotrain.formatting import iso_time
 from autotrain.jobs import keys, scripts
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
 
 if TYPE_CHECKING:
-    from autotrain.settings import Settings
+    pass
 
 __all__ = [
     "Job",
@@ -36,10 +36,7 @@ __all__ = [
     "JobStore",
     "FINAL_STATES",
     "NameInUse",
-    "job_store",
-    "store_for",
     "public_record",
-    "iso_time",
 ]
 
 
@@ -417,21 +414,6 @@ class JobStore:
         return [(entry_id, json.loads(fields["e"])) for entry_id, fields in rows]
 
 
-def job_store(settings: Settings) -> JobStore:
-    """The job store of the configured (or embedded) Redis; errors say how to start it."""
-    from autotrain.jobs.connection import check_redis
-
-    return store_for(settings, check_redis(settings))
-
-
-def store_for(settings: Settings, client: redis.Redis) -> JobStore:
-    """The job store on `client` with the settings' limits and its end-of-job notifications."""
-    from autotrain.jobs.notify import job_end_notifier
-
-    return JobStore(client, settings.progress_stream_maxlen, settings.retention_days * 86400,
-                    on_final=job_end_notifier(settings))  # fmt: skip
-
-
 # The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).
 _TIMES = ("created_at", "started_at", "training_started_at", "training_finished_at", "finished_at")
 
@@ -460,13 +442,6 @@ def public_record(job: Job, history: list[dict] | None = None, waiting_reason: s
     if history is not None:
         record["history"] = [{**e, "at": iso_time(e.get("at"))} for e in history]
     return record
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    """`2026-12-02T04:16:05.123456+00:00`, or None."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 def _bulky_keys(job_id: str) -> list[str]:

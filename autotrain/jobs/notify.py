@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from autotrain.formatting import format_eta
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job, JobState, JobStore
-from autotrain.monitor import format_eta
 from autotrain.settings import Settings
 
 __all__ = ["job_end_notifier", "job_message", "batch_message", "send"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import TrainingError
-from autotrain.jobs.job import iso_time
+from autotrain.formatting import iso_time
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers.plan import TrainPlan

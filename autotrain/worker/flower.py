@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import Task
 
-from autotrain.monitor import format_eta
+from autotrain.formatting import format_eta
 
 __all__ = ["progress_sender", "progress_result"]
 

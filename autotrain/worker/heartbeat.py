@@ -30,7 +30,7 @@ _stop = threading.Event()
 
 @worker_ready.connect
 def _start_background(sender=None, **_kwargs) -> None:
-    from autotrain.worker.tasks import worker_settings, worker_store
+    from autotrain.worker.context import worker_settings, worker_store
 
     name = sender.hostname if sender is not None else "worker"
     settings = worker_settings()
@@ -124,7 +124,7 @@ def _reap_once(store, settings) -> None:
 def _stop_background(sender=None, **_kwargs) -> None:
     """Stop announcing and leave the registry at once, so `status` does not list a dead worker."""
     _stop.set()
-    from autotrain.worker.tasks import worker_store
+    from autotrain.worker.context import worker_store
 
     name = getattr(sender, "hostname", None)
     if name:
@@ -137,6 +137,6 @@ def _stop_background(sender=None, **_kwargs) -> None:
 @worker_process_init.connect
 def _setup_child_logging(**_kwargs) -> None:
     from autotrain.logs import setup_logging
-    from autotrain.worker.tasks import worker_settings
+    from autotrain.worker.context import worker_settings
 
     setup_logging(worker_settings().workspace)

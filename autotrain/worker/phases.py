@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.errors import TrainingError
-from autotrain.profile import Profile, load_profile
+from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers import get_backend
@@ -40,10 +40,6 @@ __all__ = [
     "train_phase",
     "report_phase",
 ]
-
-
-def profile_for(spec: JobSpec, settings: Settings) -> Profile:
-    return load_profile(spec.profile, Workspace(settings.workspace).templates_dir)
 
 
 # progress(phase, done, total), for long phases on large datasets

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from autotrain.jobs.lease import GpuRoom
-from autotrain.worker import phases
+from autotrain.profile import profile_for
 from autotrain.worker.launch import gpu_memory
 
 if TYPE_CHECKING:
-    from autotrain.worker.tasks import PhaseContext
+    from autotrain.worker.context import PhaseContext
 
 __all__ = [
     "room_on_these_gpus",
@@ -43,7 +43,7 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
     from autotrain.jobs.keys import gpu_queue_name
 
     job, settings = ctx.job, ctx.settings
-    profile = phases.profile_for(job.spec, settings)
+    profile = profile_for(job.spec, settings)
     need = placement.need_bytes(
         profile, job.variant, settings.vram_margin_gb, (job.plan or {}).get("config")
     )
@@ -163,7 +163,7 @@ def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> 
     if run.succeeded or error.get("cause") != "oom":
         return False
     job = ctx.job
-    profile = phases.profile_for(job.spec, ctx.settings)
+    profile = profile_for(job.spec, ctx.settings)
     variant = profile.variant(job.variant + 1) if job.variant < len(profile.ladder) else None
     if variant is None:
         if profile.ladder:

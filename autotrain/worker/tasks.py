@@ -15,8 +15,6 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import lru_cache
 
 import redis
 from celery import Task
@@ -26,8 +24,8 @@ from autotrain.errors import AutotrainError
 from autotrain.fleet import pace
 from autotrain.jobs import keys
 from autotrain.jobs.celery_app import app
-from autotrain.jobs.connection import get_redis, until_redis_back
-from autotrain.jobs.job import Job, JobState, JobStore, store_for
+from autotrain.jobs.connection import until_redis_back
+from autotrain.jobs.job import JobState, JobStore
 from autotrain.jobs.lease import (
     Lease,
     acquire_batch_slot,
@@ -37,8 +35,8 @@ from autotrain.jobs.lease import (
     release_gpus,
     renew_gpus,
 )
-from autotrain.jobs.queue import current_host, hand_on, hand_on_batch_slot
-from autotrain.settings import Settings, load_settings
+from autotrain.jobs.queue import current_host
+from autotrain.profile import profile_for
 from autotrain.trainers.guard import device_records, kill_recorded_trainers, record_trainer
 from autotrain.trainers.outputs import archive_run
 from autotrain.trainers.plan import TrainPlan
@@ -46,6 +44,13 @@ from autotrain.worker import (
     heartbeat,  # noqa: F401 - importing it registers the worker signals
     phases,
     recovery,
+)
+from autotrain.worker.context import (
+    PhaseContext,
+    outage_seconds,
+    worker_gpu,
+    worker_settings,
+    worker_store,
 )
 from autotrain.worker.flower import progress_sender
 from autotrain.worker.launch import compute_processes, driver_version
@@ -57,57 +62,6 @@ __all__ = ["validate", "prepare", "configure", "train", "report"]
 log = logging.getLogger("autotrain.pipeline")
 
 
-@lru_cache(maxsize=1)
-def worker_settings() -> Settings:
-    return load_settings()
-
-
-def worker_store() -> JobStore:
-    settings = worker_settings()
-    return store_for(settings, get_redis(settings))
-
-
-def worker_gpu() -> int | None:
-    """The physical GPU this worker owns (set by `autotrain worker`), None on a CPU worker."""
-    value = os.environ.get("AUTOTRAIN_GPU_INDEX")
-    return int(value) if value not in (None, "") else None
-
-
-@dataclass
-class PhaseContext:
-    job: Job
-    store: JobStore
-    settings: Settings
-    lease: Lease
-
-    @property
-    def outage(self) -> float:
-        return _outage(self.settings)
-
-    def hand_on(self, phase: str, **fields) -> None:
-        """This phase is done: the queue of `phase` owns the job now."""
-        self.lease.stop()  # from here the move decides; a renewal would only see it gone
-        hand_on(self.store, self.job.id, self.lease.owner, phase, self.settings.lease_seconds,
-                self.outage, **fields)  # fmt: skip
-
-    def finish(self, state: JobState, **fields) -> bool:
-        """End the job in a final state, if this worker still owns it."""
-        self.lease.stop()
-        moved = until_redis_back(
-            lambda: self.store.move(self.job.id, expected=self.lease.owner, owner="", state=state,
-                                    finished_at=time.time(), **fields),
-            self.outage, f"finishing {self.job.id}",
-        )  # fmt: skip
-        if moved == 1:
-            hand_on_batch_slot(self.store, self.store.get(self.job.id))
-        return moved == 1
-
-
-def _outage(settings: Settings) -> float:
-    """How long taking or finishing a phase waits for Redis: well past a lease."""
-    return settings.lease_seconds * 10
-
-
 @contextmanager
 def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[PhaseContext]:
     """Enter a phase: take the job from the queue, hold its lease, record a failure on it."""
@@ -116,7 +70,7 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
     owner = new_owner(worker)
     fields = {"worker": worker, "phase": name, "next_task": None}
     fields["host" if name == "train" else "prep_host"] = current_host()
-    outage = _outage(settings)  # the message is consumed: wait for Redis, never drop it
+    outage = outage_seconds(settings)  # the message is consumed: wait for Redis, never drop it
     job = until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}")
     if job.started_at is None:
         fields["started_at"] = time.time()
@@ -272,7 +226,7 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     until_redis_back(
         lambda: _record_attempt(store, job.id, job.attempt, worker, run, command, resumed,
                                 gpu_label, host,
-                                phases.profile_for(job.spec, settings).variant_name(job.variant)),
+                                profile_for(job.spec, settings).variant_name(job.variant)),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
     if run.stalled_seconds is not None:
