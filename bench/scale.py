@@ -204,7 +204,7 @@ def _stop_fleet(procs: list[subprocess.Popen]) -> None:
 def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     from autotrain.jobs.celery_app import configure_app
     from autotrain.jobs.connection import job_store
-    from autotrain.jobs.job import run_batch_pipeline
+    from autotrain.pipeline import run_batch_pipeline
     from autotrain.settings import load_settings
 
     settings = load_settings()
@@ -217,6 +217,7 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     print(f"fleet up: {args.hosts} hosts x {args.gpus} GPUs; queueing {args.jobs} jobs", flush=True)
     submitted = time.time()
     busy_before = _cpu_busy()
+    commands_before = _command_counts(store.redis)
     batch = run_batch_pipeline("Scale", dataset_paths=[str(p) for p in datasets],
                                max_concurrent=10**6, settings=settings)  # fmt: skip
     kills = sorted(random.uniform(0.1, 0.7) for _ in range(args.kills))
@@ -233,6 +234,7 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
         time.sleep(1)
     finished = time.time()
     busy = _cpu_busy(busy_before)
+    _report_commands(_command_counts(store.redis), commands_before, args.jobs)
     print(f"machine CPU busy during the run: {busy:.0%} of {os.cpu_count()} cores", flush=True)
     time.sleep(3)  # retention here is 2 s: finished jobs' events and reports expire
     memory_after = store.redis.info("memory")["used_memory"]
@@ -242,6 +244,23 @@ def fleet_run(root: Path, url: str, env: dict[str, str], args) -> None:
     runs = [json.loads(line) for line in (root / "runs.jsonl").read_text().splitlines()]
     _report_fleet(args, jobs, runs, submitted, finished, ideal, killed,
                   (memory_after - memory_before) / max(1, len(jobs)), kept / max(1, len(jobs)))  # fmt: skip
+
+
+def _command_counts(client) -> dict[str, int]:
+    """Calls per Redis command since the server started (INFO commandstats)."""
+    return {name.removeprefix("cmdstat_"): int(stats["calls"])
+            for name, stats in client.info("commandstats").items()}  # fmt: skip
+
+
+def _report_commands(after: dict[str, int], before: dict[str, int], jobs: int) -> None:
+    """Redis commands per job over the run, everything counted (workers, broker, heartbeats,
+    the bench's own polling), and the commands that make up most of it."""
+    calls = {name: n - before.get(name, 0) for name, n in after.items()}
+    calls = {name: n for name, n in calls.items() if n > 0}
+    total = sum(calls.values())
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:10]
+    print(f"Redis commands per job {total / max(1, jobs):.0f} ({total} in all); most: "
+          + ", ".join(f"{name} {n / max(1, jobs):.1f}" for name, n in top), flush=True)  # fmt: skip
 
 
 def _cpu_busy(since: tuple[float, float] | None = None):
