@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from autotrain.workspace import Workspace
+from autotrain.workspace import Workspace, open_private_log
 
 __all__ = ["setup_logging", "PIPELINE_LOG", "ERRORS_LOG"]
 
@@ -25,6 +25,7 @@ def setup_logging(workspace: Path, level: int = logging.INFO) -> None:
     logs_dir.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(_FORMAT)
     for name, handler_level in ((PIPELINE_LOG, logging.DEBUG), (ERRORS_LOG, logging.ERROR)):
+        open_private_log(logs_dir / name).close()  # 0600: job names, paths and errors
         handler = logging.FileHandler(logs_dir / name, encoding="utf-8")
         handler.setLevel(handler_level)
         handler.setFormatter(formatter)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from autotrain.errors import AutotrainError
 
-__all__ = ["Workspace", "check_dataset_name", "slugify_name", "NAME_PATTERN"]
+__all__ = [
+    "Workspace",
+    "check_dataset_name",
+    "slugify_name",
+    "NAME_PATTERN",
+    "private_dir",
+    "write_private",
+    "open_private_log",
+]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
@@ -61,8 +70,14 @@ class Workspace:
 
     @property
     def state_dir(self) -> Path:
-        """Local state: embedded Redis data, pid files."""
+        """Local state: embedded Redis data, its password, pid files, logs. Create it with
+        `private_state_dir`, never by hand: it is readable by this user only."""
         return self.root / ".autotrain"
+
+    def private_state_dir(self) -> Path:
+        """`state_dir`, made (or tightened to) mode 0700: other users of the host read nothing
+        in it, not the Redis data (every job record and spec), not its password, not the logs."""
+        return private_dir(self.state_dir)
 
     # Per-dataset paths
     def input_dir(self, name: str) -> Path:
@@ -96,3 +111,26 @@ class Workspace:
         if not resolved.is_relative_to(self.root):
             raise AutotrainError(f"Path {path} would leave the workspace {self.root}; refusing.")
         return resolved
+
+
+def private_dir(path: Path) -> Path:
+    """`path` as a folder only this user may enter (0700), made if missing, tightened if not."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077 and path.stat().st_uid == os.getuid():
+        path.chmod(0o700)
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by this user only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(path, 0o600)
+
+
+def open_private_log(path: Path):
+    """A binary append handle on a log only this user may read (0600), for a child's output."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.chmod(path, 0o600)
+    return os.fdopen(fd, "ab")

@@ -1,4 +1,4 @@
-"""`autotrain up|down|status|worker|flower|doctor`: the local cluster and the workers of a host."""
+"""`autotrain up|down|status|redis|worker|flower|doctor`: the local cluster and the workers of a host."""
 
 from __future__ import annotations
 
@@ -273,4 +273,25 @@ def doctor_cmd(ctx) -> None:
         sys.exit(1)
 
 
-COMMANDS = [up_cmd, down_cmd, status_cmd, worker_cmd, flower_cmd, doctor_cmd]
+@click.command("redis")
+@click.option("--port", type=int, default=6379, show_default=True, help="Port on 127.0.0.1.")
+@click.pass_context
+def redis_cmd(ctx, port) -> None:
+    """Run the workspace's Redis in the foreground, for a process manager (Procfile, systemd).
+
+    It is the Redis `autotrain up` starts: loopback only, its own password (kept in
+    .autotrain/redis.password, mode 0600), CONFIG, DEBUG, MODULE, SLAVEOF/REPLICAOF and MIGRATE
+    disabled, its files readable by this user only. Workers and commands of the workspace find
+    it without AUTOTRAIN_REDIS_URL.
+
+    \b
+    Examples:
+      autotrain redis               # what the Procfile's redis line runs (honcho start)
+      autotrain redis --port 6380
+    """
+    import autotrain.fleet.cluster as local
+
+    local.run_redis_in_foreground(settings_of(ctx), port)
+
+
+COMMANDS = [redis_cmd, up_cmd, down_cmd, status_cmd, worker_cmd, flower_cmd, doctor_cmd]

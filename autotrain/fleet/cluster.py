@@ -32,7 +32,7 @@ from autotrain.jobs.local_redis import (
     redis_state_file,
 )
 from autotrain.settings import Settings
-from autotrain.workspace import Workspace
+from autotrain.workspace import Workspace, open_private_log, private_dir, write_private
 
 __all__ = [
     "ClusterStatus",
@@ -124,9 +124,9 @@ def cluster_status(settings: Settings) -> ClusterStatus:
 
 def start_embedded_redis(settings: Settings) -> int:
     """A real redis-server on 127.0.0.1, AOF on, noeviction, detached from this process."""
-    state_dir = Workspace(settings.workspace).state_dir
-    data_dir = state_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = Workspace(settings.workspace).private_state_dir()
+    data_dir = private_dir(state_dir / "redis")
+    _make_private(data_dir)  # data an older version left readable by all
     binary = find_redis_server()
     password = embedded_password(settings, create=True)
     # Restarting after a crash: keep the old port, so running workers reconnect by themselves.
@@ -134,7 +134,7 @@ def start_embedded_redis(settings: Settings) -> int:
     for attempt in range(5):
         port = previous if attempt == 0 and previous and _port_free(previous) else _free_port()
         config = state_dir / "redis.conf"
-        _write_private(config, _redis_config(port, data_dir, state_dir, password))
+        write_private(config, _redis_config(port, data_dir, state_dir, password))
         argv = [binary, str(config)]  # the password stays in the 0600 file, off the command line
         proc = subprocess.Popen(
             argv,
@@ -142,6 +142,7 @@ def start_embedded_redis(settings: Settings) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            umask=0o077,  # its append-only files and log: this user only
         )
         if _wait_for_redis(local_url(settings, port), proc, timeout=10):
             _write_json(redis_state_file(settings), {"pid": proc.pid, "port": port})
@@ -150,7 +151,35 @@ def start_embedded_redis(settings: Settings) -> int:
     raise AutotrainError(f"redis-server did not start; see {state_dir / 'redis.log'}.")
 
 
-def _redis_config(port: int, data_dir: Path, state_dir: Path, password: str | None) -> str:
+def run_redis_in_foreground(settings: Settings, port: int) -> None:
+    """Become the workspace's Redis (exec): what `autotrain up` starts, for a process manager
+    (the Procfile, systemd) to supervise. Same password, locked commands and private files;
+    every local command and worker finds it through `.autotrain/redis.json` as usual."""
+    if settings.redis_url:
+        raise AutotrainError(
+            f"AUTOTRAIN_REDIS_URL is set ({redact(settings.redis_url)}): `autotrain redis` runs "
+            "only the workspace's own Redis. Unset it, or run that Redis as you run it now."
+        )
+    status = cluster_status(settings)
+    if status.redis_running:
+        raise AutotrainError(
+            f"The workspace's Redis already runs (pid {status.redis_pid}). Stop it first: "
+            "autotrain down"
+        )
+    state_dir = Workspace(settings.workspace).private_state_dir()
+    data_dir = private_dir(state_dir / "redis")
+    _make_private(data_dir)
+    password = embedded_password(settings, create=True)
+    config = state_dir / "redis.conf"
+    write_private(config, _redis_config(port, data_dir, state_dir, password, log_to_stdout=True))
+    _write_json(redis_state_file(settings), {"pid": os.getpid(), "port": port})
+    os.umask(0o077)
+    binary = find_redis_server()
+    os.execv(binary, [binary, str(config)])
+
+
+def _redis_config(port: int, data_dir: Path, state_dir: Path, password: str | None,
+                  log_to_stdout: bool = False) -> str:  # fmt: skip
     """redis.conf of the embedded Redis: loopback, AOF, noeviction, a password, locked commands."""
     lines = [
         "bind 127.0.0.1",
@@ -161,7 +190,7 @@ def _redis_config(port: int, data_dir: Path, state_dir: Path, password: str | No
         "maxmemory-policy noeviction",
         'save ""',
         "daemonize no",
-        f'logfile "{state_dir / "redis.log"}"',
+        'logfile ""' if log_to_stdout else f'logfile "{state_dir / "redis.log"}"',
         "protected-mode yes",
     ]
     if password:
@@ -170,11 +199,12 @@ def _redis_config(port: int, data_dir: Path, state_dir: Path, password: str | No
     return "\n".join(lines) + "\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)
+def _make_private(folder: Path) -> None:
+    """Take group and other permissions off everything under `folder` that this user owns."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.lstat().st_mode
+        if mode & 0o077 and not path.is_symlink() and path.lstat().st_uid == os.getuid():
+            path.chmod(mode & 0o700)
 
 
 def start_local_workers(settings: Settings, worker_args: list[str]) -> int:
@@ -193,10 +223,9 @@ def start_local_dashboard(settings: Settings) -> int | None:
 
 
 def _start_in_background(settings: Settings, args: list[str], log_name: str, state: Path) -> int:
-    state_dir = Workspace(settings.workspace).state_dir
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = Workspace(settings.workspace).private_state_dir()
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
-    log = open(state_dir / log_name, "ab")  # noqa: SIM115 - handed to the child
+    log = open_private_log(state_dir / log_name)  # handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "autotrain.cli", *args],
         stdin=subprocess.DEVNULL,
@@ -220,7 +249,7 @@ def _workers_state_file(settings: Settings) -> Path:
 
 def _write_json(path: Path, value: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value))
+    write_private(tmp, json.dumps(value))
     os.replace(tmp, path)
 
 

@@ -20,7 +20,15 @@ from autotrain.settings import CONFIG_FILE_NAME, ENV_PREFIX, Settings
 from autotrain.trainers.kohya import KohyaBackend
 from autotrain.workspace import Workspace
 
-__all__ = ["Check", "run_checks", "check_workspace", "check_sd_scripts", "check_gpus", "GiB"]
+__all__ = [
+    "Check",
+    "run_checks",
+    "check_workspace",
+    "check_sd_scripts",
+    "check_gpus",
+    "check_private_state",
+    "GiB",
+]
 
 GiB = 1024**3
 PYTHON_TIMEOUT_SECONDS = 60
@@ -53,6 +61,38 @@ def run_checks(settings: Settings) -> list[Check]:
     if kohya:
         checks += check_sd_scripts(settings, kohya)
     checks += check_gpus()
+    checks += check_private_state(settings)
+    return checks
+
+
+def check_private_state(settings: Settings) -> list[Check]:
+    """Other users of the host read nothing of the workspace's state, and Redis asks for a
+    password: job records hold every spec (webhook tokens in notify_urls included)."""
+    checks = []
+    state = Workspace(settings.workspace).state_dir
+    if state.is_dir():
+        loose = [p for p in [state, *state.rglob("*")]
+                 if not p.is_symlink() and p.lstat().st_mode & 0o077]  # fmt: skip
+        checks.append(Check(
+            "private state", not loose,
+            f"{state} is readable by this user only" if not loose else
+            f"{len(loose)} file(s) under {state} are open to other users, e.g. {loose[0]} "
+            f"(mode {loose[0].lstat().st_mode & 0o777:o})",
+            f"chmod -R go-rwx {state}", required=False,
+        ))  # fmt: skip
+    url = settings.redis_url
+    if url:
+        from urllib.parse import urlsplit
+
+        has_password = bool(urlsplit(url).password)
+        checks.append(Check(
+            "redis password", has_password,
+            "AUTOTRAIN_REDIS_URL has a password" if has_password else
+            "AUTOTRAIN_REDIS_URL has no password: anyone who reaches that Redis reads and "
+            "rewrites every job",
+            "set requirepass (or an ACL user) on the server and put it in the URL: "
+            "redis://:PASSWORD@host:6379/0", required=False,
+        ))  # fmt: skip
     return checks
 
 

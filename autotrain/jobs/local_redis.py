@@ -57,7 +57,7 @@ def embedded_password(settings: Settings, create: bool = False) -> str | None:
     except FileNotFoundError:
         if not create:
             return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    Workspace(settings.workspace).private_state_dir()
     password = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from autotrain.workspace import private_dir
+
 __all__ = [
     "guarded_command",
     "die_with_parent",
@@ -101,7 +103,8 @@ def record_trainer(files: list[Path], session: int, job_id: str) -> None:
     """Note that session `session` (a guard's pid) trains `job_id` on these devices."""
     record = {"session": session, "started": _start_time(session), "job": job_id}
     for path in files:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(path.parent.parent)  # the workspace's .autotrain/
+        private_dir(path.parent)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record), encoding="utf-8")
         os.replace(tmp, path)
