@@ -215,3 +215,38 @@ def _step_age(flower: Flower, shown: re.Match, loaded: float) -> float:
         if event.get("kind") == "step" and event.get("step") == step:
             return loaded - event["ts"]
     pytest.fail(f"step {step} shown by Flower is not in {log}")
+
+
+def _status(url: str, headers: dict[str, str]) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=20) as r:
+            return r.status
+    except urllib.error.HTTPError as refused:
+        return refused.code
+
+
+def test_metrics_ask_for_the_credential_and_healthcheck_does_not(flower):
+    basic = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    assert _status(flower.url + "/metrics", {}) == 401
+    assert _status(flower.url + "/metrics", {"Authorization": basic}) == 200
+    assert _status(flower.url + "/healthcheck", {}) == 200
+
+
+def test_a_foreign_host_name_is_refused(flower):
+    """DNS rebinding: a page of another origin re-bound to 127.0.0.1 sends its own Host."""
+    basic = "Basic " + base64.b64encode(f"admin:{PASSWORD}".encode()).decode()
+    assert (
+        _status(flower.url + "/api/workers", {"Authorization": basic, "Host": "evil.example"})
+        == 400
+    )
+    assert _status(flower.url + "/api/workers", {"Authorization": basic}) == 200
+
+
+@pytest.mark.parametrize("passed", [["--address=0.0.0.0"], ["--address", "0.0.0.0"]])
+def test_an_address_passed_through_to_flower_is_checked_too(tmp_path, passed):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTOTRAIN_", "FLOWER_"))}
+    env["AUTOTRAIN_WORKSPACE"] = str(tmp_path)
+    run = subprocess.run([sys.executable, "-m", "autotrain.cli", "flower", *passed], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 1
+    assert "0.0.0.0" in run.stderr and "AUTOTRAIN_FLOWER_PASSWORD" in run.stderr

@@ -226,20 +226,42 @@ def flower_cmd(ctx, flower_args) -> None:
       AUTOTRAIN_FLOWER_PASSWORD=secret autotrain flower
     """
     settings = settings_of(ctx)
-    argv = [sys.executable, "-m", "celery", "-A", "autotrain.jobs.celery_app", "flower",
-            f"--address={settings.flower_address}", f"--port={settings.flower_port}"]  # fmt: skip
+    address, port, passed_on = _flower_address(flower_args, settings)
+    argv = [sys.executable, "-m", "autotrain.cli.flower_server", "-A", "autotrain.jobs.celery_app",
+            "flower", f"--address={address}", f"--port={port}", *passed_on]  # fmt: skip
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
     if settings.flower_password:
         # Flower reads its options from FLOWER_* variables: the password stays off `ps`.
         secret = settings.flower_password.get_secret_value()
         env["FLOWER_BASIC_AUTH"] = f"{settings.flower_user}:{secret}"
-    elif settings.flower_address not in ("127.0.0.1", "localhost", "::1"):
+    elif address not in ("127.0.0.1", "localhost", "::1"):
         raise AutotrainError(
-            "Flower on a non-loopback address needs a password: set AUTOTRAIN_FLOWER_PASSWORD."
+            f"Flower on {address} (beyond loopback) needs a password: set "
+            "AUTOTRAIN_FLOWER_PASSWORD."
         )
-    console.print(f"Flower on http://{settings.flower_address}:{settings.flower_port}")
+    console.print(f"Flower on http://{address}:{port}")
     # Replace this process, so that signals (Ctrl+C, a service manager's SIGTERM) reach Flower.
-    os.execve(sys.executable, [*argv, *flower_args], env)
+    os.execve(sys.executable, argv, env)
+
+
+def _flower_address(flower_args: tuple[str, ...], settings) -> tuple[str, str, list[str]]:
+    """The address and port Flower will really serve, with the user's own `--address`/`--port`
+    given to Flower taken into account (the last one wins, as in Flower), and the other
+    arguments to pass on."""
+    address, port = settings.flower_address, str(settings.flower_port)
+    passed_on: list[str] = []
+    args = iter(flower_args)
+    for arg in args:
+        name, has_value, value = arg.partition("=")
+        if name in ("--address", "--port"):
+            value = value if has_value else next(args, "")
+            if name == "--address":
+                address = value
+            else:
+                port = value
+        else:
+            passed_on.append(arg)
+    return address, port, passed_on
 
 
 @click.command("doctor")
