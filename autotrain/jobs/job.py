@@ -16,19 +16,16 @@ import time
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis
 from pydantic import BaseModel, Field
 
 from autotrain.errors import AutotrainError
 from autotrain.formatting import iso_time
-from autotrain.jobs import keys, scripts
+from autotrain.jobs import keys, owners, scripts
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Job",
@@ -67,9 +64,9 @@ class Job(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     queue: str | None = None
-    owner: str = (
-        ""  # "queue:<task id>", "worker:<token>", "parked" or "" (see autotrain.jobs.scripts)
-    )
+    # Who may move it now (autotrain.jobs.owners): the queue ("queue:<message id>"), a worker
+    # ("worker:<token>"), its batch ("parked"), `train hold` ("held") or nobody ("", final).
+    owner: str = owners.NOBODY
     phase: str | None = None  # the phase its owner runs or waits for
     next_task: dict[str, Any] | None = None  # the message for that phase: name, id, queue
     prep_host: str | None = None  # where phases 1-3 and 5 ran (host/gpu say where it trained)
@@ -81,7 +78,12 @@ class Job(BaseModel):
     waiting_for: str | None = None  # what its worker waits for (a GPU another job holds)
     attempt_base: int = 0  # attempts before the user's last retry (max_attempts counts from it)
     priority: int = 1  # its messages' broker priority, 0 first (autotrain.jobs.keys.PRIORITIES)
-    held: bool = False  # `train hold`: stays queued, never starts until released
+    # `train hold`, the user's wish: set by hold, cleared by release. The job leaves the queue
+    # (owner "held") at once when it waits in one, else at its next hand-off; so held with
+    # another owner means "on a worker or parked, held when that ends". Owner "held" means it
+    # is out of every queue now, and always comes with the flag (release clears the flag first,
+    # then hands the job to the queue).
+    held: bool = False
     variant: int = 0  # the profile's leaner variant in use (its ladder, 1-based; 0 = as is)
     avoid_gpus: list[str] = Field(default_factory=list)  # "host:index" where it hit NCCL errors
     from_scratch: bool = False  # the retry asked to start training over
@@ -355,7 +357,7 @@ class JobStore:
 
         Reaching a final state also clears the owner.
         """
-        owner = "" if state in FINAL_STATES else None
+        owner = owners.NOBODY if state in FINAL_STATES else None
         return self.move(job_id, expected=None, owner=owner, state=state, **fields) == 1
 
     def renew(self, job_id: str, owner: str, until: float) -> bool:

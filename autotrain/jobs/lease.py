@@ -1,6 +1,6 @@
 """Leases, GPU locks and batch slots: the Redis-side coordination of long jobs.
 
-A worker that takes a job (autotrain.jobs.scripts.MOVE, owner "worker:<token>") holds its lease: a
+A worker that takes a job (autotrain.jobs.scripts.MOVE, owner `worker_owner(token)`) holds its lease: a
 deadline in `autotrain:leases` that a thread renews every third of the lease, only while the
 worker still owns the job. When a worker dies its deadline passes and the reaper re-queues the
 job (autotrain.jobs.reaper); a job waiting in a queue holds no lease and is never reaped. Messages are
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import redis
 
 from autotrain.jobs import keys
+from autotrain.jobs.owners import worker_owner
 
 __all__ = [
     "Lease",
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def new_owner(worker: str) -> str:
     """A worker's owner token for one job: unique even for a restarted worker of that name."""
-    return f"worker:{worker}/{secrets.token_hex(4)}"
+    return worker_owner(f"{worker}/{secrets.token_hex(4)}")
 
 
 class Lease:

@@ -17,6 +17,7 @@ from typing import Literal
 from autotrain.errors import AutotrainError
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.owners import HELD, is_queue_owner, queue_owner
 
 __all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
 
@@ -107,9 +108,9 @@ def hold_job(store: JobStore, job_id: str) -> Job:
             f"training can be held. To stop it: autotrain train cancel --job {job.id}"
         )
     store.update(job.id, held=True)
-    waiting = job.owner.startswith("queue:") and job.next_task
+    waiting = is_queue_owner(job.owner) and job.next_task
     if waiting and _reorder(store, job, "remove")[0] != 0:
-        moved = store.move(job.id, expected=job.owner, owner="held")
+        moved = store.move(job.id, expected=job.owner, owner=HELD)
         if moved == 1:
             store.add_history(job.id, attempt=job.attempt, event="held", phase=job.phase)
     return store.get(job.id)
@@ -123,9 +124,9 @@ def release_job(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> 
     if not job.held:
         raise AutotrainError(f"Job {job.id} ({job.name}) is not held.")
     store.update(job.id, held=False)
-    if job.owner == "held":
+    if job.owner == HELD:
         message = _message_for(job, job.phase or "validate")
-        moved = store.move(job.id, expected="held", owner=f"queue:{message['id']}",
+        moved = store.move(job.id, expected=HELD, owner=queue_owner(message["id"]),
                            dispatch_until=time.time() + confirm_seconds, next_task=message,
                            task_ids=_task_ids(job, message))  # fmt: skip
         if moved == 1:
@@ -136,8 +137,8 @@ def release_job(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> 
 
 def _waiting(store: JobStore, job_id: str, verb: str) -> Job:
     job = store.get(job_id)
-    if not (job.owner.startswith("queue:") and job.next_task):
-        how = "held" if job.owner == "held" else job.state.value
+    if not (is_queue_owner(job.owner) and job.next_task):
+        how = "held" if job.owner == HELD else job.state.value
         raise AutotrainError(
             f"Job {job.id} ({job.name}) is {how}, not waiting in a queue, so it cannot be {verb}."
         )

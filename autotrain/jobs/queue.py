@@ -26,6 +26,7 @@ from autotrain.jobs.keys import (
     PRIORITIES,
     gpu_queue_name,
 )
+from autotrain.jobs.owners import HELD, NOBODY, PARKED, is_worker_owner, queue_owner
 from autotrain.spec import JobSpec
 
 __all__ = [
@@ -84,7 +85,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0,
         spec,
         dispatch_until=time.time() + confirm_seconds,
         queue=training_queue(spec),
-        owner=f"queue:{message['id']}",
+        owner=queue_owner(message["id"]),
         phase="validate",
         next_task=message,
         task_ids=[message["id"]],
@@ -108,7 +109,7 @@ def hand_on(store: JobStore, job_id: str, owner: str, phase: str, confirm_second
     held = job.held and phase != "report"  # `train hold`: kept here until released
     moved = until_redis_back(
         lambda: store.move(
-            job_id, expected=owner, owner="held" if held else f"queue:{message['id']}",
+            job_id, expected=owner, owner=HELD if held else queue_owner(message["id"]),
             state=waiting_state(phase),
             dispatch_until=None if held else time.time() + confirm_seconds,
             phase=phase, next_task=None if held else message, worker=None,
@@ -134,7 +135,7 @@ def send_next(store: JobStore, job_id: str, message: dict) -> None:
     app.send_task(message["name"], args=[job_id], task_id=message["id"], queue=message["queue"],
                   priority=message.get("priority", PRIORITIES["normal"]),
                   argsrepr=f"({job_id!r},) {message.get('label', '')}".rstrip())  # fmt: skip
-    owner = f"queue:{message['id']}"
+    owner = queue_owner(message["id"])
     store.move(job_id, expected=owner, owner=owner)  # confirmed: leaves the dispatch set
 
 
@@ -144,14 +145,14 @@ def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0)
     if job.held:  # keeps its place out of the batch's way: the slot goes to the next one
         from autotrain.jobs.lease import release_batch_slot
 
-        if store.move(job_id, expected="parked", owner="held", phase="train") == 1:
+        if store.move(job_id, expected=PARKED, owner=HELD, phase="train") == 1:
             following = release_batch_slot(store.redis, job.spec.batch_id, job_id)
             if following:
                 dispatch_parked(store, following, confirm_seconds)
         return False
     message = _message_for(job, "train")
     moved = store.move(
-        job_id, expected="parked", owner=f"queue:{message['id']}", state=JobState.WAITING_GPU,
+        job_id, expected=PARKED, owner=queue_owner(message["id"]), state=JobState.WAITING_GPU,
         dispatch_until=time.time() + confirm_seconds, phase="train", next_task=message,
     )  # fmt: skip
     if moved == 1:
@@ -198,10 +199,10 @@ def cancel_job(store: JobStore, job_id: str) -> Job:
     store.update(job.id, cancel_requested=True)
     for _ in range(3):
         job = store.get(job.id)
-        if job.is_final or job.owner.startswith("worker:"):
+        if job.is_final or is_worker_owner(job.owner):
             break  # that worker sees the flag within a second
         moved = store.move(
-            job.id, expected=job.owner, owner="", state=JobState.CANCELLED,
+            job.id, expected=job.owner, owner=NOBODY, state=JobState.CANCELLED,
             finished_at=time.time(), error="cancelled by user",
         )  # fmt: skip
         if moved == 1:
@@ -245,7 +246,7 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
     if from_scratch:
         fields.update(step=0, loss=None, eta_seconds=None, training_started_at=None,
                       training_finished_at=None)  # fmt: skip
-    store.reopen(job.id, owner=f"queue:{message['id']}", state=JobState.QUEUED,
+    store.reopen(job.id, owner=queue_owner(message["id"]), state=JobState.QUEUED,
                  dispatch_until=time.time() + confirm_seconds, **fields)  # fmt: skip
     if job.spec.batch_id:
         store.redis.delete(keys.batch_notified(job.spec.batch_id))  # its next end is news again

@@ -17,6 +17,7 @@ import time
 
 from autotrain.jobs import keys
 from autotrain.jobs.job import JobState, JobStore
+from autotrain.jobs.owners import NOBODY, is_worker_owner, queue_owner
 from autotrain.jobs.queue import (
     _message_for,
     _task_ids,
@@ -61,13 +62,13 @@ def reap(store: JobStore, settings: Settings, now: float | None = None) -> ReapR
 def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, now: float,
               result: ReapResult) -> None:  # fmt: skip
     job = store.get(job_id)
-    if not job.owner.startswith("worker:"):
+    if not is_worker_owner(job.owner):
         store.redis.zrem(keys.LEASES, job_id)  # a stale entry; nothing owns it by lease
         return
     dead = job.worker or job.owner
     if job.cancel_requested:
         moved = store.move(
-            job_id, expected=job.owner, owner="", state=JobState.CANCELLED, finished_at=now,
+            job_id, expected=job.owner, owner=NOBODY, state=JobState.CANCELLED, finished_at=now,
             error="cancelled by user", lease_expired_before=before,
         )  # fmt: skip
         if moved == 1:
@@ -80,7 +81,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             f"{job.phase}); giving up after max_attempts={settings.max_attempts}."
         )
         moved = store.move(
-            job_id, expected=job.owner, owner="", state=JobState.FAILED, finished_at=now,
+            job_id, expected=job.owner, owner=NOBODY, state=JobState.FAILED, finished_at=now,
             error=error, lease_expired_before=before,
         )  # fmt: skip
         if moved == 1:
@@ -90,7 +91,7 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
     phase = job.phase or "validate"
     message = _message_for(job, phase)
     moved = store.move(
-        job_id, expected=job.owner, owner=f"queue:{message['id']}", state=waiting_state(phase),
+        job_id, expected=job.owner, owner=queue_owner(message["id"]), state=waiting_state(phase),
         dispatch_until=now + settings.lease_seconds, lease_expired_before=before,
         attempt=job.attempt + 1, phase=phase, next_task=message, worker=None,
         task_ids=_task_ids(job, message),
@@ -108,7 +109,7 @@ def _resend(store: JobStore, settings: Settings, job_id: str, now: float,
             result: ReapResult) -> None:  # fmt: skip
     job = store.get(job_id)
     message = job.next_task
-    owner = f"queue:{message['id']}" if message else None
+    owner = queue_owner(message["id"]) if message else None
     if message is None or job.owner != owner:
         store.redis.zrem(keys.DISPATCH, job_id)
         return

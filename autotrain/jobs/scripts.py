@@ -1,8 +1,10 @@
 """The Lua scripts that make job ownership atomic: the concurrency contract, in one place.
 
-A job is owned by exactly one of: the queue (`owner` = "queue:<task id>", a message for its next
-phase is in a broker queue), a live worker (`owner` = "worker:<token>", its deadline in
-`autotrain:leases`), its batch (`owner` = "parked", waiting for a slot), or nobody once final.
+A job is owned by exactly one of (autotrain.jobs.owners): the queue (`owner` = "queue:<message
+id>", the message for its next phase is in a broker queue, its send confirmed or its deadline in
+`autotrain:dispatch`), a live worker (`owner` = "worker:<token>", its deadline in
+`autotrain:leases`), its batch (`owner` = "parked", waiting for a slot), `train hold` (`owner` =
+"held", out of every queue until released), or nobody (`owner` = "") once final.
 Every change of owner goes through MOVE, guarded by the owner the caller expects, so a stale
 message, a re-sent one or a worker that lost its job changes nothing. Field values are
 JSON-encoded in the job hash, so owners and states are compared in their JSON form.

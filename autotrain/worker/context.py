@@ -14,6 +14,7 @@ from functools import lru_cache
 from autotrain.jobs.connection import get_redis, store_for, until_redis_back
 from autotrain.jobs.job import Job, JobState, JobStore
 from autotrain.jobs.lease import Lease
+from autotrain.jobs.owners import NOBODY
 from autotrain.jobs.queue import hand_on, hand_on_batch_slot
 from autotrain.settings import Settings, load_settings
 
@@ -57,7 +58,7 @@ class PhaseContext:
         """End the job in a final state, if this worker still owns it."""
         self.lease.stop()
         moved = until_redis_back(
-            lambda: self.store.move(self.job.id, expected=self.lease.owner, owner="", state=state,
+            lambda: self.store.move(self.job.id, expected=self.lease.owner, owner=NOBODY, state=state,
                                     finished_at=time.time(), **fields),
             self.outage, f"finishing {self.job.id}",
         )  # fmt: skip

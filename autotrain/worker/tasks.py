@@ -35,6 +35,7 @@ from autotrain.jobs.lease import (
     release_gpus,
     renew_gpus,
 )
+from autotrain.jobs.owners import HELD, PARKED, queue_owner
 from autotrain.jobs.queue import current_host
 from autotrain.profile import profile_for
 from autotrain.trainers.guard import device_records, kill_recorded_trainers, record_trainer
@@ -76,7 +77,7 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
         fields["started_at"] = time.time()
     moved = until_redis_back(
         lambda: store.move(
-            job_id, expected=f"queue:{task.request.id}", owner=owner, state=state,
+            job_id, expected=queue_owner(task.request.id), owner=owner, state=state,
             lease_until=time.time() + settings.lease_seconds, **fields,
         ),
         outage, f"taking {job_id}",
@@ -140,7 +141,7 @@ def train(self: Task, job_id: str) -> None:
     with phase(self, job_id, "train", JobState.WAITING_GPU) as ctx:
         if ctx.job.held:  # held after this message was taken: wait for `train release`
             ctx.lease.stop()
-            ctx.store.move(job_id, expected=ctx.lease.owner, owner="held",
+            ctx.store.move(job_id, expected=ctx.lease.owner, owner=HELD,
                            state=JobState.WAITING_GPU, worker=None)  # fmt: skip
             raise Ignore()
         batch_id = ctx.job.spec.batch_id
@@ -148,7 +149,7 @@ def train(self: Task, job_id: str) -> None:
             ctx.store.redis, batch_id, job_id, ctx.job.created_at
         ):
             ctx.lease.stop()
-            ctx.store.move(job_id, expected=ctx.lease.owner, owner="parked",
+            ctx.store.move(job_id, expected=ctx.lease.owner, owner=PARKED,
                            state=JobState.WAITING_GPU, worker=None)  # fmt: skip
             log.info("%s %s: parked, its batch is at --max-concurrent", ctx.job.name, job_id)
             raise Ignore()
