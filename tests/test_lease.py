@@ -253,3 +253,13 @@ def _waiting(client, queue: str) -> int:
     from autotrain.jobs import keys
 
     return sum(client.llen(name) for name in keys.broker_lists(queue))
+
+
+def test_scripts_go_by_sha_and_survive_a_server_that_lost_them(client):
+    """A restarted Redis has no scripts: the first call loads the source, later ones send the SHA."""
+    create_batch(client, "b1", 1)
+    client.script_flush()
+    assert acquire_batch_slot(client, "b1", "j1", 1), "loaded again after the flush"
+    before = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+    assert acquire_batch_slot(client, "b1", "j1", 1)
+    assert client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0) == before

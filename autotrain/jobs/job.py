@@ -151,10 +151,6 @@ class JobStore:
         self.stream_maxlen = stream_maxlen
         self.retention_seconds = int(retention_seconds)
         self.on_final = on_final
-        self._create = client.register_script(scripts.CREATE)
-        self._move = client.register_script(scripts.MOVE)
-        self._renew = client.register_script(scripts.RENEW)
-        self._reopen = client.register_script(scripts.REOPEN)
 
     # Keys (see autotrain.jobs.keys)
     key = staticmethod(keys.job)
@@ -177,7 +173,7 @@ class JobStore:
                 args += [name, value]
             batch_index = keys.batch_jobs(spec.batch_id) if spec.batch_id else keys.JOBS
             index_keys = [self.key(job.id), keys.JOBS, keys.name(spec.name), keys.ACTIVE]
-            outcome = self._create(keys=[*index_keys, batch_index, keys.DISPATCH], args=args)
+            outcome = scripts.CREATE(self.redis, [*index_keys, batch_index, keys.DISPATCH], args)
             if outcome[0] == 1:
                 return job
             if outcome[0] == -1:
@@ -307,7 +303,7 @@ class JobStore:
             name_key = keys.name(json.loads(spec)["name"])
         job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key,
                     *_bulky_keys(job_id)]  # fmt: skip
-        moved = int(self._move(keys=job_keys, args=args))
+        moved = int(scripts.MOVE(self.redis, job_keys, args))
         if moved == 1 and state in FINAL_STATES:
             self._record_end(job_id)
         return moved
@@ -325,7 +321,7 @@ class JobStore:
             args += [name, value]
         job_keys = [self.key(job.id), keys.ACTIVE, keys.name(job.spec.name), keys.DISPATCH,
                     *_bulky_keys(job.id)]  # fmt: skip
-        outcome = self._reopen(keys=job_keys, args=args)
+        outcome = scripts.REOPEN(self.redis, job_keys, args)
         if outcome[0] == -1:
             raise NameInUse(job.spec.name, outcome[1])
         if outcome[0] != 1:
@@ -363,7 +359,7 @@ class JobStore:
     def renew(self, job_id: str, owner: str, until: float) -> bool:
         """Extend a worker's lease; False when that worker no longer owns the job."""
         args = [job_id, json.dumps(owner), until]
-        return bool(self._renew(keys=[self.key(job_id), keys.LEASES], args=args))
+        return bool(scripts.RENEW(self.redis, [self.key(job_id), keys.LEASES], args))
 
     def expired_leases(self, before: float, limit: int = 1000) -> list[str]:
         """Jobs whose owning worker has not renewed since `before` (cost: the expired ones)."""

@@ -15,45 +15,13 @@ import time
 from typing import Literal
 
 from autotrain.errors import AutotrainError
-from autotrain.jobs import keys
+from autotrain.jobs import keys, scripts
 from autotrain.jobs.job import Job, JobState, JobStore
 from autotrain.jobs.owners import HELD, is_queue_owner, queue_owner
 
 __all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
 
 Where = Literal["top", "bottom", "before"]
-
-# KEYS: a queue's lists, highest priority first. ARGV: [1] task id, [2] top|bottom|before|remove,
-# [3] the other task id (before), then the priority value of each list.
-# Returns {level, payload} of the message's new place ({-1} when `before`'s other message is not in
-# this queue), or {0} when the message is not waiting (a worker took it, or it was never sent).
-_REORDER = """
-local function find(id)
-  for k = 1, #KEYS do
-    local items = redis.call('LRANGE', KEYS[k], 0, -1)
-    for i = 1, #items do
-      if string.find(items[i], id, 1, true) then return k, items[i] end
-    end
-  end
-end
-local k, item = find(ARGV[1])
-if not k then return {0} end
-local target, other = nil, nil
-if ARGV[2] == 'before' then
-  target, other = find(ARGV[3])
-  if not target then return {-1} end
-end
-redis.call('LREM', KEYS[k], 1, item)
-if ARGV[2] == 'remove' then return {k, item} end
-if ARGV[2] == 'top' then target = 1 elseif ARGV[2] == 'bottom' then target = #KEYS end
-local message = cjson.decode(item)
-message['properties']['priority'] = tonumber(ARGV[3 + target])
-local moved = cjson.encode(message)
-if ARGV[2] == 'top' then redis.call('RPUSH', KEYS[target], moved)
-elseif ARGV[2] == 'bottom' then redis.call('LPUSH', KEYS[target], moved)
-else redis.call('LINSERT', KEYS[target], 'AFTER', other, moved) end
-return {target, moved}
-"""
 
 
 def start_order(store: JobStore, queues: list[str]) -> list[str]:
@@ -148,5 +116,4 @@ def _waiting(store: JobStore, job_id: str, verb: str) -> Job:
 def _reorder(store: JobStore, job: Job, mode: str, other_task: str = "") -> list:
     lists = keys.broker_lists(job.next_task["queue"])
     levels = [str(p) for p in sorted(keys.PRIORITIES.values())]
-    script = store.redis.register_script(_REORDER)
-    return script(keys=lists, args=[job.next_task["id"], mode, other_task, *levels])
+    return scripts.REORDER(store.redis, lists, [job.next_task["id"], mode, other_task, *levels])
