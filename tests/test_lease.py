@@ -103,6 +103,16 @@ def test_a_final_job_never_leaves_its_state(client):
     assert store.get(job.id).state == JobState.CANCELLED
 
 
+def test_a_job_moves_only_along_the_allowed_moves(client):
+    store = JobStore(client)
+    job = store.create(spec(), owner=queue_owner("m1"), phase="validate")
+    with pytest.raises(Exception, match="not an allowed move"):
+        store.move(job.id, expected=None, owner=None, state=JobState.REPORTING)
+    assert store.get(job.id).state == JobState.QUEUED, "a refused move changes nothing"
+    assert store.set_state(job.id, JobState.VALIDATING)
+    assert store.set_state(job.id, JobState.QUEUED), "handed on to prepare"
+
+
 def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
     store = JobStore(client)
     job = store.create(spec())
@@ -114,8 +124,9 @@ def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
 def _owned_by_worker(store: JobStore, lease_until: float, attempt: int = 1, phase="train"):
     """A job a worker took from the queue, with the lease deadline it last renewed to."""
     job = store.create(
-        spec(), queue="gpu", owner=queue_owner("m1"), phase="validate", attempt=attempt
-    )
+        spec(), queue="gpu", owner=queue_owner("m1"), phase="train", attempt=attempt,
+        state=JobState.WAITING_GPU,
+    )  # fmt: skip
     moved = store.move(job.id, expected=queue_owner("m1"), owner=DEAD_WORKER,
                        state=JobState.TRAINING, lease_until=lease_until, phase=phase,
                        worker="cpu@gone")  # fmt: skip

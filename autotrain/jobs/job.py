@@ -284,7 +284,8 @@ class JobStore:
         """Change a job's owner (and state, fields) atomically; see autotrain.jobs.scripts.MOVE.
 
         `expected` None moves whoever owns it; `owner` None keeps the owner. Returns 1 when it
-        moved, 0 when the owner was not `expected`, -1 when the job is final, -2 when unknown.
+        moved, 0 when the owner was not `expected`, -1 when the job is final, -2 when unknown;
+        raises when `state` is not an allowed move from the job's state (states.ALLOWED).
         """
         args: list[Any] = [
             job_id,
@@ -304,6 +305,11 @@ class JobStore:
         job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key,
                     *_bulky_keys(job_id)]  # fmt: skip
         moved = int(scripts.MOVE(self.redis, job_keys, args))
+        if moved == -3:
+            raise AutotrainError(
+                f"Job {job_id} cannot move to {state} from {self.state(job_id)}: not an allowed "
+                "move (autotrain.jobs.states.ALLOWED)."
+            )
         if moved == 1 and state in FINAL_STATES:
             self._record_end(job_id)
         return moved

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from autotrain.jobs.states import FINAL_STATES
+from autotrain.jobs.states import ALLOWED, FINAL_STATES
 
 __all__ = [
     "CREATE",
@@ -35,6 +35,7 @@ __all__ = [
     "RESERVE",
     "REORDER",
     "FINAL_STATES_LUA",
+    "ALLOWED_LUA",
     "Lua",
 ]
 
@@ -62,6 +63,16 @@ def _lua_set(values: list[str]) -> str:
 
 # The final states as the job hash stores them (JSON strings), from the Python FINAL_STATES.
 FINAL_STATES_LUA = _lua_set(sorted(str(s) for s in FINAL_STATES))
+
+# The allowed moves (autotrain.jobs.states.ALLOWED): from-state -> set of next states, JSON-encoded.
+ALLOWED_LUA = (
+    "{"
+    + ", ".join(
+        f"['{json.dumps(str(old))}']={_lua_set(sorted(str(n) for n in new))}"
+        for old, new in ALLOWED.items()
+    )
+    + "}"
+)
 
 # KEYS: job hash, all-jobs index, name key, active index, batch index (or the all-jobs index),
 # dispatch. ARGV: job id, created_at, dispatch deadline or '', then field/value pairs.
@@ -94,11 +105,14 @@ return {1}
 # the lease deadline is older (the reaper), [7] retention seconds, [8] new state (JSON) or '',
 # then field/value pairs.
 # Returns 1 when moved, 0 when the owner (or lease) is not as expected, -1 when the job is final,
-# -2 when there is no such job. A job that becomes final leaves the active index and the leases,
+# -2 when there is no such job, -3 when the new state is not an allowed move from the job's
+# state (ALLOWED; a move to the same state needs an entry too). A job that becomes final leaves the active index and the leases,
 # lets go of its name, its bulky keys start to expire and its plan is dropped (run.json has it).
 MOVE = Lua(
     "local final = "
     + FINAL_STATES_LUA
+    + "\nlocal allowed = "
+    + ALLOWED_LUA
     + """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then
@@ -110,8 +124,12 @@ if ARGV[6] ~= '' then
   local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if not deadline or tonumber(deadline) > tonumber(ARGV[6]) then return 0 end
 end
-if final[redis.call('HGET', KEYS[1], 'state')] then return -1 end
-if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'state', ARGV[8]) end
+local state = redis.call('HGET', KEYS[1], 'state')
+if final[state] then return -1 end
+if ARGV[8] ~= '' then
+  if not (allowed[state] and allowed[state][ARGV[8]]) then return -3 end
+  redis.call('HSET', KEYS[1], 'state', ARGV[8])
+end
 if ARGV[3] ~= '*' then redis.call('HSET', KEYS[1], 'owner', ARGV[3]) end
 for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
@@ -140,10 +158,12 @@ return 1
 REOPEN = Lua(
     "local final = "
     + FINAL_STATES_LUA
+    + "\nlocal allowed = "
+    + ALLOWED_LUA
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {-2} end
-if not final[state] then return {0} end
+if not final[state] or not allowed[state][ARGV[5]] then return {0} end
 local holder = redis.call('GET', KEYS[3])
 if holder and holder ~= ARGV[1] then
   local other = redis.call('HGET', KEYS[1]:sub(1, #KEYS[1] - #ARGV[1]) .. holder, 'state')
