@@ -11,13 +11,13 @@ keeps the new place.
 from __future__ import annotations
 
 import json
-import time
 from typing import Literal
 
 from autotrain.errors import AutotrainError
 from autotrain.jobs import keys, scripts
+from autotrain.jobs.dispatch import dispatch
 from autotrain.jobs.job import Job, JobState, JobStore
-from autotrain.jobs.owners import HELD, is_queue_owner, queue_owner
+from autotrain.jobs.owners import HELD, is_queue_owner
 
 __all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
 
@@ -86,20 +86,14 @@ def hold_job(store: JobStore, job_id: str) -> Job:
 
 def release_job(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> Job:
     """Let a held job start again, at the end of its priority level."""
-    from autotrain.jobs.queue import _message_for, _task_ids, send_next
-
     job = store.get(job_id)
     if not job.held:
         raise AutotrainError(f"Job {job.id} ({job.name}) is not held.")
     store.update(job.id, held=False)
     if job.owner == HELD:
-        message = _message_for(job, job.phase or "validate")
-        moved = store.move(job.id, expected=HELD, owner=queue_owner(message["id"]),
-                           dispatch_until=time.time() + confirm_seconds, next_task=message,
-                           task_ids=_task_ids(job, message))  # fmt: skip
-        if moved == 1:
-            store.add_history(job.id, attempt=job.attempt, event="released", phase=job.phase)
-            send_next(store, job.id, message)
+        released = {"attempt": job.attempt, "event": "released", "phase": job.phase}
+        dispatch(store, job, job.phase or "validate", expected=HELD, state=None,
+                 confirm_seconds=confirm_seconds, history=released)  # fmt: skip
     return store.get(job.id)
 
 

@@ -35,7 +35,7 @@ from autotrain.jobs.lease import (
     release_gpus,
     renew_gpus,
 )
-from autotrain.jobs.owners import HELD, PARKED, queue_owner
+from autotrain.jobs.owners import PARKED, queue_owner
 from autotrain.jobs.queue import current_host
 from autotrain.profile import profile_for
 from autotrain.trainers.guard import device_records, kill_recorded_trainers, record_trainer
@@ -140,9 +140,7 @@ def configure(self: Task, job_id: str) -> None:
 def train(self: Task, job_id: str) -> None:
     with phase(self, job_id, "train", JobState.WAITING_GPU) as ctx:
         if ctx.job.held:  # held after this message was taken: wait for `train release`
-            ctx.lease.stop()
-            ctx.store.move(job_id, expected=ctx.lease.owner, owner=HELD,
-                           state=JobState.WAITING_GPU, worker=None)  # fmt: skip
+            ctx.hand_on("train")
             raise Ignore()
         batch_id = ctx.job.spec.batch_id
         if batch_id and not acquire_batch_slot(
