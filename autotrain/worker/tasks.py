@@ -27,6 +27,7 @@ from autotrain.jobs.celery_app import app
 from autotrain.jobs.connection import until_redis_back
 from autotrain.jobs.job import JobState, JobStore
 from autotrain.jobs.lease import (
+    GpuRoom,
     Lease,
     acquire_batch_slot,
     acquire_gpus,
@@ -169,8 +170,9 @@ def _train(task: Task, ctx: PhaseContext) -> None:
             store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, {why}")
 
     room = recovery.room_on_these_gpus(ctx, host, gpus)
-    if room is None:
-        raise Ignore()  # sent to a GPU that fits, or failed saying none does
+    if not isinstance(room, GpuRoom):
+        _apply(ctx, room)  # to a GPU that fits, a leaner variant, or failed saying none does
+        raise Ignore()
     moved, looked_at = [], [0.0]
 
     def give_up() -> bool:
@@ -180,8 +182,11 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         short = [g for g, why in holders.items() if "GiB free there" in why]
         if short and not job.spec.gpu_ids and time.monotonic() - looked_at[0] > 5:
             looked_at[0] = time.monotonic()
-            if recovery.move_to_free_memory(ctx, f"{host}:{short[0]}", room.need_bytes,
-                                            room.free_bytes(short[0]) if room.free_bytes else None):  # fmt: skip
+            free = room.free_bytes(short[0]) if room.free_bytes else None
+            elsewhere = recovery.move_to_free_memory(ctx, f"{host}:{short[0]}", room.need_bytes,
+                                                     free)  # fmt: skip
+            if elsewhere:
+                _apply(ctx, elsewhere)
                 moved.append(True)
         return bool(moved)
 
@@ -229,11 +234,13 @@ def _train(task: Task, ctx: PhaseContext) -> None:
         ctx.outage, "recording the attempt",
     )  # fmt: skip
     if run.stalled_seconds is not None:
-        recovery.retry_stalled(ctx, run, worker, gpu_label)
-        raise Ignore()
-    if recovery.step_down_after_oom(ctx, run, worker, gpu_label):
-        raise Ignore()
-    if recovery.move_off_a_failing_gpu(ctx, run, host, gpus):
+        decision = recovery.retry_stalled(ctx, run, worker, gpu_label)
+    else:
+        decision = recovery.step_down_after_oom(
+            ctx, run, worker, gpu_label
+        ) or recovery.move_off_a_failing_gpu(ctx, run, host, gpus)
+    if decision:
+        _apply(ctx, decision)
         raise Ignore()
     phases.raise_for_trainer(run, plan)
     with contextlib.suppress(redis.RedisError):  # a pace is nice to have, never worth a retry
@@ -364,6 +371,20 @@ def _report(ctx: PhaseContext):
     from autotrain.datasets.validate import ValidationReport
 
     return ValidationReport.model_validate(ctx.store.get_data(ctx.job.id, "report"))
+
+
+def _apply(ctx: PhaseContext, decision: recovery.Decision) -> None:
+    """Carry out what recovery decided: a new attempt (or placement) in a queue, or the end."""
+    job = ctx.job
+    if decision.history:
+        until_redis_back(lambda: ctx.store.add_history(job.id, **decision.history), ctx.outage,
+                         "recording the attempt")  # fmt: skip
+    if isinstance(decision, recovery.Fail):
+        ctx.finish(JobState.FAILED, error=decision.error)
+        return
+    if decision.why:
+        log.warning("%s %s: %s", job.name, job.id, decision.why)
+    ctx.hand_on(decision.phase, **decision.fields)
 
 
 def _fail(ctx: PhaseContext, error: str) -> None:
