@@ -151,6 +151,8 @@ def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_pa
     assert _positions(cluster) == {"busy": "-", "high1": "1", "norm1": "2", "low1": "3"}
     cluster.cli("train", "move", "--job", ids["low1"], "--top", check=True)
     assert _positions(cluster) == {"busy": "-", "low1": "1", "high1": "2", "norm1": "3"}
+    moved = store.get(ids["low1"])
+    assert (moved.priority, moved.spec.priority) == (0, "high"), "one priority, not two"
     cluster.cli("train", "move", "--job", ids["norm1"], "--before", ids["high1"], check=True)
     assert _positions(cluster) == {"busy": "-", "low1": "1", "norm1": "2", "high1": "3"}
     cluster.cli("train", "hold", "--job", ids["high1"], check=True)

@@ -4,8 +4,8 @@ A waiting job is a message in a broker queue, and the queue is kombu's: one Redi
 priority level (autotrain.jobs.keys.broker_lists), served level 0 first, each list FIFO (kombu
 LPUSHes and BRPOPs, so the next message is the rightmost). Reading those lists gives the true
 start order; moving a message between them, atomically in Lua against the workers' BRPOP, changes
-it. The job record follows: its `priority` is the level its message is in, so every later phase
-keeps the new place.
+it. The job record follows: its `priority` is the level its message is in (and its spec's
+`priority` names that level), so every later phase keeps the new place.
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def move_job(store: JobStore, job_id: str, where: Where, other_id: str | None = 
             f"Job {other.id} ({other.name}) is no longer waiting: a worker took it."
         )
     level = sorted(keys.PRIORITIES.values())[int(outcome[0]) - 1]
-    store.update(job.id, priority=level, next_task={**job.next_task, "priority": level})
+    # the spec's priority names the same level: one priority, whichever a reader looks at
+    name = next(n for n, value in keys.PRIORITIES.items() if value == level)
+    spec = job.spec.model_copy(update={"priority": name})
+    store.update(job.id, priority=level, spec=spec, next_task={**job.next_task, "priority": level})
     return store.get(job.id)
 
 
