@@ -53,7 +53,8 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
     import subprocess
     import sys
 
-    from autotrain.jobs.job import JobState, JobStore
+    from autotrain.jobs.job import JobState
+    from autotrain.jobs.store import JobStore
     from autotrain.spec import JobSpec
 
     settings, _status = embedded

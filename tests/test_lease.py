@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from autotrain.jobs import keys
-from autotrain.jobs.job import JobState, JobStore
+from autotrain.jobs.job import JobState
 from autotrain.jobs.lease import (
     GpuRoom,
     Lease,
@@ -22,6 +22,7 @@ from autotrain.jobs.lease import (
     release_gpus,
 )
 from autotrain.jobs.owners import queue_owner, worker_owner
+from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 from tests.conftest import wait_for
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 
 from autotrain.fleet import pace
 from autotrain.jobs import keys
-from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.jobs.job import FINAL_STATES, Job, JobState
+from autotrain.jobs.store import JobStore
 from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
 

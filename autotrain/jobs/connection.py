@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from autotrain.errors import AutotrainError
-from autotrain.jobs.job import JobStore
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
 __all__ = [

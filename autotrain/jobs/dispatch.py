@@ -27,10 +27,11 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from autotrain.jobs.connection import until_redis_back
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.keys import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, PRIORITIES
 from autotrain.jobs.lease import release_batch_slot
 from autotrain.jobs.owners import HELD, NOBODY, PARKED, is_worker_owner, queue_owner
+from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 
 __all__ = [

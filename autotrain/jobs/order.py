@@ -16,8 +16,9 @@ from typing import Literal
 from autotrain.errors import AutotrainError
 from autotrain.jobs import keys, scripts
 from autotrain.jobs.dispatch import dispatch
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.owners import HELD, is_queue_owner
+from autotrain.jobs.store import JobStore
 
 __all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
 

@@ -14,7 +14,7 @@ import time
 from autotrain.errors import AutotrainError
 from autotrain.jobs import keys
 from autotrain.jobs.dispatch import dispatch, finish, label, new_message, send
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.keys import (
     GPU_QUEUE,
     PREP_ONGOING_QUEUE,
@@ -23,6 +23,7 @@ from autotrain.jobs.keys import (
     gpu_queue_name,
 )
 from autotrain.jobs.owners import NOBODY, is_worker_owner, queue_owner
+from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 
 __all__ = [

@@ -17,8 +17,9 @@ import time
 
 from autotrain.jobs import keys
 from autotrain.jobs.dispatch import dispatch, finish, resend
-from autotrain.jobs.job import JobState, JobStore
+from autotrain.jobs.job import JobState
 from autotrain.jobs.owners import is_worker_owner, queue_owner
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
 __all__ = ["reap", "ReapResult"]

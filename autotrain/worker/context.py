@@ -12,8 +12,9 @@ from functools import lru_cache
 
 from autotrain.jobs.connection import get_redis, store_for, until_redis_back
 from autotrain.jobs.dispatch import dispatch, finish
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.lease import Lease
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings, load_settings
 
 __all__ = ["PhaseContext", "worker_settings", "worker_store", "worker_gpu", "outage_seconds"]
