@@ -10,7 +10,9 @@ id>", the message for its next phase is in a broker queue, its send confirmed or
 `autotrain:leases`), its batch (`owner` = "parked", waiting for a slot), `train hold` (`owner` =
 "held", out of every queue until released), or nobody (`owner` = "") once final.
 Every change of owner goes through MOVE, guarded by the owner the caller expects, so a stale
-message, a re-sent one or a worker that lost its job changes nothing. Field values are
+message, a re-sent one or a worker that lost its job changes nothing; every change of state goes
+along autotrain.jobs.states.ALLOWED, which MOVE and REOPEN are given as a table. The moves
+themselves (hand-offs to a queue, final moves) are made in one place, autotrain.jobs.dispatch. Field values are
 JSON-encoded in the job hash, so owners and states are compared in their JSON form.
 """
 
