@@ -83,8 +83,9 @@ def dispatch(
 
     `state`: the job's state from now ("waiting": the one it shows while it waits for `phase`;
     None: unchanged). `hold`: a job the user held goes to `held` instead, out of every queue
-    until released. `reopen`: the job is final and a user retries it (JobStore.reopen; raises
-    NameInUse when another job took its name). `lease_expired_before`: the reaper's guard (the
+    until released. `reopen`: the job is final and a user retries it (JobStore.reopen, which
+    takes any final job, so `expected` is NOBODY; raises NameInUse when another job took its
+    name). `lease_expired_before`: the reaper's guard (the
     worker's lease must have lapsed). `history`: an entry added once the move is made. `fields`
     are set in the same move (a `queue` routes the training to that queue).
     """
@@ -114,7 +115,8 @@ def dispatch(
     if history:
         _patiently(lambda: store.add_history(job.id, **history), outage_seconds, "recording")
     if held:
-        store.add_history(job.id, attempt=job.attempt, event="held", phase=phase)
+        entry = {"attempt": job.attempt, "event": "held", "phase": phase}
+        _patiently(lambda: store.add_history(job.id, **entry), outage_seconds, "recording")
         return True
     _patiently(lambda: send(store, job.id, message), outage_seconds, f"sending {job.id}")
     return True
