@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from autotrain.formatting import format_eta
-from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.jobs.job import FINAL_STATES, Job, JobState
+from autotrain.jobs.store import JobStore
 
 if TYPE_CHECKING:
     from autotrain.fleet.eta import Forecast

@@ -16,7 +16,8 @@ from typing import Any
 
 from autotrain.errors import AutotrainError
 from autotrain.jobs.connection import job_store
-from autotrain.jobs.job import Job, JobStore
+from autotrain.jobs.job import Job
+from autotrain.jobs.store import JobStore
 from autotrain.profile import profile_for
 from autotrain.settings import Settings, load_settings
 from autotrain.spec import JobSpec

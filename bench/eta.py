@@ -137,7 +137,7 @@ def replay_cost(url: str, jobs: int, gpus: int) -> None:
 
     from autotrain.fleet.eta import forecast
     from autotrain.jobs import keys
-    from autotrain.jobs.job import JobStore
+    from autotrain.jobs.store import JobStore
     from autotrain.settings import load_settings
     from autotrain.spec import JobSpec
 

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotrain.fleet import cluster  # noqa: E402
-from autotrain.jobs.job import JobStore  # noqa: E402
+from autotrain.jobs.store import JobStore  # noqa: E402
 from autotrain.pipeline import prepare_pipeline, run_pipeline  # noqa: E402
 from autotrain.settings import load_settings  # noqa: E402
 

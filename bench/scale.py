@@ -44,8 +44,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from autotrain.jobs import keys  # noqa: E402
-from autotrain.jobs.job import JobState, JobStore, _encode  # noqa: E402
+from autotrain.jobs.job import JobState, encode_fields  # noqa: E402
 from autotrain.jobs.local_redis import find_redis_server  # noqa: E402
+from autotrain.jobs.store import JobStore  # noqa: E402
 from autotrain.profile import builtin_templates_dir  # noqa: E402
 from autotrain.spec import JobSpec  # noqa: E402
 
@@ -412,7 +413,7 @@ def _fill(client, stored: int, target: int) -> int:
                       "created_at": now - 86400, "finished_at": now - 80000, "owner": "",
                       "host": "h0", "gpu": "0", "step": 16, "total": 16, "loss": 0.1,
                       "result": {"weights": f"/ws/output/d{i}/model/d{i}.safetensors"}}  # fmt: skip
-            pipe.hset(keys.job(job_id), mapping=_encode(record))
+            pipe.hset(keys.job(job_id), mapping=encode_fields(record))
             pipe.zadd(keys.JOBS, {job_id: now - 86400 + i * 1e-3})
         pipe.execute()
     return max(stored, target)

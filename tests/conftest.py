@@ -156,7 +156,7 @@ class Cluster:
         return name
 
     def store(self):
-        from autotrain.jobs.job import JobStore
+        from autotrain.jobs.store import JobStore
 
         return JobStore(self.redis)
 

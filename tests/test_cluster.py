@@ -53,14 +53,16 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
     import subprocess
     import sys
 
-    from autotrain.jobs.job import JobState, JobStore
+    from autotrain.jobs.job import JobState
+    from autotrain.jobs.store import JobStore
     from autotrain.spec import JobSpec
 
     settings, _status = embedded
     store = JobStore(
         redis.Redis.from_url(cluster.embedded_redis_url(settings), decode_responses=True)
     )
-    job = store.create(JobSpec(dataset_path="/data/cat", name="cat", profile="Tiny"))
+    job = store.create(JobSpec(dataset_path="/data/cat", name="cat", profile="Tiny"),
+                       state=JobState.WAITING_GPU)  # fmt: skip
     store.set_state(job.id, JobState.TRAINING, step=40, total=200)
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(settings.workspace)}
     env.pop("AUTOTRAIN_REDIS_URL", None)

@@ -10,6 +10,7 @@ import sys
 import time
 
 from autotrain.jobs.job import JobState
+from autotrain.jobs.owners import is_queue_owner
 from tests.conftest import copy_example, wait_for
 
 
@@ -143,13 +144,15 @@ def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_pa
            for name, priority in (("low1", "low"), ("high1", "high"), ("norm1", "normal"))}  # fmt: skip
 
     def all_waiting() -> bool:
-        return all(store.get(i).phase == "train" and store.get(i).owner.startswith("queue:")
+        return all(store.get(i).phase == "train" and is_queue_owner(store.get(i).owner)
                    for i in ids.values())  # fmt: skip
 
     wait_for(all_waiting, 60, "the three jobs to wait for the GPU")
     assert _positions(cluster) == {"busy": "-", "high1": "1", "norm1": "2", "low1": "3"}
     cluster.cli("train", "move", "--job", ids["low1"], "--top", check=True)
     assert _positions(cluster) == {"busy": "-", "low1": "1", "high1": "2", "norm1": "3"}
+    moved = store.get(ids["low1"])
+    assert (moved.priority, moved.spec.priority) == (0, "high"), "one priority, not two"
     cluster.cli("train", "move", "--job", ids["norm1"], "--before", ids["high1"], check=True)
     assert _positions(cluster) == {"busy": "-", "low1": "1", "norm1": "2", "high1": "3"}
     cluster.cli("train", "hold", "--job", ids["high1"], check=True)

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from autotrain.jobs import keys
-from autotrain.jobs.job import JobState, JobStore
+from autotrain.jobs.job import JobState
 from autotrain.jobs.lease import (
     GpuRoom,
     Lease,
@@ -21,8 +21,12 @@ from autotrain.jobs.lease import (
     release_batch_slot,
     release_gpus,
 )
+from autotrain.jobs.owners import queue_owner, worker_owner
+from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 from tests.conftest import wait_for
+
+DEAD_WORKER = worker_owner("cpu@gone/1234")  # the owner token of a worker that died
 
 
 @pytest.fixture
@@ -100,6 +104,16 @@ def test_a_final_job_never_leaves_its_state(client):
     assert store.get(job.id).state == JobState.CANCELLED
 
 
+def test_a_job_moves_only_along_the_allowed_moves(client):
+    store = JobStore(client)
+    job = store.create(spec(), owner=queue_owner("m1"), phase="validate")
+    with pytest.raises(Exception, match="not an allowed move"):
+        store.move(job.id, expected=None, owner=None, state=JobState.REPORTING)
+    assert store.get(job.id).state == JobState.QUEUED, "a refused move changes nothing"
+    assert store.set_state(job.id, JobState.VALIDATING)
+    assert store.set_state(job.id, JobState.QUEUED), "handed on to prepare"
+
+
 def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
     store = JobStore(client)
     job = store.create(spec())
@@ -110,8 +124,11 @@ def test_job_ids_resolve_by_unique_prefix_with_clear_errors(client):
 
 def _owned_by_worker(store: JobStore, lease_until: float, attempt: int = 1, phase="train"):
     """A job a worker took from the queue, with the lease deadline it last renewed to."""
-    job = store.create(spec(), queue="gpu", owner="queue:m1", phase="validate", attempt=attempt)
-    moved = store.move(job.id, expected="queue:m1", owner="worker:cpu@gone/1234",
+    job = store.create(
+        spec(), queue="gpu", owner=queue_owner("m1"), phase="train", attempt=attempt,
+        state=JobState.WAITING_GPU,
+    )  # fmt: skip
+    moved = store.move(job.id, expected=queue_owner("m1"), owner=DEAD_WORKER,
                        state=JobState.TRAINING, lease_until=lease_until, phase=phase,
                        worker="cpu@gone")  # fmt: skip
     assert moved == 1
@@ -132,12 +149,17 @@ def reaping(client, redis_server, tmp_path):
 
 def test_taking_a_job_is_atomic_and_by_message_id(client):
     store = JobStore(client)
-    job = store.create(spec(), owner="queue:m1", phase="validate")
+    job = store.create(spec(), owner=queue_owner("m1"), phase="validate")
     # a stale or re-sent message (another id) finds the job owned by another: nothing happens
-    assert store.move(job.id, expected="queue:other", owner="worker:w2/1") == 0
-    assert store.move(job.id, expected="queue:m1", owner="worker:w1/1", lease_until=1e10) == 1
-    assert store.move(job.id, expected="queue:m1", owner="worker:w3/1") == 0, "taken only once"
-    assert store.get(job.id).owner == "worker:w1/1"
+    assert store.move(job.id, expected=queue_owner("other"), owner=worker_owner("w2/1")) == 0
+    assert (
+        store.move(job.id, expected=queue_owner("m1"), owner=worker_owner("w1/1"), lease_until=1e10)
+        == 1
+    )
+    assert store.move(job.id, expected=queue_owner("m1"), owner=worker_owner("w3/1")) == 0, (
+        "taken only once"
+    )
+    assert store.get(job.id).owner == worker_owner("w1/1")
     assert client.zscore(keys.LEASES, job.id) == 1e10
 
 
@@ -147,11 +169,11 @@ def test_a_job_waiting_in_a_queue_for_longer_than_a_lease_is_never_reaped(reapin
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() + 60)
     # the phase ends and hands the job on; its next message then waits for a long time
-    assert store.move(job_id, expected="worker:cpu@gone/1234", owner="queue:m2",
+    assert store.move(job_id, expected=DEAD_WORKER, owner=queue_owner("m2"),
                       state=JobState.QUEUED, phase="prepare") == 1  # fmt: skip
     assert client.zscore(keys.LEASES, job_id) is None
     assert not reap(store, settings, now=time.time() + 3600)
-    assert store.get(job_id).owner == "queue:m2"
+    assert store.get(job_id).owner == queue_owner("m2")
 
 
 def test_the_reaper_requeues_the_phase_a_dead_worker_held_as_a_new_attempt(reaping, client):
@@ -164,7 +186,7 @@ def test_the_reaper_requeues_the_phase_a_dead_worker_held_as_a_new_attempt(reapi
     assert result.requeued == [job_id]
     job = store.get(job_id)
     assert (job.state, job.attempt, job.phase) == (JobState.WAITING_GPU, 2, "train")
-    assert job.owner == f"queue:{job.next_task['id']}"
+    assert job.owner == queue_owner(job.next_task["id"])
     assert _waiting(client, "gpu") == 1, "a train message was sent to the gpu queue"
     assert not reap(store, settings, now=time.time() + 1), "requeued once, not twice"
 
@@ -187,7 +209,7 @@ def test_a_worker_renewing_in_time_keeps_its_job(reaping):
 
     store, settings = reaping
     job_id = _owned_by_worker(store, lease_until=time.time() - 0.3)
-    assert store.renew(job_id, "worker:cpu@gone/1234", time.time() + 1)
+    assert store.renew(job_id, DEAD_WORKER, time.time() + 1)
     assert not reap(store, settings)
     assert store.get(job_id).state == JobState.TRAINING
 
@@ -195,14 +217,14 @@ def test_a_worker_renewing_in_time_keeps_its_job(reaping):
 def test_a_lease_moved_away_is_let_go(client):
     store = JobStore(client)
     job_id = _owned_by_worker(store, lease_until=time.time() + 1)
-    lease = Lease(store, job_id, "worker:cpu@gone/1234", seconds=0.6).start()
+    lease = Lease(store, job_id, DEAD_WORKER, seconds=0.6).start()
     time.sleep(0.5)
     assert not lease.lost.is_set(), "renewed while it owns the job"
-    store.move(job_id, expected=None, owner="queue:m9", state=JobState.WAITING_GPU)
+    store.move(job_id, expected=None, owner=queue_owner("m9"), state=JobState.WAITING_GPU)
     time.sleep(0.5)
     assert lease.lost.is_set()
     lease.stop()
-    assert store.get(job_id).owner == "queue:m9", "letting go never touches the new owner"
+    assert store.get(job_id).owner == queue_owner("m9"), "letting go never touches the new owner"
 
 
 def test_an_unconfirmed_hand_off_is_sent_again_with_the_same_id(reaping, client):
@@ -212,7 +234,7 @@ def test_an_unconfirmed_hand_off_is_sent_again_with_the_same_id(reaping, client)
     job_id = _owned_by_worker(store, lease_until=time.time() + 60)
     message = {"name": "autotrain.prepare", "id": "m2", "queue": "prep.ongoing"}
     # the worker moved the job to the queue, then died before sending the message
-    store.move(job_id, expected="worker:cpu@gone/1234", owner="queue:m2", state=JobState.QUEUED,
+    store.move(job_id, expected=DEAD_WORKER, owner=queue_owner("m2"), state=JobState.QUEUED,
                phase="prepare", next_task=message, dispatch_until=time.time() + 1)  # fmt: skip
     assert not reap(store, settings)
     assert reap(store, settings, now=time.time() + 2).resent == [job_id]
@@ -243,3 +265,13 @@ def _waiting(client, queue: str) -> int:
     from autotrain.jobs import keys
 
     return sum(client.llen(name) for name in keys.broker_lists(queue))
+
+
+def test_scripts_go_by_sha_and_survive_a_server_that_lost_them(client):
+    """A restarted Redis has no scripts: the first call loads the source, later ones send the SHA."""
+    create_batch(client, "b1", 1)
+    client.script_flush()
+    assert acquire_batch_slot(client, "b1", "j1", 1), "loaded again after the flush"
+    before = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+    assert acquire_batch_slot(client, "b1", "j1", 1)
+    assert client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0) == before

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from autotrain.formatting import format_eta
 from autotrain.jobs.job import Job, JobState
+from autotrain.jobs.owners import PARKED, queue_owner, worker_owner
 from autotrain.monitor import batch_line, job_line
 from autotrain.spec import JobSpec
 
@@ -48,7 +49,7 @@ def test_eta_with_hours_and_unknown():
 def test_a_waiting_job_says_why_and_how_to_fix_it():
     from autotrain.fleet.waiting import why_waiting
 
-    queued = job("cat", JobState.QUEUED, owner="queue:t1", next_task={"queue": "gpu"})
+    queued = job("cat", JobState.QUEUED, owner=queue_owner("t1"), next_task={"queue": "gpu"})
     assert "no live worker is connected" in why_waiting(queued, [])
     assert "autotrain worker" in why_waiting(queued, [])
     prep_only = [{"name": "prep@a", "queues": ["prep.ongoing", "prep"], "job": None}]
@@ -65,8 +66,10 @@ def test_a_waiting_job_says_why_and_how_to_fix_it():
     assert why_waiting(queued, [{**busy[0], "job": None, "jobs": []}]) is None, "an idle worker"
     packed = [{**busy[0], "slots": 2}]
     assert why_waiting(queued, packed) is None, "a worker with a free slot will take it"
-    parked = job("dog", JobState.WAITING_GPU, owner="parked")
+    parked = job("dog", JobState.WAITING_GPU, owner=PARKED)
     assert "slot of its batch (--max-concurrent 2)" in why_waiting(parked, busy, batch_limit=2)
-    held = job("owl", JobState.WAITING_GPU, owner="worker:gpu1@a/x", waiting_for="waits for GPU 1")
+    held = job(
+        "owl", JobState.WAITING_GPU, owner=worker_owner("gpu1@a/x"), waiting_for="waits for GPU 1"
+    )
     assert why_waiting(held, busy) == "waits for GPU 1"
     assert why_waiting(job("done", JobState.SUCCEEDED, waiting_for="stale"), busy) is None

@@ -8,8 +8,9 @@ import json
 import pytest
 import redis
 
-from autotrain.jobs import job as job_module
-from autotrain.jobs.job import JobState, JobStore, NameInUse
+from autotrain.jobs import store as store_module
+from autotrain.jobs.job import JobState, NameInUse
+from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 from autotrain.trainers.outputs import claim_output_dir
 from autotrain.workspace import Workspace
@@ -68,8 +69,8 @@ def test_a_colliding_job_id_gets_a_new_one(redis_server, monkeypatch, tmp_path):
     client.flushall()
     store = JobStore(client)
     ids = iter(["20261201-000000-aaaaaa", "20261201-000000-aaaaaa", "20261201-000000-bbbbbb"])
-    real = job_module._new_job_id
-    monkeypatch.setattr(job_module, "_new_job_id", lambda: next(ids, None) or real())
+    real = store_module._new_job_id
+    monkeypatch.setattr(store_module, "_new_job_id", lambda: next(ids, None) or real())
     one = store.create(JobSpec(dataset_path=tmp_path, name="one", profile="Tiny"))
     two = store.create(JobSpec(dataset_path=tmp_path, name="two", profile="Tiny"))
     assert (one.id, two.id) == ("20261201-000000-aaaaaa", "20261201-000000-bbbbbb")

@@ -106,8 +106,8 @@ def status_cmd(ctx, as_json) -> None:
     import autotrain.fleet.cluster as local
     from autotrain.fleet.registry import live_workers
     from autotrain.jobs import keys
-    from autotrain.jobs.job import JobStore
     from autotrain.jobs.queue import queue_depths
+    from autotrain.jobs.store import JobStore
 
     settings = settings_of(ctx)
     status = local.cluster_status(settings)

@@ -312,9 +312,10 @@ def _change_key(job) -> tuple:
 def _start_positions(store, jobs) -> dict[str, int]:
     """{job id: 1 for the next to start, ...} for jobs waiting in a GPU queue."""
     from autotrain.jobs.order import start_order
+    from autotrain.jobs.owners import is_queue_owner
 
     queues = sorted({j.next_task["queue"] for j in jobs
-                     if j.owner.startswith("queue:") and j.next_task and j.phase == "train"})  # fmt: skip
+                     if is_queue_owner(j.owner) and j.next_task and j.phase == "train"})  # fmt: skip
     if not queues:
         return {}
     by_task = {j.next_task["id"]: j.id for j in jobs if j.next_task}

@@ -34,7 +34,7 @@ from autotrain.dashboard import files, views
 from autotrain.dashboard.access import AccessGuard
 from autotrain.errors import AutotrainError
 from autotrain.jobs.connection import store_for
-from autotrain.jobs.job import JobStore
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 

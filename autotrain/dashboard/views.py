@@ -12,7 +12,8 @@ from typing import Any
 from autotrain.dashboard import files
 from autotrain.fleet.eta import Forecast, forecast
 from autotrain.formatting import format_age, format_eta
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 from autotrain.worker.recorder import read_loss_history
 from autotrain.workspace import Workspace

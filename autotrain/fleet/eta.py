@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 from autotrain.fleet import pace
 from autotrain.jobs import keys
-from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.jobs.job import FINAL_STATES, Job, JobState
+from autotrain.jobs.owners import HELD, PARKED, is_worker_owner
+from autotrain.jobs.store import JobStore
 from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
 
@@ -46,14 +48,14 @@ def forecast(store: JobStore, settings: Settings, now: float | None = None) -> d
     jobs = store.list(states=set(JobState) - FINAL_STATES)
     workers = [w for w in live_workers(store.redis) if keys.GPU_QUEUE in w.get("queues", [])]
     fleet = _Fleet(workers, pace.read_paces(store.redis), settings)
-    limits = batch_limits(store.redis, {j.spec.batch_id for j in jobs if j.owner == "parked"})
+    limits = batch_limits(store.redis, {j.spec.batch_id for j in jobs if j.owner == PARKED})
     results: dict[str, Forecast] = {}
     for job in jobs:
         if job.state == JobState.TRAINING:
             results[job.id] = fleet.running(job, now)
     queues = sorted({q for w in workers for q in w.get("queues", []) if q.startswith("gpu")})
     for job in _waiting_in_order(jobs, start_order(store, queues) if queues else []):
-        if job.held or job.owner == "held":
+        if job.held or job.owner == HELD:
             results[job.id] = Forecast(job.id, None, None, None,
                                        f"held: it starts after `autotrain train release --job {job.id}`")  # fmt: skip
         else:
@@ -152,7 +154,7 @@ class _Fleet:
         queue = training_queue(job.spec)
         candidates = [s for s in self.slots.values() if queue in s.queues
                       and f"{s.host}:{s.gpu}" not in job.avoid_gpus]  # fmt: skip
-        if job.owner.startswith("worker:") and job.worker in self.slots:
+        if is_worker_owner(job.owner) and job.worker in self.slots:
             candidates = [self.slots[job.worker]]  # taken: it waits for room where it is
         if not candidates:
             return Forecast(job.id, None, None, None, f"no live worker takes queue {queue!r}")
@@ -210,7 +212,7 @@ class _Fleet:
     def _batch_gate(self, job: Job, now: float, limit: int | None) -> float:
         """When a parked job's batch has a free slot: once all but `limit - 1` of the batch's
         earlier jobs have ended."""
-        if job.owner != "parked" or not limit:
+        if job.owner != PARKED or not limit:
             return now
         ends = sorted(self.batches.get(job.spec.batch_id or "", []), reverse=True)
         return max(now, ends[limit - 1]) if len(ends) >= limit else now
@@ -221,12 +223,12 @@ def _waiting_in_order(jobs: list[Job], broker_order: list[str]) -> list[Job]:
     waiting = [j for j in jobs if j.state not in (JobState.TRAINING, JobState.REPORTING)
                and j.phase != "report"]  # fmt: skip
     by_task = {j.next_task["id"]: j for j in waiting if j.next_task and j.phase == "train"}
-    taken = [j for j in waiting if j.phase == "train" and j.owner.startswith("worker:")]
+    taken = [j for j in waiting if j.phase == "train" and is_worker_owner(j.owner)]
     queued = [by_task[t] for t in broker_order if t in by_task]
     seen = {j.id for j in taken + queued}
-    parked = sorted((j for j in waiting if j.owner == "parked" and j.id not in seen),
+    parked = sorted((j for j in waiting if j.owner == PARKED and j.id not in seen),
                     key=lambda j: j.created_at)  # fmt: skip
-    earlier = sorted((j for j in waiting if j.id not in seen and j.owner != "parked"),
+    earlier = sorted((j for j in waiting if j.id not in seen and j.owner != PARKED),
                      key=lambda j: (j.priority, j.created_at))  # fmt: skip
     return taken + queued + earlier + parked
 

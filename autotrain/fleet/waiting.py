@@ -13,6 +13,7 @@ import redis
 from autotrain.fleet.registry import live_workers
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job
+from autotrain.jobs.owners import HELD, PARKED, is_queue_owner
 
 __all__ = ["why_waiting", "waiting_reasons", "batch_limits", "NO_WORKER"]
 
@@ -28,7 +29,7 @@ def waiting_reasons(client: redis.Redis, jobs: list[Job]) -> dict[str, str]:
     if not open_jobs:
         return {}
     workers = live_workers(client)
-    limits = batch_limits(client, {j.spec.batch_id for j in open_jobs if j.owner == "parked"})
+    limits = batch_limits(client, {j.spec.batch_id for j in open_jobs if j.owner == PARKED})
     reasons = {}
     for job in open_jobs:
         reason = why_waiting(job, workers, limits.get(job.spec.batch_id or ""))
@@ -44,9 +45,9 @@ def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -
     """
     if job.is_final:
         return None
-    if job.owner == "held" or (job.held and not _queued(job)):
+    if job.owner == HELD or (job.held and not _queued(job)):
         return f"held: it starts after `autotrain train release --job {job.id}`"
-    if job.owner == "parked":
+    if job.owner == PARKED:
         limit = f" (--max-concurrent {batch_limit})" if batch_limit else ""
         return f"waits for a slot of its batch{limit}: it trains when one of the batch ends"
     if _queued(job):
@@ -68,7 +69,7 @@ def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -
 
 
 def _queued(job: Job) -> bool:
-    return job.owner.startswith("queue:")
+    return is_queue_owner(job.owner)
 
 
 def batch_limits(client: redis.Redis, batch_ids: set[str | None]) -> dict[str, int]:

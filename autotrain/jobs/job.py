@@ -1,42 +1,33 @@
 """Jobs: the unit users see, stored in Redis as the source of truth for state and progress.
 
 Celery task states are an implementation detail; every command reads the job record instead.
-Each job is a hash `autotrain:job:<id>` (fields JSON-encoded), indexed by creation time in
-`autotrain:jobs` (all), `autotrain:jobs:active` (not final) and its batch's index, with its
-progress events in the stream `autotrain:job:<id>:events` (see autotrain.jobs.keys). Who owns a job
-(the queue, a worker, its batch) changes only through `JobStore.move` (autotrain.jobs.scripts).
-"""
+This module is the record (`Job`) and its hash form; autotrain.jobs.store reads and writes it,
+autotrain.jobs.dispatch moves it from owner to owner (autotrain.jobs.owners)."""
 
 from __future__ import annotations
 
 import json
-import logging
-import secrets
 import time
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import redis
 from pydantic import BaseModel, Field
 
 from autotrain.errors import AutotrainError
 from autotrain.formatting import iso_time
-from autotrain.jobs import keys, scripts
+from autotrain.jobs import owners
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "Job",
     "JobState",
-    "JobStore",
     "FINAL_STATES",
     "NameInUse",
     "public_record",
+    "encode_fields",
+    "decode_fields",
 ]
 
 
@@ -67,9 +58,9 @@ class Job(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     queue: str | None = None
-    owner: str = (
-        ""  # "queue:<task id>", "worker:<token>", "parked" or "" (see autotrain.jobs.scripts)
-    )
+    # Who may move it now (autotrain.jobs.owners): the queue ("queue:<message id>"), a worker
+    # ("worker:<token>"), its batch ("parked"), `train hold` ("held") or nobody ("", final).
+    owner: str = owners.NOBODY
     phase: str | None = None  # the phase its owner runs or waits for
     next_task: dict[str, Any] | None = None  # the message for that phase: name, id, queue
     prep_host: str | None = None  # where phases 1-3 and 5 ran (host/gpu say where it trained)
@@ -81,7 +72,12 @@ class Job(BaseModel):
     waiting_for: str | None = None  # what its worker waits for (a GPU another job holds)
     attempt_base: int = 0  # attempts before the user's last retry (max_attempts counts from it)
     priority: int = 1  # its messages' broker priority, 0 first (autotrain.jobs.keys.PRIORITIES)
-    held: bool = False  # `train hold`: stays queued, never starts until released
+    # `train hold`, the user's wish: set by hold, cleared by release. The job leaves the queue
+    # (owner "held") at once when it waits in one, else at its next hand-off; so held with
+    # another owner means "on a worker or parked, held when that ends". Owner "held" means it
+    # is out of every queue now, and always comes with the flag (release clears the flag first,
+    # then hands the job to the queue).
+    held: bool = False
     variant: int = 0  # the profile's leaner variant in use (its ladder, 1-based; 0 = as is)
     avoid_gpus: list[str] = Field(default_factory=list)  # "host:index" where it hit NCCL errors
     from_scratch: bool = False  # the retry asked to start training over
@@ -134,286 +130,6 @@ class NameInUse(AutotrainError):
         )
 
 
-class JobStore:
-    """Reads and writes job records; every process (CLI, workers, monitors) goes through it."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        stream_maxlen: int = 5000,
-        retention_seconds: float = 7 * 86400,
-        on_final: Callable[[JobStore, Job], None] | None = None,
-    ) -> None:
-        """`on_final(store, job)` runs after each move that ends a job (notifications)."""
-        self.redis = client
-        self.stream_maxlen = stream_maxlen
-        self.retention_seconds = int(retention_seconds)
-        self.on_final = on_final
-        self._create = client.register_script(scripts.CREATE)
-        self._move = client.register_script(scripts.MOVE)
-        self._renew = client.register_script(scripts.RENEW)
-        self._reopen = client.register_script(scripts.REOPEN)
-
-    # Keys (see autotrain.jobs.keys)
-    key = staticmethod(keys.job)
-    events_key = staticmethod(keys.job_events)
-    data_key = staticmethod(keys.job_data)
-    name_key = staticmethod(keys.name)
-    INDEX = keys.JOBS
-
-    # Records
-    def create(self, spec: JobSpec, dispatch_until: float | None = None, **fields: Any) -> Job:
-        """A new job record; raises NameInUse while another job in progress has the name.
-
-        `dispatch_until`: the job is born owned by the queue, and the message for its first
-        phase must be confirmed sent by then (else the reaper sends it).
-        """
-        for _ in range(10):
-            job = Job(id=_new_job_id(), spec=spec, **fields)
-            args: list[Any] = [job.id, job.created_at, dispatch_until or ""]
-            for name, value in _encode(job.model_dump(mode="json")).items():
-                args += [name, value]
-            batch_index = keys.batch_jobs(spec.batch_id) if spec.batch_id else keys.JOBS
-            index_keys = [self.key(job.id), keys.JOBS, keys.name(spec.name), keys.ACTIVE]
-            outcome = self._create(keys=[*index_keys, batch_index, keys.DISPATCH], args=args)
-            if outcome[0] == 1:
-                return job
-            if outcome[0] == -1:
-                raise NameInUse(spec.name, outcome[1])
-        raise AutotrainError("Could not find a free job id after 10 tries; is the clock stuck?")
-
-    def get(self, job_id: str) -> Job:
-        """A job by id or unique id prefix; a clear error when there is none."""
-        raw = self.redis.hgetall(self.key(job_id))
-        if not raw:
-            matches = self._ids_starting_with(job_id)
-            if len(matches) == 1:
-                raw = self.redis.hgetall(self.key(matches[0]))
-            elif len(matches) > 1:
-                raise AutotrainError(f"Job id {job_id!r} is ambiguous: {', '.join(matches[:5])}")
-        if not raw:
-            raise AutotrainError(f"No job with id {job_id!r}. See `autotrain train list`.")
-        return Job.model_validate(_decode(raw))
-
-    def _ids_starting_with(self, prefix: str) -> list[str]:
-        """Ids with this prefix among the jobs in progress and the newest 10,000 (bounded)."""
-        if not prefix:
-            return []
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zrange(keys.ACTIVE, 0, -1)
-        pipe.zrevrange(keys.JOBS, 0, 9999)
-        found: list[str] = []
-        for rows in pipe.execute():
-            found += [i for i in rows if i.startswith(prefix) and i not in found]
-        return found[:6]
-
-    def page(
-        self,
-        *,
-        states: set[JobState] | None = None,
-        batch_id: str | None = None,
-        where: Callable[[Job], bool] | None = None,
-        offset: int = 0,
-        limit: int = 50,
-    ) -> list[Job]:
-        """Jobs newest first, one page; reads only the index that can hold them.
-
-        Jobs in progress come from the active index (its size follows live work, not history);
-        a batch from its own index; everything else from the full index, a page at a time.
-        """
-        if batch_id:
-            index = keys.batch_jobs(batch_id)
-        elif states and not states & FINAL_STATES:
-            index = keys.ACTIVE
-        else:
-            index = keys.JOBS
-        found: list[Job] = []
-        skipped, start, chunk = 0, 0, max(limit, 100)
-        while len(found) < limit:
-            ids = self.redis.zrevrange(index, start, start + chunk - 1)
-            if not ids:
-                break
-            start += chunk
-            for job in self.many(ids):
-                if (states is None or job.state in states) and (where is None or where(job)):
-                    if skipped < offset:
-                        skipped += 1
-                        continue
-                    found.append(job)
-                    if len(found) == limit:
-                        break
-        return found
-
-    def list(self, states: set[JobState] | None = None, batch_id: str | None = None) -> list[Job]:
-        """Every matching job, newest first (a batch or the active jobs are cheap; all is not)."""
-        return self.page(states=states, batch_id=batch_id, limit=10**9)
-
-    def many(self, ids: list[str]) -> list[Job]:
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(self.key(job_id))
-        return [Job.model_validate(_decode(raw)) for raw in pipe.execute() if raw]
-
-    def count_active(self) -> dict[JobState, int]:
-        """Jobs in progress per state (reads the active index only)."""
-        counts: dict[JobState, int] = {}
-        ids = self.redis.zrange(keys.ACTIVE, 0, -1)
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hget(self.key(job_id), "state")
-        for raw in pipe.execute():
-            if raw:
-                state = JobState(json.loads(raw))
-                counts[state] = counts.get(state, 0) + 1
-        return counts
-
-    def update(self, job_id: str, **fields: Any) -> None:
-        """Set fields without touching state or owner (progress, plan...)."""
-        self.redis.hset(self.key(job_id), mapping=_encode(fields))
-
-    def move(
-        self,
-        job_id: str,
-        *,
-        expected: str | None,
-        owner: str | None,
-        state: JobState | None = None,
-        lease_until: float | None = None,
-        dispatch_until: float | None = None,
-        lease_expired_before: float | None = None,
-        **fields: Any,
-    ) -> int:
-        """Change a job's owner (and state, fields) atomically; see autotrain.jobs.scripts.MOVE.
-
-        `expected` None moves whoever owns it; `owner` None keeps the owner. Returns 1 when it
-        moved, 0 when the owner was not `expected`, -1 when the job is final, -2 when unknown.
-        """
-        args: list[Any] = [
-            job_id,
-            "*" if expected is None else json.dumps(expected),
-            "*" if owner is None else json.dumps(owner),
-            "" if lease_until is None else lease_until,
-            "" if dispatch_until is None else dispatch_until,
-            "" if lease_expired_before is None else lease_expired_before,
-            max(1, self.retention_seconds),
-            "" if state is None else json.dumps(str(state)),
-        ]
-        for name, value in _encode(fields).items():
-            args += [name, value]
-        name_key = keys.name("-")  # used only by a move to a final state (it frees the name)
-        if state in FINAL_STATES and (spec := self.redis.hget(self.key(job_id), "spec")):
-            name_key = keys.name(json.loads(spec)["name"])
-        job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key,
-                    *_bulky_keys(job_id)]  # fmt: skip
-        moved = int(self._move(keys=job_keys, args=args))
-        if moved == 1 and state in FINAL_STATES:
-            self._record_end(job_id)
-        return moved
-
-    def reopen(self, job_id: str, owner: str, state: JobState, dispatch_until: float,
-               **fields: Any) -> None:  # fmt: skip
-        """Hand a final job back to the queue (a user's retry); see autotrain.jobs.scripts.REOPEN.
-
-        Raises NameInUse when another job in progress took its name meanwhile.
-        """
-        job = self.get(job_id)
-        args: list[Any] = [job.id, job.created_at, dispatch_until, json.dumps(owner),
-                           json.dumps(str(state))]  # fmt: skip
-        for name, value in _encode(fields).items():
-            args += [name, value]
-        job_keys = [self.key(job.id), keys.ACTIVE, keys.name(job.spec.name), keys.DISPATCH,
-                    *_bulky_keys(job.id)]  # fmt: skip
-        outcome = self._reopen(keys=job_keys, args=args)
-        if outcome[0] == -1:
-            raise NameInUse(job.spec.name, outcome[1])
-        if outcome[0] != 1:
-            raise AutotrainError(
-                f"Job {job.id} is {self.state(job.id)}: only a finished job can be retried."
-            )
-
-    # The history of attempts: how each started and ended (a list, appended to atomically)
-    def add_history(self, job_id: str, **entry: Any) -> None:
-        entry.setdefault("at", time.time())
-        self.redis.rpush(keys.job_history(job_id), json.dumps(entry))
-
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in self.redis.lrange(keys.job_history(job_id), 0, -1)]
-
-    def _record_end(self, job_id: str) -> None:
-        job = self.get(job_id)
-        self.add_history(job_id, attempt=job.attempt, event=str(job.state), error=job.error,
-                         worker=job.worker, host=job.host, gpu=job.gpu, step=job.step,
-                         total=job.total)  # fmt: skip
-        if self.on_final:
-            try:
-                self.on_final(self, job)
-            except Exception:  # noqa: BLE001 - a hook never undoes the end of a job
-                logging.getLogger(__name__).exception("on_final hook failed for %s", job_id)
-
-    def set_state(self, job_id: str, state: JobState, **fields: Any) -> bool:
-        """Move to `state` whoever owns the job, unless it is final; returns whether it moved.
-
-        Reaching a final state also clears the owner.
-        """
-        owner = "" if state in FINAL_STATES else None
-        return self.move(job_id, expected=None, owner=owner, state=state, **fields) == 1
-
-    def renew(self, job_id: str, owner: str, until: float) -> bool:
-        """Extend a worker's lease; False when that worker no longer owns the job."""
-        args = [job_id, json.dumps(owner), until]
-        return bool(self._renew(keys=[self.key(job_id), keys.LEASES], args=args))
-
-    def expired_leases(self, before: float, limit: int = 1000) -> list[str]:
-        """Jobs whose owning worker has not renewed since `before` (cost: the expired ones)."""
-        return self.redis.zrangebyscore(keys.LEASES, "-inf", before, start=0, num=limit)
-
-    def undelivered(self, before: float, limit: int = 1000) -> list[str]:
-        """Jobs handed to the queue whose message was not confirmed sent by `before`."""
-        return self.redis.zrangebyscore(keys.DISPATCH, "-inf", before, start=0, num=limit)
-
-    def state(self, job_id: str) -> JobState | None:
-        raw = self.redis.hget(self.key(job_id), "state")
-        return JobState(json.loads(raw)) if raw else None
-
-    def cancel_requested(self, job_id: str) -> bool:
-        return self.redis.hget(self.key(job_id), "cancel_requested") == "true"
-
-    # Bulky per-job data kept beside the record (validation report, staging result)
-    def put_data(self, job_id: str, what: str, value: dict[str, Any]) -> None:
-        self.redis.set(self.data_key(job_id, what), json.dumps(value))
-
-    def get_data(self, job_id: str, what: str) -> dict[str, Any] | None:
-        raw = self.redis.get(self.data_key(job_id, what))
-        return json.loads(raw) if raw else None
-
-    # Progress stream
-    def add_event(
-        self, job_id: str, event: dict[str, Any], summary: dict[str, Any] | None = None
-    ) -> None:
-        """Append an event to the job's bounded stream and update its summary in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(
-            self.events_key(job_id),
-            {"e": json.dumps(event)},
-            maxlen=self.stream_maxlen,
-            approximate=True,
-        )
-        if summary:
-            pipe.hset(self.key(job_id), mapping=_encode(summary))
-        pipe.execute()
-
-    def read_events(
-        self, job_id: str, after: str = "0-0", block_ms: int | None = None, count: int = 1000
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Events after stream id `after`; blocks up to `block_ms` for new ones when asked."""
-        if block_ms is None:
-            rows = self.redis.xrange(self.events_key(job_id), min=f"({after}", count=count)
-        else:
-            reply = self.redis.xread({self.events_key(job_id): after}, count=count, block=block_ms)
-            rows = reply[0][1] if reply else []
-        return [(entry_id, json.loads(fields["e"])) for entry_id, fields in rows]
-
-
 # The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).
 _TIMES = ("created_at", "started_at", "training_started_at", "training_finished_at", "finished_at")
 
@@ -444,17 +160,8 @@ def public_record(job: Job, history: list[dict] | None = None, waiting_reason: s
     return record
 
 
-def _bulky_keys(job_id: str) -> list[str]:
-    """The keys of a job that expire once it is final (its events and bulky data)."""
-    return [keys.job_events(job_id), *(keys.job_data(job_id, w) for w in keys.JOB_DATA)]
-
-
-def _new_job_id() -> str:
-    """Sortable by submission time and short enough to type."""
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-
-
-def _encode(fields: dict[str, Any]) -> dict[str, str]:
+def encode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Fields as the job hash stores them: each value JSON-encoded."""
     return {name: json.dumps(_jsonable(value)) for name, value in fields.items()}
 
 
@@ -466,5 +173,6 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _decode(raw: dict[str, str]) -> dict[str, Any]:
+def decode_fields(raw: dict[str, str]) -> dict[str, Any]:
+    """The job hash's fields, decoded (Job.model_validate takes them)."""
     return {name: json.loads(value) for name, value in raw.items()}

@@ -1,6 +1,6 @@
 """Leases, GPU locks and batch slots: the Redis-side coordination of long jobs.
 
-A worker that takes a job (autotrain.jobs.scripts.MOVE, owner "worker:<token>") holds its lease: a
+A worker that takes a job (autotrain.jobs.scripts.MOVE, owner `worker_owner(token)`) holds its lease: a
 deadline in `autotrain:leases` that a thread renews every third of the lease, only while the
 worker still owns the job. When a worker dies its deadline passes and the reaper re-queues the
 job (autotrain.jobs.reaper); a job waiting in a queue holds no lease and is never reaped. Messages are
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from autotrain.jobs import keys
+from autotrain.jobs import keys, scripts
+from autotrain.jobs.owners import worker_owner
 
 __all__ = [
     "Lease",
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 
 def new_owner(worker: str) -> str:
     """A worker's owner token for one job: unique even for a restarted worker of that name."""
-    return f"worker:{worker}/{secrets.token_hex(4)}"
+    return worker_owner(f"{worker}/{secrets.token_hex(4)}")
 
 
 class Lease:
@@ -82,27 +83,8 @@ class Lease:
 
 
 # Batch slots: at most `max_concurrent` jobs of a batch train at once. A job that finds the batch
-# full is parked (ordered by submission); a finishing job hands its slot to the first parked one.
-_ACQUIRE_SLOT = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 1 end
-local limit = tonumber(redis.call('HGET', KEYS[3], 'max_concurrent') or '1')
-if redis.call('SCARD', KEYS[1]) < limit then
-  redis.call('SADD', KEYS[1], ARGV[1]); redis.call('ZREM', KEYS[2], ARGV[1]); return 1
-end
-redis.call('ZADD', KEYS[2], 'NX', ARGV[2], ARGV[1])
-return 0
-"""
-
-_RELEASE_SLOT = """
-redis.call('SREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-local limit = tonumber(redis.call('HGET', KEYS[3], 'max_concurrent') or '1')
-if redis.call('SCARD', KEYS[1]) >= limit then return false end
-local nxt = redis.call('ZPOPMIN', KEYS[2])
-if #nxt == 0 then return false end
-redis.call('SADD', KEYS[1], nxt[1])
-return nxt[1]
-"""
+# full is parked (ordered by submission); a finishing job hands its slot to the first parked one
+# (scripts ACQUIRE_SLOT and RELEASE_SLOT in autotrain.jobs.scripts).
 
 
 def _batch_keys(batch_id: str) -> list[str]:
@@ -117,12 +99,12 @@ def create_batch(client: redis.Redis, batch_id: str, max_concurrent: int, name: 
 
 def acquire_batch_slot(client: redis.Redis, batch_id: str, job_id: str, order: float) -> bool:
     """True when the job may train now; False parks it until a slot frees."""
-    return bool(client.eval(_ACQUIRE_SLOT, 3, *_batch_keys(batch_id), job_id, order))
+    return bool(scripts.ACQUIRE_SLOT(client, _batch_keys(batch_id), [job_id, order]))
 
 
 def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str | None:
     """Free the job's slot; returns the parked job that now owns it, if any."""
-    return client.eval(_RELEASE_SLOT, 3, *_batch_keys(batch_id), job_id)
+    return scripts.RELEASE_SLOT(client, _batch_keys(batch_id), [job_id])
 
 
 # GPU reservations: a job reserves memory on every GPU it uses, taken in ascending order so two
@@ -131,32 +113,7 @@ def release_batch_slot(client: redis.Redis, batch_id: str, job_id: str) -> str |
 # with the lease if the host dies. With `max_jobs` 1 a reservation is a plain exclusive lock.
 # Where NVML measures the GPU, a new reservation also needs that much memory free right now:
 # other programs on the GPU (a notebook, another user's job) hold memory no reservation shows.
-
-# KEYS: the GPU's hash (job -> "bytes deadline_ms"). ARGV: job, bytes, ttl ms, now ms,
-# max jobs, capacity bytes, measured free bytes (-1: unknown). Returns 1 when the job holds its
-# reservation (taken or renewed), 0 when the GPU is full of reservations, -1 when the memory
-# measured free is short.
-_RESERVE = """
-local now, mine = tonumber(ARGV[4]), nil
-local count, used = 0, 0
-local entries = redis.call('HGETALL', KEYS[1])
-for i = 1, #entries, 2 do
-  local bytes, deadline = string.match(entries[i + 1], '(%d+) (%d+)')
-  if tonumber(deadline) < now then redis.call('HDEL', KEYS[1], entries[i])
-  elseif entries[i] == ARGV[1] then mine = true
-  else count = count + 1; used = used + tonumber(bytes) end
-end
-if not mine then
-  if count >= tonumber(ARGV[5]) then return 0 end
-  local capacity = tonumber(ARGV[6])
-  if capacity > 0 and used + tonumber(ARGV[2]) > capacity then return 0 end
-  local free = tonumber(ARGV[7])
-  if free >= 0 and tonumber(ARGV[2]) > free then return -1 end
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. (now + tonumber(ARGV[3])))
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
+# (script RESERVE in autotrain.jobs.scripts).
 
 
 @dataclass
@@ -212,7 +169,7 @@ def _reserve(client: redis.Redis, host: str, gpu: int, job_id: str, lease_second
     free = room.free_bytes(gpu) if room.free_bytes and room.need_bytes else None
     args = [job_id, room.need_bytes, int(lease_seconds * 1000), int(time.time() * 1000),
             room.max_jobs, room.capacity_bytes.get(gpu, 0), -1 if free is None else free]  # fmt: skip
-    return int(client.eval(_RESERVE, 1, keys.gpu_lock(host, gpu), *args))
+    return int(scripts.RESERVE(client, [keys.gpu_lock(host, gpu)], args))
 
 
 def _why_full(client: redis.Redis, host: str, gpu: int, room: GpuRoom, answer: int) -> str:

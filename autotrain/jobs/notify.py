@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 from autotrain.formatting import format_eta
 from autotrain.jobs import keys
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.job import Job, JobState
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
 __all__ = ["job_end_notifier", "job_message", "batch_message", "send"]

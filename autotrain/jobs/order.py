@@ -4,55 +4,25 @@ A waiting job is a message in a broker queue, and the queue is kombu's: one Redi
 priority level (autotrain.jobs.keys.broker_lists), served level 0 first, each list FIFO (kombu
 LPUSHes and BRPOPs, so the next message is the rightmost). Reading those lists gives the true
 start order; moving a message between them, atomically in Lua against the workers' BRPOP, changes
-it. The job record follows: its `priority` is the level its message is in, so every later phase
-keeps the new place.
+it. The job record follows: its `priority` is the level its message is in (and its spec's
+`priority` names that level), so every later phase keeps the new place.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Literal
 
 from autotrain.errors import AutotrainError
-from autotrain.jobs import keys
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs import keys, scripts
+from autotrain.jobs.dispatch import dispatch
+from autotrain.jobs.job import Job, JobState
+from autotrain.jobs.owners import HELD, is_queue_owner
+from autotrain.jobs.store import JobStore
 
 __all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
 
 Where = Literal["top", "bottom", "before"]
-
-# KEYS: a queue's lists, highest priority first. ARGV: [1] task id, [2] top|bottom|before|remove,
-# [3] the other task id (before), then the priority value of each list.
-# Returns {level, payload} of the message's new place ({-1} when `before`'s other message is not in
-# this queue), or {0} when the message is not waiting (a worker took it, or it was never sent).
-_REORDER = """
-local function find(id)
-  for k = 1, #KEYS do
-    local items = redis.call('LRANGE', KEYS[k], 0, -1)
-    for i = 1, #items do
-      if string.find(items[i], id, 1, true) then return k, items[i] end
-    end
-  end
-end
-local k, item = find(ARGV[1])
-if not k then return {0} end
-local target, other = nil, nil
-if ARGV[2] == 'before' then
-  target, other = find(ARGV[3])
-  if not target then return {-1} end
-end
-redis.call('LREM', KEYS[k], 1, item)
-if ARGV[2] == 'remove' then return {k, item} end
-if ARGV[2] == 'top' then target = 1 elseif ARGV[2] == 'bottom' then target = #KEYS end
-local message = cjson.decode(item)
-message['properties']['priority'] = tonumber(ARGV[3 + target])
-local moved = cjson.encode(message)
-if ARGV[2] == 'top' then redis.call('RPUSH', KEYS[target], moved)
-elseif ARGV[2] == 'bottom' then redis.call('LPUSH', KEYS[target], moved)
-else redis.call('LINSERT', KEYS[target], 'AFTER', other, moved) end
-return {target, moved}
-"""
 
 
 def start_order(store: JobStore, queues: list[str]) -> list[str]:
@@ -89,7 +59,10 @@ def move_job(store: JobStore, job_id: str, where: Where, other_id: str | None = 
             f"Job {other.id} ({other.name}) is no longer waiting: a worker took it."
         )
     level = sorted(keys.PRIORITIES.values())[int(outcome[0]) - 1]
-    store.update(job.id, priority=level, next_task={**job.next_task, "priority": level})
+    # the spec's priority names the same level: one priority, whichever a reader looks at
+    name = next(n for n, value in keys.PRIORITIES.items() if value == level)
+    spec = job.spec.model_copy(update={"priority": name})
+    store.update(job.id, priority=level, spec=spec, next_task={**job.next_task, "priority": level})
     return store.get(job.id)
 
 
@@ -107,9 +80,9 @@ def hold_job(store: JobStore, job_id: str) -> Job:
             f"training can be held. To stop it: autotrain train cancel --job {job.id}"
         )
     store.update(job.id, held=True)
-    waiting = job.owner.startswith("queue:") and job.next_task
+    waiting = is_queue_owner(job.owner) and job.next_task
     if waiting and _reorder(store, job, "remove")[0] != 0:
-        moved = store.move(job.id, expected=job.owner, owner="held")
+        moved = store.move(job.id, expected=job.owner, owner=HELD)
         if moved == 1:
             store.add_history(job.id, attempt=job.attempt, event="held", phase=job.phase)
     return store.get(job.id)
@@ -117,27 +90,21 @@ def hold_job(store: JobStore, job_id: str) -> Job:
 
 def release_job(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> Job:
     """Let a held job start again, at the end of its priority level."""
-    from autotrain.jobs.queue import _message_for, _task_ids, send_next
-
     job = store.get(job_id)
     if not job.held:
         raise AutotrainError(f"Job {job.id} ({job.name}) is not held.")
     store.update(job.id, held=False)
-    if job.owner == "held":
-        message = _message_for(job, job.phase or "validate")
-        moved = store.move(job.id, expected="held", owner=f"queue:{message['id']}",
-                           dispatch_until=time.time() + confirm_seconds, next_task=message,
-                           task_ids=_task_ids(job, message))  # fmt: skip
-        if moved == 1:
-            store.add_history(job.id, attempt=job.attempt, event="released", phase=job.phase)
-            send_next(store, job.id, message)
+    if job.owner == HELD:
+        released = {"attempt": job.attempt, "event": "released", "phase": job.phase}
+        dispatch(store, job, job.phase or "validate", expected=HELD, state=None,
+                 confirm_seconds=confirm_seconds, history=released)  # fmt: skip
     return store.get(job.id)
 
 
 def _waiting(store: JobStore, job_id: str, verb: str) -> Job:
     job = store.get(job_id)
-    if not (job.owner.startswith("queue:") and job.next_task):
-        how = "held" if job.owner == "held" else job.state.value
+    if not (is_queue_owner(job.owner) and job.next_task):
+        how = "held" if job.owner == HELD else job.state.value
         raise AutotrainError(
             f"Job {job.id} ({job.name}) is {how}, not waiting in a queue, so it cannot be {verb}."
         )
@@ -147,5 +114,4 @@ def _waiting(store: JobStore, job_id: str, verb: str) -> Job:
 def _reorder(store: JobStore, job: Job, mode: str, other_task: str = "") -> list:
     lists = keys.broker_lists(job.next_task["queue"])
     levels = [str(p) for p in sorted(keys.PRIORITIES.values())]
-    script = store.redis.register_script(_REORDER)
-    return script(keys=lists, args=[job.next_task["id"], mode, other_task, *levels])
+    return scripts.REORDER(store.redis, lists, [job.next_task["id"], mode, other_task, *levels])

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autotrain.jobs import keys
-from autotrain.jobs.job import FINAL_STATES, Job, JobState, JobStore
+from autotrain.jobs.job import FINAL_STATES, Job, JobState
+from autotrain.jobs.store import JobStore
 from autotrain.trainers.outputs import RUNS_DIR, output_owner
 from autotrain.workspace import Workspace
 

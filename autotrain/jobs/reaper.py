@@ -16,14 +16,10 @@ import logging
 import time
 
 from autotrain.jobs import keys
-from autotrain.jobs.job import JobState, JobStore
-from autotrain.jobs.queue import (
-    _message_for,
-    _task_ids,
-    hand_on_batch_slot,
-    send_next,
-    waiting_state,
-)
+from autotrain.jobs.dispatch import dispatch, finish, resend
+from autotrain.jobs.job import JobState
+from autotrain.jobs.owners import is_worker_owner, queue_owner
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
 __all__ = ["reap", "ReapResult"]
@@ -61,62 +57,38 @@ def reap(store: JobStore, settings: Settings, now: float | None = None) -> ReapR
 def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, now: float,
               result: ReapResult) -> None:  # fmt: skip
     job = store.get(job_id)
-    if not job.owner.startswith("worker:"):
+    if not is_worker_owner(job.owner):
         store.redis.zrem(keys.LEASES, job_id)  # a stale entry; nothing owns it by lease
         return
     dead = job.worker or job.owner
+    guard = {"expected": job.owner, "now": now, "lease_expired_before": before}
     if job.cancel_requested:
-        moved = store.move(
-            job_id, expected=job.owner, owner="", state=JobState.CANCELLED, finished_at=now,
-            error="cancelled by user", lease_expired_before=before,
-        )  # fmt: skip
-        if moved == 1:
+        if finish(store, job, JobState.CANCELLED, error="cancelled by user", **guard):
             result.cancelled.append(job_id)
-            hand_on_batch_slot(store, job)
         return
     if job.attempts_exhausted(settings.max_attempts):
         error = (
             f"Interrupted {job.attempt} times (worker {dead} stopped renewing its lease during "
             f"{job.phase}); giving up after max_attempts={settings.max_attempts}."
         )
-        moved = store.move(
-            job_id, expected=job.owner, owner="", state=JobState.FAILED, finished_at=now,
-            error=error, lease_expired_before=before,
-        )  # fmt: skip
-        if moved == 1:
+        if finish(store, job, JobState.FAILED, error=error, **guard):
             result.failed.append(job_id)
-            hand_on_batch_slot(store, job)
         return
     phase = job.phase or "validate"
-    message = _message_for(job, phase)
-    moved = store.move(
-        job_id, expected=job.owner, owner=f"queue:{message['id']}", state=waiting_state(phase),
-        dispatch_until=now + settings.lease_seconds, lease_expired_before=before,
-        attempt=job.attempt + 1, phase=phase, next_task=message, worker=None,
-        task_ids=_task_ids(job, message),
-    )  # fmt: skip
-    if moved == 1:
-        log.warning("re-queueing %s (%s, attempt %d): worker %s stopped renewing its lease",
+    lost = {"attempt": job.attempt, "event": "worker lost", "phase": phase, "worker": dead,
+            "step": job.step, "total": job.total}  # fmt: skip
+    if dispatch(store, job, phase, confirm_seconds=settings.lease_seconds, history=lost,
+                attempt=job.attempt + 1, **guard):  # fmt: skip
+        log.warning("re-queued %s (%s, attempt %d): worker %s stopped renewing its lease",
                     job_id, phase, job.attempt + 1, dead)  # fmt: skip
         result.requeued.append(job_id)
-        store.add_history(job_id, attempt=job.attempt, event="worker lost", phase=phase,
-                          worker=dead, step=job.step, total=job.total)  # fmt: skip
-        send_next(store, job_id, message)
 
 
 def _resend(store: JobStore, settings: Settings, job_id: str, now: float,
             result: ReapResult) -> None:  # fmt: skip
     job = store.get(job_id)
-    message = job.next_task
-    owner = f"queue:{message['id']}" if message else None
-    if message is None or job.owner != owner:
-        store.redis.zrem(keys.DISPATCH, job_id)
-        return
-    # Keep it in the dispatch set until a worker takes it: a lost send is tried again.
-    if (
-        store.move(job_id, expected=owner, owner=owner, dispatch_until=now + settings.lease_seconds)
-        == 1
-    ):
-        log.warning("sending %s of %s again: its send was never confirmed", job.phase, job_id)
+    if resend(store, job, settings.lease_seconds, now):
+        log.warning("sent %s of %s again: its send was never confirmed", job.phase, job_id)
         result.resent.append(job_id)
-        send_next(store, job_id, message)
+    elif job.next_task is None or job.owner != queue_owner(job.next_task["id"]):
+        store.redis.zrem(keys.DISPATCH, job_id)  # a stale entry: the queue no longer owns it

@@ -7,14 +7,14 @@ which all need this worker's settings and store without importing the tasks them
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 
 from autotrain.jobs.connection import get_redis, store_for, until_redis_back
-from autotrain.jobs.job import Job, JobState, JobStore
+from autotrain.jobs.dispatch import dispatch, finish
+from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.lease import Lease
-from autotrain.jobs.queue import hand_on, hand_on_batch_slot
+from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings, load_settings
 
 __all__ = ["PhaseContext", "worker_settings", "worker_store", "worker_gpu", "outage_seconds"]
@@ -47,23 +47,21 @@ class PhaseContext:
     def outage(self) -> float:
         return outage_seconds(self.settings)
 
-    def hand_on(self, phase: str, **fields) -> None:
-        """This phase is done: the queue of `phase` owns the job now."""
+    def hand_on(self, phase: str, **fields) -> bool:
+        """This phase is done: the queue of `phase` owns the job now (or `held`, when the user
+        held it and `phase` is not the report). False when this worker no longer owned it."""
         self.lease.stop()  # from here the move decides; a renewal would only see it gone
-        hand_on(self.store, self.job.id, self.lease.owner, phase, self.settings.lease_seconds,
-                self.outage, **fields)  # fmt: skip
+        # read again: the user may have held, moved or re-prioritised it meanwhile
+        job = until_redis_back(lambda: self.store.get(self.job.id), self.outage, "reading the job")
+        return dispatch(self.store, job, phase, expected=self.lease.owner,
+                        confirm_seconds=self.settings.lease_seconds, outage_seconds=self.outage,
+                        hold=phase != "report", **fields)  # fmt: skip
 
     def finish(self, state: JobState, **fields) -> bool:
         """End the job in a final state, if this worker still owns it."""
         self.lease.stop()
-        moved = until_redis_back(
-            lambda: self.store.move(self.job.id, expected=self.lease.owner, owner="", state=state,
-                                    finished_at=time.time(), **fields),
-            self.outage, f"finishing {self.job.id}",
-        )  # fmt: skip
-        if moved == 1:
-            hand_on_batch_slot(self.store, self.store.get(self.job.id))
-        return moved == 1
+        return finish(self.store, self.job, state, expected=self.lease.owner,
+                      outage_seconds=self.outage, **fields)  # fmt: skip
 
 
 def outage_seconds(settings: Settings) -> float:

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from autotrain.jobs.job import JobStore
+from autotrain.jobs.store import JobStore
 from autotrain.trainers.progress import ProgressEvent
 
 __all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]

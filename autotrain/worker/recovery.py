@@ -1,18 +1,21 @@
-"""What a training task does when a run cannot go on where it is, instead of failing the job.
+"""What a training task should do when a run cannot go on where it is, instead of failing the job.
 
 Each answer is a new attempt from the newest saved state, elsewhere or leaner: a GPU too small
 (or one the job failed on) sends it to a GPU that fits; out of memory steps down the profile's
 ladder; an NCCL failure moves it off that GPU and counts against the GPU; a stalled trainer is
 retried. Bad data or a broken setup is never retried: it would fail the same way again.
+
+These functions only decide: each returns a `Requeue` or a `Fail` (or None: go on), and the
+task applies it in one place (autotrain.worker.tasks); they never move the job themselves. They
+do record what they saw (GPU failure counts, a history entry of a GPU fault).
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from autotrain.jobs import keys
-from autotrain.jobs.job import JobState
 from autotrain.jobs.lease import GpuRoom
 from autotrain.profile import profile_for
 from autotrain.worker.launch import gpu_memory
@@ -21,6 +24,9 @@ if TYPE_CHECKING:
     from autotrain.worker.context import PhaseContext
 
 __all__ = [
+    "Requeue",
+    "Fail",
+    "Decision",
     "room_on_these_gpus",
     "move_to_free_memory",
     "move_off_a_failing_gpu",
@@ -28,14 +34,34 @@ __all__ = [
     "retry_stalled",
 ]
 
-log = logging.getLogger("autotrain.pipeline")
+
+@dataclass(frozen=True)
+class Requeue:
+    """Hand the job to the queue of `phase`, with `fields` set (a new attempt, a variant, a GPU
+    queue), after adding `history` to its attempts; `why` goes to the worker's log."""
+
+    phase: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    history: dict[str, Any] | None = None
+    why: str | None = None
 
 
-def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | None:
-    """What the job reserves on its GPUs; None when this GPU is too small for it, after sending
-    it to the queue of a GPU that fits (or failing it, naming the fleet's GPUs). A GPU large
-    enough whose memory other processes hold (NVML measures it) sends the job to a GPU with
-    that much free, or, with none, keeps it waiting here until the memory is free.
+@dataclass(frozen=True)
+class Fail:
+    """End the job as failed with `error`, after adding `history` to its attempts."""
+
+    error: str
+    history: dict[str, Any] | None = None
+
+
+Decision = Requeue | Fail
+
+
+def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom | Decision:
+    """What the job reserves on its GPUs; when this GPU is too small for it, a decision instead:
+    the queue of a GPU that fits, a leaner variant, or failing it (naming the fleet's GPUs). A
+    GPU large enough whose memory other processes hold (NVML measures it) sends the job to a
+    GPU with that much free, or, with none, keeps it waiting here until the memory is free.
 
     A pinned job stays where the user put it: its GPUs' memory still bounds what packs there.
     """
@@ -62,38 +88,34 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
     if avoided and not fleet:
         return room  # every GPU failed it once: this one again rather than never
     if short_now and need <= own[0] and not avoided:
-        moved = move_to_free_memory(ctx, here, need, own[1])  # or wait here until it is free
-        return None if moved else room
+        elsewhere = move_to_free_memory(ctx, here, need, own[1])  # or wait here until free
+        return elsewhere or room
     target = placement.best_fit(fleet, need)
     if target is not None:
         queue = gpu_queue_name(target["host"], target["gpu"])
         gib = placement.GIB
         why = (f"it failed on GPU {here} before" if avoided else
                f"{need / gib:.1f} GiB do not fit this GPU ({own[0] / gib:.0f} GiB)")  # fmt: skip
-        ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
-        ctx.hand_on("train", queue=queue)
-        return None
+        placed = {"attempt": job.attempt, "event": "placed", "queue": queue, "error": why}
+        return Requeue("train", {"queue": queue}, placed)
     leaner = placement.first_fitting_variant(
         profile, fleet, settings.vram_margin_gb, job.variant + 1
     )
     if leaner is not None:
-        ctx.store.add_history(job.id, attempt=job.attempt, event="leaner variant",
-                              variant=profile.variant_name(leaner))  # fmt: skip
-        ctx.hand_on("configure", variant=leaner)
-        return None
-    ctx.finish(
-        JobState.FAILED, error=placement.no_fit_message(profile, fleet, settings.vram_margin_gb)
-    )
-    return None
+        leaner_entry = {"attempt": job.attempt, "event": "leaner variant",
+                        "variant": profile.variant_name(leaner)}  # fmt: skip
+        return Requeue("configure", {"variant": leaner}, leaner_entry)
+    return Fail(placement.no_fit_message(profile, fleet, settings.vram_margin_gb))
 
 
 # A job chasing free memory from GPU to GPU stops after this many moves per attempt and waits.
 _MAX_PLACEMENTS = 3
 
 
-def move_to_free_memory(ctx: PhaseContext, here: str, need: int, free_here: int | None) -> bool:
+def move_to_free_memory(ctx: PhaseContext, here: str, need: int,
+                        free_here: int | None) -> Requeue | None:  # fmt: skip
     """Send a job waiting for memory that other programs hold on GPU `here` to a GPU whose
-    heartbeat measured that much free; False (it goes on waiting) when there is none, or after
+    heartbeat measured that much free; None (it goes on waiting) when there is none, or after
     `_MAX_PLACEMENTS` moves in this attempt."""
     from autotrain.fleet import placement
     from autotrain.jobs.keys import gpu_queue_name
@@ -104,13 +126,12 @@ def move_to_free_memory(ctx: PhaseContext, here: str, need: int, free_here: int 
              and (g.get("memory_free") or g["memory_total"]) >= need]  # fmt: skip
     target = placement.best_fit(roomy, need)
     if target is None or _placements(ctx) >= _MAX_PLACEMENTS:
-        return False
+        return None
     queue = gpu_queue_name(target["host"], target["gpu"])
     measured = f" (NVML: {free_here / placement.GIB:.1f} GiB)" if free_here is not None else ""
     why = f"{need / placement.GIB:.1f} GiB are not free on GPU {here}{measured}"
-    ctx.store.add_history(job.id, attempt=job.attempt, event="placed", queue=queue, error=why)
-    ctx.hand_on("train", queue=queue)
-    return True
+    placed = {"attempt": job.attempt, "event": "placed", "queue": queue, "error": why}
+    return Requeue("train", {"queue": queue}, placed)
 
 
 def _measured_free(gpu: int) -> int | None:
@@ -123,7 +144,7 @@ def _placements(ctx: PhaseContext) -> int:
                if e.get("event") == "placed" and e.get("attempt") == ctx.job.attempt)  # fmt: skip
 
 
-def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> bool:
+def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -> Requeue | None:
     """An NCCL (GPU or link) or hardware failure (ECC, Xid, a GPU lost) is this GPU's, not the
     job's: count it against the GPU
     (`status` marks a GPU suspect after `suspect_gpu_failures` in a day) and queue the training
@@ -136,7 +157,7 @@ def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -
         or not gpus
         or job.spec.gpu_ids
     ):
-        return False
+        return None
     pipe = ctx.store.redis.pipeline(transaction=False)
     for gpu in gpus:
         pipe.incr(keys.gpu_failures(host, gpu))
@@ -146,22 +167,21 @@ def move_off_a_failing_gpu(ctx: PhaseContext, run, host: str, gpus: list[int]) -
     ctx.store.add_history(job.id, attempt=job.attempt, event="gpu failure", gpu=",".join(where),
                           step=run.last_step, error=error.get("line"))  # fmt: skip
     if job.attempts_exhausted(settings.max_attempts):
-        return False
-    log.warning("%s %s: %s failure on GPU %s; re-queued away from it", job.name, job.id,
-                error.get("cause"), where)  # fmt: skip
-    ctx.hand_on("train", attempt=job.attempt + 1, avoid_gpus=sorted({*job.avoid_gpus, *where}),
-                queue=keys.GPU_QUEUE)  # fmt: skip
-    return True
+        return None
+    fields = {"attempt": job.attempt + 1, "avoid_gpus": sorted({*job.avoid_gpus, *where}),
+              "queue": keys.GPU_QUEUE}  # fmt: skip
+    return Requeue("train", fields, why=f"{error.get('cause')} failure on GPU {where}; "
+                   "re-queued away from it")  # fmt: skip
 
 
-def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> bool:
+def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Requeue | None:
     """Out of GPU memory: the profile's next leaner variant, configured anew and resumed from
-    the newest state. False when the run did not run out of memory or no variant is left (the
+    the newest state. None when the run did not run out of memory or no variant is left (the
     job then fails with the trainer's line). Other failures are never retried: bad data or
     config fails the same way every time."""
     error = run.error_event or {}
     if run.succeeded or error.get("cause") != "oom":
-        return False
+        return None
     job = ctx.job
     profile = profile_for(job.spec, ctx.settings)
     variant = profile.variant(job.variant + 1) if job.variant < len(profile.ladder) else None
@@ -171,28 +191,25 @@ def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> 
             # raise_for_trainer quotes this event: the job's error then says the ladder is spent
             run.error_event = {**error, "message": f"{error.get('message')} (every leaner "
                                f"variant of {profile.name} was tried: {tried})"}  # fmt: skip
-        return False
+        return None
     why = (f"out of GPU memory on {worker} (GPU {gpu_label}) at step {run.last_step}; next: "
            f"{variant.name} (needs about {variant.vram_gb:g} GB)")  # fmt: skip
-    ctx.store.add_history(job.id, attempt=job.attempt, event="out of memory", worker=worker,
-                          gpu=gpu_label, step=run.last_step, error=why,
-                          variant=variant.name)  # fmt: skip
-    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
-    ctx.hand_on("configure", attempt=job.attempt + 1, variant=job.variant + 1)
-    return True
+    oom = {"attempt": job.attempt, "event": "out of memory", "worker": worker, "gpu": gpu_label,
+           "step": run.last_step, "error": why, "variant": variant.name}  # fmt: skip
+    return Requeue("configure", {"attempt": job.attempt + 1, "variant": job.variant + 1}, oom,
+                   f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip
 
 
-def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> None:
+def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decision:
     """A trainer the watchdog ended: a failure of this GPU, not of the job. Its train phase goes
     back to the queue as the next attempt and resumes from the newest saved state."""
     job, settings = ctx.job, ctx.settings
     why = (f"the trainer made no progress for {run.stalled_seconds:.0f} s on {worker} "
            f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
-    ctx.store.add_history(job.id, attempt=job.attempt, event="stalled", worker=worker,
-                          gpu=gpu_label, step=run.last_step, error=why)  # fmt: skip
+    stalled = {"attempt": job.attempt, "event": "stalled", "worker": worker, "gpu": gpu_label,
+               "step": run.last_step, "error": why}  # fmt: skip
     if job.attempts_exhausted(settings.max_attempts):
-        ctx.finish(JobState.FAILED, error=f"{why[0].upper()}{why[1:]}; giving up after "
-                                          f"max_attempts={settings.max_attempts}.")  # fmt: skip
-        return
-    log.warning("%s %s: %s; re-queued as attempt %d", job.name, job.id, why, job.attempt + 1)
-    ctx.hand_on("train", attempt=job.attempt + 1)
+        return Fail(f"{why[0].upper()}{why[1:]}; giving up after "
+                    f"max_attempts={settings.max_attempts}.", stalled)  # fmt: skip
+    return Requeue("train", {"attempt": job.attempt + 1}, stalled,
+                   f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip
