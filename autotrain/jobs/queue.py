@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 
-from autotrain.errors import AutotrainError
+from autotrain.errors import AutotrainError, JobNotFinal
 from autotrain.jobs import keys
 from autotrain.jobs.connection import until_redis_back
 from autotrain.jobs.job import Job, JobState, JobStore
@@ -231,7 +231,7 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
             f"--profile {job.profile}"
         )
     if not job.is_final:
-        raise AutotrainError(
+        raise JobNotFinal(
             f"Job {job.id} ({job.name}) is {job.state.value}: it is still under way. Cancel it "
             f"first (autotrain train cancel --job {job.id}) to retry it."
         )
