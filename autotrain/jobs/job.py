@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from pydantic import BaseModel, Field
 
-from autotrain.errors import AutotrainError
-from autotrain.formatting import iso_time
+from autotrain.errors import AmbiguousJobId, AutotrainError, JobNotFinal, NameInUse, NoSuchJob
 from autotrain.jobs import keys, scripts
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
@@ -36,7 +35,6 @@ __all__ = [
     "JobStore",
     "FINAL_STATES",
     "NameInUse",
-    "public_record",
 ]
 
 
@@ -121,19 +119,6 @@ class Job(BaseModel):
         return min(1.0, self.step / self.total)
 
 
-class NameInUse(AutotrainError):
-    """Another job still in progress trains a dataset of this name."""
-
-    def __init__(self, name: str, holder: str) -> None:
-        self.name, self.holder = name, holder
-        super().__init__(
-            f"Dataset name {name!r} is in use by job {holder}, which is still in progress: two "
-            f"jobs would write the same output/{name}/. Wait for it to finish, cancel it "
-            f"(`autotrain train cancel --job {holder}`), or pass --dataset-name to train this "
-            "one under another name."
-        )
-
-
 class JobStore:
     """Reads and writes job records; every process (CLI, workers, monitors) goes through it."""
 
@@ -183,16 +168,16 @@ class JobStore:
         raise AutotrainError("Could not find a free job id after 10 tries; is the clock stuck?")
 
     def get(self, job_id: str) -> Job:
-        """A job by id or unique id prefix; a clear error when there is none."""
+        """A job by id or unique id prefix; NoSuchJob or AmbiguousJobId when there is none."""
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             matches = self._ids_starting_with(job_id)
             if len(matches) == 1:
                 raw = self.redis.hgetall(self.key(matches[0]))
             elif len(matches) > 1:
-                raise AutotrainError(f"Job id {job_id!r} is ambiguous: {', '.join(matches[:5])}")
+                raise AmbiguousJobId(job_id, matches)
         if not raw:
-            raise AutotrainError(f"No job with id {job_id!r}. See `autotrain train list`.")
+            raise NoSuchJob(job_id)
         return Job.model_validate(_decode(raw))
 
     def _ids_starting_with(self, prefix: str) -> list[str]:
@@ -327,7 +312,7 @@ class JobStore:
         if outcome[0] == -1:
             raise NameInUse(job.spec.name, outcome[1])
         if outcome[0] != 1:
-            raise AutotrainError(
+            raise JobNotFinal(
                 f"Job {job.id} is {self.state(job.id)}: only a finished job can be retried."
             )
 
@@ -413,35 +398,10 @@ class JobStore:
             rows = reply[0][1] if reply else []
         return [(entry_id, json.loads(fields["e"])) for entry_id, fields in rows]
 
-
-# The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).
-_TIMES = ("created_at", "started_at", "training_started_at", "training_finished_at", "finished_at")
-
-
-def public_record(job: Job, history: list[dict] | None = None, waiting_reason: str | None = None,
-                  forecast: Any = None) -> dict[str, Any]:  # fmt: skip
-    """A job as `train list --json` and `train show --json` print it; `forecast` is its
-    autotrain.fleet.eta.Forecast."""
-    result = job.result or {}
-    record: dict[str, Any] = {
-        "id": job.id, "name": job.name, "profile": job.profile,
-        "dataset_path": str(job.spec.dataset_path), "batch_id": job.spec.batch_id,
-        "state": job.state.value, "attempt": job.attempt, "variant": job.variant,
-        "priority": job.priority, "held": job.held, "step": job.step, "total": job.total,
-        "loss": job.loss, "eta_seconds": job.eta_seconds, "host": job.host, "gpu": job.gpu,
-        "worker": job.worker, "train_worker": job.train_worker, "queue": job.queue,
-        "error": job.error, "waiting_reason": waiting_reason,
-        "weights": result.get("weights"), "run_json": result.get("run_json"),
-        "samples": job.samples,
-    }  # fmt: skip
-    record.update({name: iso_time(getattr(job, name)) for name in _TIMES})
-    if forecast is not None:
-        record["forecast"] = {"starts_at": iso_time(forecast.starts_at),
-                              "finishes_at": iso_time(forecast.finishes_at),
-                              "worker": forecast.gpu, "why": forecast.why}  # fmt: skip
-    if history is not None:
-        record["history"] = [{**e, "at": iso_time(e.get("at"))} for e in history]
-    return record
+    def last_event_id(self, job_id: str) -> str:
+        """The stream id of the job's newest event ("0-0" when it has none): where to follow on."""
+        newest = self.redis.xrevrange(self.events_key(job_id), count=1)
+        return newest[0][0] if newest else "0-0"
 
 
 def _bulky_keys(job_id: str) -> list[str]:
