@@ -10,9 +10,10 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from autotrain.formatting import format_eta
+from autotrain.formatting import format_eta, format_loss, format_start
 from autotrain.jobs.job import FINAL_STATES, Job, JobState
 from autotrain.jobs.store import JobStore
+from autotrain.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from autotrain.fleet.eta import Forecast
@@ -22,9 +23,10 @@ __all__ = [
     "job_line",
     "batch_line",
     "batch_end_line",
-    "eta_text",
     "follow_job",
     "follow_batch",
+    "watch_job",
+    "watch_batch",
     "STATE_ICONS",
 ]
 
@@ -51,27 +53,14 @@ def progress_bar(step: int, total: int | None, width: int = 30) -> str:
     return f"[{'=' * filled}{'-' * (width - filled)}] {fraction * 100:.1f}% ({step}/{total})"
 
 
-def _loss(job: Job) -> str:
-    return f"{job.loss:.4f}" if job.loss is not None else "-"
-
-
 def job_line(job: Job, queue_depth: int = 0) -> str:
     """The DESIGN.md single-job line, with the state when the job is not training."""
-    line = f"{progress_bar(job.step, job.total)} | ETA: {format_eta(job.eta_seconds)} | Loss: {_loss(job)} | Queue: {queue_depth}"
+    line = f"{progress_bar(job.step, job.total)} | ETA: {format_eta(job.eta_seconds)} | Loss: {format_loss(job.loss)} | Queue: {queue_depth}"
     if job.state != JobState.TRAINING:
         line += f" | {job.state.value}"
         if job.state in (JobState.VALIDATING, JobState.PREPARING) and job.files:
             line += f" {job.files[0]}/{job.files[1]} files"
     return line
-
-
-def eta_text(job: Job, forecast: Forecast | None, now: float) -> str:
-    """`ETA` of a table row: a training job's time left; when a waiting one starts."""
-    if job.state == JobState.TRAINING:
-        return format_eta(job.eta_seconds)
-    if forecast is None or forecast.starts_at is None:
-        return "-"
-    return f"starts {format_eta(forecast.starts_at - now)}"
 
 
 def batch_line(job: Job, jobs: list[Job], forecast: Forecast | None = None) -> str:
@@ -87,10 +76,10 @@ def batch_line(job: Job, jobs: list[Job], forecast: Forecast | None = None) -> s
     icon = STATE_ICONS.get(job.state, "")
     eta = format_eta(job.eta_seconds)
     if job.state != JobState.TRAINING and forecast and forecast.starts_at:
-        eta = f"starts in {format_eta(forecast.starts_at - time.time())}"
+        eta = format_start(forecast.starts_at - time.time())
     return (
         f"{icon} {job.name}: {progress_bar(job.step, job.total, width=20)} | ETA: {eta} "
-        f"| Loss: {_loss(job)} | {queue} | {overall}"
+        f"| Loss: {format_loss(job.loss)} | {queue} | {overall}"
     )
 
 
@@ -133,3 +122,17 @@ def follow_batch(
         if all(j.is_final for j in jobs) or (stop and stop()):
             return
         time.sleep(interval)
+
+
+def watch_job(job_id: str, *, settings: Settings | None = None) -> Iterator[tuple[Job, list[dict]]]:
+    """`follow_job` on the settings' Redis (default: load_settings()): nothing to set up first."""
+    from autotrain.jobs.connection import job_store
+
+    yield from follow_job(job_store(settings or load_settings()), job_id)
+
+
+def watch_batch(batch_id: str, *, settings: Settings | None = None) -> Iterator[list[Job]]:
+    """`follow_batch` on the settings' Redis (default: load_settings())."""
+    from autotrain.jobs.connection import job_store
+
+    yield from follow_batch(job_store(settings or load_settings()), batch_id)

@@ -36,6 +36,8 @@ __all__ = [
     "run_immediate",
     "job_store",
     "batch_specs",
+    "check_dataset",
+    "starting_variant",
 ]
 
 log = logging.getLogger("autotrain.pipeline")
@@ -202,6 +204,25 @@ def run_pipeline(
     job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings))
     log.info("queued %s as job %s", spec.name, job.id)
     return job
+
+
+def check_dataset(dataset_path: Path | str, profile: str, *, dataset_name: str | None = None,
+                  settings: Settings | None = None, **options: Any) -> JobSpec:  # fmt: skip
+    """What `run_pipeline` checks before it queues (autotrain.datasets.precheck), on its own: the
+    CLI checks before it starts a local cluster for the job. Returns the job's spec."""
+    from autotrain.datasets.precheck import check_before_queueing
+
+    spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, **options)
+    check_before_queueing(spec, settings or load_settings())
+    return spec
+
+
+def starting_variant(job: Job, settings: Settings | None = None) -> Any:
+    """The leaner variant of its profile a new job starts with (the profile's ladder), None
+    when it starts as is."""
+    if not job.variant:
+        return None
+    return profile_for(job.spec, settings or load_settings()).variant(job.variant)
 
 
 def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from autotrain import pipeline as _real
-from autotrain.jobs.connection import job_store
 from autotrain.jobs.job import Job, JobState
-from autotrain.monitor import follow_batch, follow_job
+from autotrain.monitor import watch_batch, watch_job
 from autotrain.settings import Settings, load_settings
 
 __all__ = ["run_pipeline", "run_batch_pipeline", "PipelineOutcome", "BatchOutcome"]
@@ -61,7 +60,7 @@ def run_pipeline(dataset_path: Path | str, profile: str, *, monitor: bool = Fals
     if not isinstance(job, Job):  # immediate=True ran it here
         return PipelineOutcome(None, True, immediate=job)
     if monitor:
-        for job, _events in follow_job(job_store(settings), job.id):  # noqa: B007, B020
+        for job, _events in watch_job(job.id, settings=settings):  # noqa: B007, B020
             pass  # the newest record is the one kept
     return PipelineOutcome(job, monitor)
 
@@ -73,6 +72,6 @@ def run_batch_pipeline(profile: str, *, monitor: bool = False, settings: Setting
     result = _real.run_batch_pipeline(profile, settings=settings, **options)
     jobs = result.jobs
     if monitor and result.batch_id and jobs:
-        for jobs in follow_batch(job_store(settings), result.batch_id):  # noqa: B007
+        for jobs in watch_batch(result.batch_id, settings=settings):  # noqa: B007
             pass  # the newest records are the ones kept
     return BatchOutcome(result.batch_id, jobs, result.rejected, monitor)

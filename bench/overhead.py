@@ -143,7 +143,7 @@ def wait_for_workers(settings, timeout: float = 60) -> None:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        names = {w["name"].split("@")[0] for w in live_workers(cluster_client(settings))}
+        names = {w.name.split("@")[0] for w in live_workers(cluster_client(settings))}
         if {"cpu", "prep"} <= names:
             return
         time.sleep(0.2)

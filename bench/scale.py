@@ -276,7 +276,7 @@ def _cpu_busy(since: tuple[float, float] | None = None):
 def _kill_a_training_worker(store: JobStore) -> str:
     from autotrain.fleet.registry import live_workers
 
-    busy = [w["name"] for w in live_workers(store.redis) if w.get("job")]
+    busy = [w.name for w in live_workers(store.redis) if w.jobs]
     if not busy:
         return "-"
     name = random.choice(busy)

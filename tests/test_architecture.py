@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "jobs": 3,
     "fleet": 4,
     "worker": 5,
-    "pipeline": 6, "monitor": 6, "control": 6, "records": 6,
+    "pipeline": 6, "monitor": 6, "control": 6, "records": 6, "status": 6, "hosts": 6,
     "cli": 7, "dashboard": 7,
 }  # fmt: skip
 

@@ -21,7 +21,7 @@ import redis
 
 from autotrain.fleet import cluster
 from autotrain.fleet.doctor import check_private_state
-from autotrain.jobs.job import JobStore
+from autotrain.jobs.store import JobStore
 from autotrain.logs import setup_logging
 from autotrain.settings import load_settings
 from autotrain.spec import JobSpec

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from autotrain.fleet.eta import _Slot
+from autotrain.fleet.registry import WorkerRecord
 from autotrain.jobs.job import JobState
 from autotrain.settings import Settings
 from tests.conftest import copy_example, wait_for
@@ -15,7 +16,7 @@ GIB = 1 << 30
 
 def test_a_job_waits_for_room_on_a_gpu_slot_by_count_and_by_memory():
     settings = Settings(workspace=".", vram_margin_gb=0)
-    gpu = _Slot({"name": "gpu0@h", "gpu": "0", "slots": 2, "memory_total": 24 * GIB}, settings)
+    gpu = _Slot(WorkerRecord(name="gpu0@h", gpu="0", slots=2, memory_total=24 * GIB), settings)
     gpu.book(0, 100, 16 * GIB, "big")
     gpu.book(0, 50, 4 * GIB, "small")
     # two slots, both busy: the first end makes room

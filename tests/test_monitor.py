@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from autotrain.formatting import format_eta
 from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.owners import PARKED, queue_owner, worker_owner
@@ -47,24 +49,20 @@ def test_eta_with_hours_and_unknown():
 
 
 def test_a_waiting_job_says_why_and_how_to_fix_it():
+    from autotrain.fleet.registry import WorkerRecord
     from autotrain.fleet.waiting import why_waiting
 
     queued = job("cat", JobState.QUEUED, owner=queue_owner("t1"), next_task={"queue": "gpu"})
     assert "no live worker is connected" in why_waiting(queued, [])
     assert "autotrain worker" in why_waiting(queued, [])
-    prep_only = [{"name": "prep@a", "queues": ["prep.ongoing", "prep"], "job": None}]
+    prep_only = [WorkerRecord(name="prep@a", queues=["prep.ongoing", "prep"])]
     assert "no live worker takes queue 'gpu'" in why_waiting(queued, prep_only)
     busy = [
-        {
-            "name": "gpu0@a",
-            "queues": ["gpu.a.0", "gpu"],
-            "job": "20261202-000000-aaaaaa",
-            "jobs": ["20261202-000000-aaaaaa"],
-        }
+        WorkerRecord(name="gpu0@a", queues=["gpu.a.0", "gpu"], jobs=["20261202-000000-aaaaaa"])
     ]  # as registry.live_workers reads them
     assert "busy: gpu0@a (job 20261202-000000-aaaaaa)" in why_waiting(queued, busy)
-    assert why_waiting(queued, [{**busy[0], "job": None, "jobs": []}]) is None, "an idle worker"
-    packed = [{**busy[0], "slots": 2}]
+    assert why_waiting(queued, [replace(busy[0], jobs=[])]) is None, "an idle worker"
+    packed = [replace(busy[0], slots=2)]
     assert why_waiting(queued, packed) is None, "a worker with a free slot will take it"
     parked = job("dog", JobState.WAITING_GPU, owner=PARKED)
     assert "slot of its batch (--max-concurrent 2)" in why_waiting(parked, busy, batch_limit=2)

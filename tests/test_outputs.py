@@ -8,8 +8,9 @@ import json
 import pytest
 import redis
 
+from autotrain.errors import NameInUse
 from autotrain.jobs import store as store_module
-from autotrain.jobs.job import JobState, NameInUse
+from autotrain.jobs.job import JobState
 from autotrain.jobs.store import JobStore
 from autotrain.spec import JobSpec
 from autotrain.trainers.outputs import claim_output_dir

@@ -27,12 +27,12 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
       autotrain up && autotrain status
       autotrain up --dashboard     # and http://127.0.0.1:8642; `autotrain down` stops it too
     """
-    import autotrain.fleet.cluster as local
+    from autotrain.hosts import shown_url, start_local_cluster, start_local_dashboard
 
     settings = settings_of(ctx)
-    status = local.up(settings, workers=not no_workers, worker_args=["--cpu"] if cpu else [])
+    status = start_local_cluster(workers=not no_workers, cpu=cpu, settings=settings)
     console.print(
-        f"Redis: {local.redact(status.redis_url or '')} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
+        f"Redis: {shown_url(status.redis_url)} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
     )
     if status.workers_pid:
         console.print(
@@ -43,7 +43,7 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
 
         if why := needs_credential(settings, settings.dashboard_address):
             raise AutotrainError(why)
-        pid = local.start_local_dashboard(settings)
+        pid = start_local_dashboard(settings=settings)
         running = f"pid {pid}" if pid else "already running"
         console.print(f"Dashboard: http://{settings.dashboard_address}:{settings.dashboard_port} "
                       f"({running}); log {settings.workspace / '.autotrain' / 'dashboard.log'}")  # fmt: skip
@@ -63,7 +63,7 @@ def down_cmd(ctx, force) -> None:
       autotrain down
       autotrain down --force
     """
-    import autotrain.fleet.cluster as local
+    from autotrain.hosts import stop_local_cluster
 
     settings = settings_of(ctx)
     training = [] if force else _training_jobs(settings)
@@ -74,20 +74,19 @@ def down_cmd(ctx, force) -> None:
             "from their newest saved state after the next `autotrain up`). Wait, cancel them, or "
             "run `autotrain down --force`."
         )
-    stopped = local.down(settings)
+    stopped = stop_local_cluster(settings=settings)
     console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 def _training_jobs(settings) -> list:
     """Jobs training on this workspace's embedded Redis, [] when it is not running."""
-    import autotrain.fleet.cluster as local
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.job import JobState
+    from autotrain.control import list_jobs
+    from autotrain.hosts import local_cluster
 
-    status = local.cluster_status(settings)
+    status = local_cluster(settings=settings)
     if not status.embedded or not status.redis_running:
         return []
-    return job_store(settings).page(states={JobState.TRAINING}, limit=100)
+    return list_jobs(state="training", limit=100, settings=settings)
 
 
 @click.command("status")
@@ -101,59 +100,47 @@ def status_cmd(ctx, as_json) -> None:
       autotrain status
       autotrain status --json | jq '.workers[].name'
     """
+    from autotrain.records import worker_record
+    from autotrain.status import fleet_status
+
+    status = fleet_status(settings=settings_of(ctx))
+    redis_info = status.redis
+    if as_json:
+        info = {"kind": redis_info.kind, "running": redis_info.running}
+        if redis_info.running:
+            info |= {"url": redis_info.url, "used_memory_bytes": redis_info.used_memory,
+                     "maxmemory_bytes": redis_info.maxmemory}  # fmt: skip
+            workers = [worker_record(w) for w in status.workers]
+            click.echo(json.dumps({"redis": info, "workers": workers, "queues": status.queues},
+                                  indent=2))  # fmt: skip
+            return
+        click.echo(json.dumps({"redis": info}, indent=2))
+        sys.exit(1)
+    state = "[green]up[/]" if redis_info.running else "[red]down[/]"
+    console.print(f"Redis ({redis_info.kind}): {state} {redis_info.url}")
+    if not redis_info.running:
+        embedded = redis_info.kind == "embedded"
+        console.print("Start it with `autotrain up`." if embedded else "Check AUTOTRAIN_REDIS_URL.")
+        sys.exit(1)
+    _print_fleet(status)
+
+
+def _print_fleet(status) -> None:
+    """The workers' table, the queue depths and Redis' memory (`autotrain status`)."""
     from rich.table import Table
 
-    import autotrain.fleet.cluster as local
-    from autotrain.fleet.registry import live_workers
-    from autotrain.jobs import keys
-    from autotrain.jobs.queue import queue_depths
-    from autotrain.jobs.store import JobStore
+    from autotrain.records import worker_row
 
-    settings = settings_of(ctx)
-    status = local.cluster_status(settings)
-    kind = "embedded" if status.embedded else "shared"
-    state = "[green]up[/]" if status.redis_running else "[red]down[/]"
-    if not as_json:
-        console.print(f"Redis ({kind}): {state} {local.redact(status.redis_url or '')}")
-    if not status.redis_running:
-        if as_json:
-            click.echo(json.dumps({"redis": {"kind": kind, "running": False}}, indent=2))
-            sys.exit(1)
-        console.print(
-            "Start it with `autotrain up`." if status.embedded else "Check AUTOTRAIN_REDIS_URL."
-        )
-        sys.exit(1)
-    from autotrain.jobs.connection import get_redis
-
-    client = get_redis(settings)
-    workers = live_workers(client)
-    for w in workers:  # NCCL/hardware failures seen on its GPU in the last day
-        failures = int(client.get(keys.gpu_failures(w["host"], w["gpu"])) or 0) if w["gpu"] else 0
-        w["gpu_failures"] = failures
-        w["suspect"] = failures >= settings.suspect_gpu_failures
-    depths = queue_depths(JobStore(client))
-    memory = client.info("memory")
-    used, limit = memory.get("used_memory", 0), memory.get("maxmemory", 0)
-    if as_json:
-        redis_info = {"kind": kind, "running": True, "url": local.redact(status.redis_url or ""),
-                      "used_memory_bytes": used, "maxmemory_bytes": limit}  # fmt: skip
-        fields = ("name", "host", "gpu", "queues", "job", "gpu_failures", "suspect")
-        rows = [{k: w.get(k) for k in fields} for w in workers]
-        click.echo(json.dumps({"redis": redis_info, "workers": rows, "queues": depths}, indent=2))
-        return
     table = Table("worker", "host", "GPU", "queues", "busy with", "GPU failures (1 day)")
-    for w in workers:
-        failures = str(w["gpu_failures"]) + (" [red]suspect[/]" if w["suspect"] else "")
-        table.add_row(
-            w["name"], w["host"], w["gpu"] or "cpu", ", ".join(w["queues"]), w["job"] or "-",
-            failures,
-        )  # fmt: skip
+    for row in map(worker_row, status.workers):
+        failures = str(row["failures"]) + (" [red]suspect[/]" if row["suspect"] else "")
+        table.add_row(row["name"], row["host"], row["gpu"], row["queues"], row["job"], failures)
     console.print(
-        table
-        if workers
+        table if status.workers
         else "No live workers. Start them with `autotrain up` or `autotrain worker`."
-    )
-    console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(depths.items())))
+    )  # fmt: skip
+    console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(status.queues.items())))
+    used, limit = status.redis.used_memory, status.redis.maxmemory
     line = f"Redis memory: {used / 2**20:.1f} MiB"
     if limit:
         line += f" of {limit / 2**20:.0f} MiB maxmemory ({used / limit:.0%})"
@@ -188,21 +175,11 @@ def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
       autotrain worker --gpus 0,2            # only GPUs 0 and 2
       AUTOTRAIN_REDIS_URL=redis://:pw@queue-host:6379/0 autotrain worker
     """
-    from autotrain.jobs.queue import current_host
-    from autotrain.worker.launch import discover_gpus, plan_workers, run_workers
+    from autotrain.hosts import host_gpus, run_host_workers, this_host
 
     settings = settings_of(ctx)
-    host = host or current_host()
-    os.environ["AUTOTRAIN_HOST"] = host
-    found, why_none = ([], "--cpu given") if cpu else discover_gpus()
-    if gpus != "all" and found:
-        wanted = {int(x) for x in gpus.split(",") if x.strip()}
-        missing = wanted - {g.index for g in found}
-        if missing:
-            raise AutotrainError(
-                f"--gpus {gpus}: no GPU {sorted(missing)} here; found {[g.index for g in found]}."
-            )
-        found = [g for g in found if g.index in wanted]
+    host = host or this_host()
+    found, why_none = host_gpus(gpus, cpu=cpu)
     if not found and not cpu:
         err_console.print(
             f"No GPU workers: {why_none}. Starting one CPU worker (it can train Tiny)."
@@ -211,8 +188,8 @@ def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
         console.print(
             f"GPU {gpu.index}: {gpu.name} {gpu.uuid} ({gpu.memory_free / 2**30:.1f} GiB free)"
         )
-    workers = plan_workers(settings, host, found, use_cpu=not found, consume_prep=not no_prep)
-    sys.exit(run_workers(workers, say=lambda m: console.print(m)))
+    sys.exit(run_host_workers(host, found, consume_prep=not no_prep, settings=settings,
+                              say=lambda m: console.print(m)))  # fmt: skip
 
 
 @click.command("flower", context_settings={"ignore_unknown_options": True})
@@ -275,9 +252,9 @@ def doctor_cmd(ctx) -> None:
     """
     from rich.table import Table
 
-    from autotrain.fleet.doctor import run_checks
+    from autotrain.hosts import check_host
 
-    checks = run_checks(settings_of(ctx))
+    checks = check_host(settings=settings_of(ctx))
     table = Table("check", "status", "detail", "fix")
     for check in checks:
         status = (

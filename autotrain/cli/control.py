@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import click
 
@@ -43,44 +42,33 @@ def retry_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
       autotrain train retry --job 20261125-101500-a1b2c3 --from-scratch
       autotrain train retry --batch 20261125-101500-b4d5e6 --failed
     """
-    from autotrain.errors import AutotrainError
-    from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.job import JobState
-    from autotrain.jobs.queue import retry_job
+    from autotrain.control import retry_batch, retry_job
 
     if bool(job_id) == bool(batch_id):
         raise click.UsageError("Give one of --job or --batch.")
     if only_failed and not batch_id:
         raise click.UsageError("--failed goes with --batch.")
     settings = settings_of(ctx)
-    configure_app(settings)
-    store = job_store(settings)
+    how = "from scratch" if from_scratch else "resuming from its newest saved state, if any"
     if job_id:
-        targets = [store.get(job_id)]
-    else:
-        wanted = {JobState.FAILED} if only_failed else {JobState.FAILED, JobState.CANCELLED}
-        targets = store.list(states=wanted, batch_id=batch_id)
-        if not targets:
-            console.print(f"Batch {batch_id} has no job to retry.")
-            return
-    refused = 0
-    for job in targets:
-        try:
-            retried = retry_job(store, job.id, from_scratch=from_scratch)
-        except AutotrainError as exc:
-            if job_id:
-                raise
-            refused += 1
-            err_console.print(f"[red]Not retried[/] {job.id} ({job.name}): {exc}", soft_wrap=True)
-            continue
-        how = "from scratch" if from_scratch else "resuming from its newest saved state, if any"
+        retried = retry_job(job_id, from_scratch=from_scratch, settings=settings)
         console.print(
             f"Queued {retried.id} ({retried.name}) again as attempt {retried.attempt}, {how}."
         )
-    if job_id:
-        console.print(f"Watch it: autotrain train monitor --job {targets[0].id}")
-    if refused:
+        console.print(f"Watch it: autotrain train monitor --job {retried.id}")
+        return
+    outcome = retry_batch(batch_id, only_failed=only_failed, from_scratch=from_scratch,
+                          settings=settings)  # fmt: skip
+    if not outcome.retried and not outcome.refused:
+        console.print(f"Batch {batch_id} has no job to retry.")
+        return
+    for job, exc in outcome.refused:
+        err_console.print(f"[red]Not retried[/] {job.id} ({job.name}): {exc}", soft_wrap=True)
+    for retried in outcome.retried:
+        console.print(
+            f"Queued {retried.id} ({retried.name}) again as attempt {retried.attempt}, {how}."
+        )
+    if outcome.refused:
         sys.exit(FAILED)
 
 
@@ -110,17 +98,11 @@ def show_cmd(ctx, job_id, as_json) -> None:
       autotrain train show --job 20261125-101500-a1b2c3
       autotrain train show --job 20261125 --json | jq '.history'
     """
-    from autotrain.fleet.eta import forecast
-    from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.job import public_record
+    from autotrain.control import show_job
+    from autotrain.records import forecast_text, public_record
 
-    settings = settings_of(ctx)
-    store = job_store(settings)
-    job = store.get(job_id)
-    reason = waiting_reasons(store.redis, [job]).get(job.id)
-    expected = None if job.is_final else forecast(store, settings).get(job.id)
-    record = public_record(job, store.history(job.id), reason, expected)
+    details = show_job(job_id, settings=settings_of(ctx))
+    record = public_record(details.job, details.history, details.waiting_reason, details.forecast)
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -130,10 +112,10 @@ def show_cmd(ctx, job_id, as_json) -> None:
     for field, value in record.items():
         if field not in ("history", "forecast") and value not in (None, [], ""):
             table.add_row(f"[bold]{field}[/]", str(value))
-    if expected is not None:
-        table.add_row("[bold]forecast[/]", _forecast_text(expected))
-    if needs := _needs(job, settings):
-        table.add_row("[bold]GPU memory[/]", "\n".join(needs))
+    if details.forecast is not None:
+        table.add_row("[bold]forecast[/]", forecast_text(details.forecast))
+    if details.needs:
+        table.add_row("[bold]GPU memory[/]", "\n".join(details.needs))
     console.print(table)
     history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
     for entry in record["history"]:
@@ -143,43 +125,14 @@ def show_cmd(ctx, job_id, as_json) -> None:
     console.print(history)
 
 
-def _needs(job, settings) -> list[str]:
-    """The job's memory estimate and its profile's ladder (none when the profile is gone)."""
-    from autotrain.errors import AutotrainError
-    from autotrain.fleet.placement import describe_needs
-    from autotrain.profile import profile_for
-
-    try:
-        profile = profile_for(job.spec, settings)
-    except AutotrainError:
-        return []
-    return describe_needs(profile, (job.plan or {}).get("config"), job.variant)
-
-
-def _forecast_text(expected) -> str:
-    """`starts in 00:03:10 (04:12:30), done in 00:09:40 (04:19:00), on gpu1@h0: <why>`."""
-    from autotrain.formatting import format_eta
-
-    now = time.time()
-
-    def when(at: float | None) -> str:
-        return "unknown" if at is None else (
-            f"{format_eta(at - now)} ({time.strftime('%H:%M:%S', time.localtime(at))})")  # fmt: skip
-
-    starts = "" if expected.starts_at and expected.starts_at <= now else (
-        f"starts in {when(expected.starts_at)}, ")  # fmt: skip
-    return f"{starts}done in {when(expected.finishes_at)}: {expected.why}"
-
-
 def _duration(text: str) -> float:
-    """`7d`, `12h`, `30m`, `45s` -> seconds."""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    """`7d`, `12h`, `30m`, `45s` -> seconds; a usage error otherwise."""
+    from autotrain.formatting import parse_duration
+
     try:
-        return float(text[:-1]) * units[text[-1]]
-    except (KeyError, ValueError, IndexError):
-        raise click.BadParameter(
-            f"{text!r}: use a number and d, h, m or s, like 7d or 12h."
-        ) from None
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 @click.command("prune")
@@ -199,16 +152,11 @@ def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
       autotrain train prune --older-than 7d
       autotrain train prune --older-than 30d --state failed --state cancelled --dry-run
     """
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.job import JobState
-    from autotrain.jobs.prune import prune_jobs
-    from autotrain.workspace import Workspace
+    from autotrain.control import prune_jobs
 
     seconds = _duration(older_than)
-    settings = settings_of(ctx)
-    result = prune_jobs(job_store(settings), seconds, states={JobState(s) for s in states} or None,
-                        outputs=outputs, workspace=Workspace(settings.workspace),
-                        dry_run=dry_run)  # fmt: skip
+    result = prune_jobs(seconds, states=states, outputs=outputs, dry_run=dry_run,
+                        settings=settings_of(ctx))  # fmt: skip
     verb = "Would remove" if dry_run else "Removed"
     for job in result.removed:
         console.print(f"  {job.id}  {job.name}  {job.state.value}")
@@ -235,12 +183,11 @@ def move_cmd(ctx, job_id, where, other_id) -> None:
       autotrain train move --job 20261125-101500-a1b2c3 --top
       autotrain train move --job 20261125-101500-a1b2c3 --before 20261125-101000-d4e5f6
     """
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.order import move_job
+    from autotrain.control import move_job
 
     if bool(where) == bool(other_id):
         raise click.UsageError("Give one of --top, --bottom or --before JOB.")
-    job = move_job(job_store(settings_of(ctx)), job_id, where or "before", other_id)
+    job = move_job(job_id, where or "before", other_id, settings=settings_of(ctx))
     console.print(f"Moved {job.id} ({job.name}); see `autotrain train list --state waiting_gpu`.")
 
 
@@ -254,10 +201,9 @@ def hold_cmd(ctx, job_id) -> None:
     Example:
       autotrain train hold --job 20261125-101500-a1b2c3
     """
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.order import hold_job
+    from autotrain.control import hold_job
 
-    job = hold_job(job_store(settings_of(ctx)), job_id)
+    job = hold_job(job_id, settings=settings_of(ctx))
     console.print(
         f"Held {job.id} ({job.name}); it starts after: autotrain train release --job {job.id}"
     )
@@ -273,13 +219,9 @@ def release_cmd(ctx, job_id) -> None:
     Example:
       autotrain train release --job 20261125-101500-a1b2c3
     """
-    from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.order import release_job
+    from autotrain.control import release_job
 
-    settings = settings_of(ctx)
-    configure_app(settings)
-    job = release_job(job_store(settings), job_id)
+    job = release_job(job_id, settings=settings_of(ctx))
     console.print(f"Released {job.id} ({job.name}).")
 
 

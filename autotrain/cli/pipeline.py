@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import click
 
 from autotrain.cli.common import INTERRUPTED, console, err_console, settings_of
-
-if TYPE_CHECKING:
-    from autotrain.pipeline import PrepareResult
+from autotrain.cli.prepared import phase_progress, print_prepared
 
 __all__ = ["COMMANDS"]
 
@@ -77,7 +72,7 @@ def prepare_cmd(
 
     settings = settings_of(ctx)
     _logging(settings, dry_run)
-    with _phase_progress() as progress:
+    with phase_progress() as progress:
         result = sdk.prepare_pipeline(
             dataset_path, profile, dataset_name=dataset_name, min_images=min_images,
             skip_copy=skip_copy, force=force, dry_run=dry_run, settings=settings, progress=progress,
@@ -157,24 +152,17 @@ def run_cmd(
             f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"
         )
         return
-    from autotrain.datasets.precheck import check_before_queueing
-    from autotrain.fleet.cluster import ensure_up
-    from autotrain.spec import JobSpec
-
-    spec = JobSpec.for_dataset(dataset_path, profile, dataset_name, gpu_ids=ids or [], host=host,
-                               notify_urls=list(notify), priority=priority)  # fmt: skip
-    check_before_queueing(spec, settings)  # before a cluster is started for it
-    started = ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    sdk.check_dataset(dataset_path, profile, dataset_name=dataset_name, gpu_ids=ids or [],
+                      host=host, notify_urls=list(notify), priority=priority,
+                      settings=settings)  # fmt: skip  # before a cluster is started for it
+    started = _ensure_up(settings)
     job = sdk.run_pipeline(
         dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
         host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
         notify_urls=list(notify), priority=priority,
     )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
-    if job.variant:
-        from autotrain.profile import profile_for
-
-        variant = profile_for(job.spec, settings).variant(job.variant)
+    if variant := sdk.starting_variant(job, settings):
         err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "
                           f"starts with {variant.name} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)
@@ -235,7 +223,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
     options = {"min_images": min_images, "skip_copy": skip_copy, "force": force}
     if dry_run or prepare_only:
         _logging(settings, dry_run)
-        with _phase_progress() as progress:
+        with phase_progress() as progress:
             result = sdk.prepare_batch(
                 profile,
                 dry_run=dry_run,
@@ -254,9 +242,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         console.print(f"{len(result.prepared) - len(failed)} prepared, {len(failed)} failed.")
         sys.exit(1 if failed else 0)
     _logging(settings, False)
-    from autotrain.fleet.cluster import ensure_up
-
-    ensure_up(settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    _ensure_up(settings)
     result = sdk.run_batch_pipeline(
         profile,
         max_concurrent=max_concurrent,
@@ -293,7 +279,7 @@ def _run_immediate(
     """All five phases in this process, the trainer's output streamed to the terminal."""
     import autotrain.pipeline as sdk
 
-    with _phase_progress(live=False) as progress:
+    with phase_progress(live=False) as progress:
         return sdk.run_pipeline(
             dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
             skip_copy=skip_copy, force=force, immediate=True, settings=settings, progress=progress,
@@ -301,54 +287,21 @@ def _run_immediate(
         )  # fmt: skip
 
 
-def print_prepared(result: PrepareResult) -> None:
-    """The validation table, staging decision, files and trainer command of phases 1-3."""
-    import tomli_w
+def _ensure_up(settings) -> bool:
+    """Start the local cluster unless Redis is shared or it runs; True when it started one."""
+    from autotrain.hosts import ensure_local_cluster
 
-    from autotrain.datasets.validate import report_table
-    from autotrain.fleet.placement import describe_needs
-
-    console.print(report_table(result.report))
-    stage, plan = result.stage, result.plan
-    verb = "Would" if result.dry_run else "Did"
-    console.print(
-        f"[bold]Stage:[/] {stage.action} -> {stage.staged_dir} ({stage.files_copied} files)"
-    )
-    for path, reason in stage.skipped[:20]:
-        console.print(f"  skip {path}: {reason}")
-    if len(stage.skipped) > 20:
-        console.print(f"  ... and {len(stage.skipped) - 20} more skipped")
-    files = [plan.config_path, plan.dataset_config_path, plan.sample_prompts_path]
-    console.print(f"[bold]{verb} write:[/]")
-    for path in filter(None, files):
-        console.print(f"  {path}")
-    if result.dry_run:
-        console.rule(str(plan.config_path.name))
-        console.print(tomli_w.dumps(plan.config), markup=False)
-        if plan.dataset_config:
-            console.rule(str(plan.dataset_config_path.name))
-            console.print(tomli_w.dumps(plan.dataset_config), markup=False)
-        console.rule("sample_prompts.txt")
-        console.print(plan.sample_prompts, markup=False)
-    console.print("[bold]Trainer command:[/]", end=" ")
-    console.print(shlex.join(result.command), soft_wrap=True, markup=False)
-    console.print(f"[bold]Total training steps:[/] {plan.total_steps}")
-    profile = result.profile
-    if profile is not None and (needs := describe_needs(profile, plan.config)):
-        console.print("[bold]GPU memory:[/]")
-        for line in needs:
-            console.print(f"  {line}", soft_wrap=True, markup=False)
+    return ensure_local_cluster(settings=settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
 
 
 def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = False) -> None:
     """A job no live worker will take would wait silently; say so (not for workers starting)."""
     import redis
 
-    from autotrain.fleet.registry import live_workers
-    from autotrain.jobs.connection import get_redis
+    from autotrain.status import fleet_workers
 
     try:
-        workers = live_workers(get_redis(settings))
+        workers = fleet_workers(settings=settings)
     except redis.RedisError:
         return  # the job is queued; a Redis blip right now must not read as a failure
     if not workers and not just_started:
@@ -357,52 +310,11 @@ def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = F
             "starts (`autotrain worker` on a GPU host, or `autotrain up` here; see `autotrain "
             "status`)."
         )
-    elif queue and workers and not any(queue in w["queues"] for w in workers):
+    elif queue and workers and not any(queue in w.queues for w in workers):
         err_console.print(
             f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "
             "`autotrain worker` runs there (see `autotrain status`)."
         )
-
-
-@contextmanager
-def _phase_progress(live: bool = True):
-    """A progress callback for validation and staging: bars on a terminal, sparse lines elsewhere.
-
-    `live=False` keeps to plain lines, for commands that stream other output meanwhile.
-    """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    labels = {"validate": "Validating (full decode)", "stage": "Staging"}
-    if live and err_console.is_terminal:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=err_console.rich(), transient=True,
-        ) as bars:  # fmt: skip
-            tasks: dict[str, TaskID] = {}
-
-            def update(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = bars.add_task(labels.get(phase, phase), total=total)
-                bars.update(tasks[phase], completed=done)
-
-            yield update
-        return
-    shown: dict[str, int] = {}
-
-    def report(phase: str, done: int, total: int) -> None:
-        quarter = done * 4 // total if total >= 500 else 4 * (done == total)
-        if total >= 500 and quarter > shown.get(phase, 0):
-            shown[phase] = quarter
-            err_console.print(f"{labels.get(phase, phase)}: {done}/{total} files")
-
-    yield report
 
 
 def _gpu_ids(value: str | None) -> list[int]:

@@ -45,72 +45,50 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
       autotrain train list --limit 20 --offset 20
       autotrain train list --json | jq '.[].state'
     """
-    from rich.table import Table
-
-    from autotrain.fleet.eta import forecast
-    from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.formatting import format_age
-    from autotrain.jobs.connection import job_store
-    from autotrain.monitor import eta_text
+    from autotrain.control import job_forecasts, list_jobs, start_positions, waiting_reasons
+    from autotrain.records import job_row, public_record
 
     settings = settings_of(ctx)
-    store = job_store(settings)
-    wanted = {JobState(s) for s in states} or None
-
-    def where(job) -> bool:
-        return (profile is None or job.profile == profile) and (name is None or name in job.name)
-
-    jobs = store.page(states=wanted, batch_id=batch_id, where=where, offset=offset, limit=limit)
-    reasons = waiting_reasons(store.redis, jobs)
-    forecasts = forecast(store, settings) if any(not j.is_final for j in jobs) else {}
+    jobs = list_jobs(state=states, profile=profile, name=name, batch=batch_id, limit=limit,
+                     offset=offset, settings=settings)  # fmt: skip
+    reasons = waiting_reasons(jobs, settings=settings)
+    in_progress = any(not j.is_final for j in jobs)
+    forecasts = job_forecasts(settings=settings) if in_progress else {}
     if as_json:
-        from autotrain.jobs.job import public_record
-
         click.echo(json.dumps([public_record(j, waiting_reason=reasons.get(j.id),
                                              forecast=forecasts.get(j.id)) for j in jobs],
                               indent=2))  # fmt: skip
         return
-    position = _start_positions(store, jobs)
-    table = Table(box=None, pad_edge=False)
-    columns = (
-        "id",
-        "name",
-        "profile",
-        "state",
-        "next",
-        "host/GPU",
-        "progress",
-        "loss",
-        "ETA",
-        "age",
-    )
-    for column in columns:
-        table.add_column(column, no_wrap=True)
+    positions = start_positions(jobs, settings=settings)
     now = time.time()
-    for j in jobs:
-        where = f"{j.host}/{j.gpu or '-'}" if j.host else "-"
-        progress = f"{j.fraction * 100:.0f}% ({j.step}/{j.total})" if j.total else "-"
-        eta = eta_text(j, forecasts.get(j.id), now)
-        loss = f"{j.loss:.4f}" if j.loss is not None else "-"
-        table.add_row(
-            j.id,
-            j.name,
-            j.profile,
-            j.state.value,
-            str(position[j.id]) if j.id in position else "-",
-            where,
-            progress,
-            loss,
-            eta,
-            format_age(now - j.created_at),
-        )
-    console.print(table if jobs else "No jobs yet. Queue one with `autotrain pipeline run`.")
+    rows = [job_row(j, forecasts.get(j.id), now, positions.get(j.id)) for j in jobs]
+    _print_jobs_table(rows)
     for j in jobs:
         if j.id in reasons:
             console.print(f"[yellow]{j.id}[/] {j.name} {reasons[j.id]}", soft_wrap=True)
     if len(jobs) == limit:
         console.print(f"[dim]Newest {offset + 1}-{offset + limit} shown; --offset "
                       f"{offset + limit} for the next page.[/]")  # fmt: skip
+
+
+_LIST_COLUMNS = {"id": "id", "name": "name", "profile": "profile", "state": "state",
+                 "next": "next", "host/GPU": "where", "progress": "progress", "loss": "loss",
+                 "ETA": "eta", "age": "age"}  # fmt: skip
+
+
+def _print_jobs_table(rows: list[dict]) -> None:
+    """`train list`'s table of autotrain.records.job_row rows."""
+    from rich.table import Table
+
+    if not rows:
+        console.print("No jobs yet. Queue one with `autotrain pipeline run`.")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in _LIST_COLUMNS:
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(row[field]) for field in _LIST_COLUMNS.values()))
+    console.print(table)
 
 
 @train_group.command("monitor")
@@ -147,24 +125,18 @@ def cancel_cmd(ctx, job_id, batch_id) -> None:
       autotrain train cancel --job 20261125-101500-a1b2c3
       autotrain train cancel --batch b20261125-101500-a1b2
     """
-    from autotrain.jobs.celery_app import configure_app
-    from autotrain.jobs.connection import job_store
-    from autotrain.jobs.queue import cancel_job
+    from autotrain.control import cancel_batch, cancel_job
 
     if bool(job_id) == bool(batch_id):
         raise click.UsageError("Give one of --job or --batch.")
     settings = settings_of(ctx)
-    configure_app(settings)
-    store = job_store(settings)
     if batch_id:
-        open_jobs = [j for j in store.list(batch_id=batch_id) if not j.is_final]
-        for job in open_jobs:
-            cancel_job(store, job.id)
+        open_jobs = cancel_batch(batch_id, settings=settings)
         console.print(
             f"Cancelling {len(open_jobs)} job(s) of batch {batch_id}; the others had ended."
         )
         return
-    job = cancel_job(store, job_id)
+    job = cancel_job(job_id, settings=settings)
     if job.state == JobState.CANCELLED:
         console.print(f"Job {job.id} ({job.name}) is cancelled.")
     elif job.is_final:
@@ -186,27 +158,16 @@ def logs_cmd(ctx, job_id, follow) -> None:
     Example:
       autotrain train logs --job 20261125-101500-a1b2c3 --follow
     """
-    from autotrain.jobs.connection import job_store
+    from autotrain.control import get_job, job_logs
 
     settings = settings_of(ctx)
-    store = job_store(settings)
-    job = store.get(job_id)
-    log_path = settings.workspace / "output" / job.name / "log" / "trainer.log"
+    job = get_job(job_id, settings=settings)
     if job.error:
         console.print(f"[red]Error:[/] {job.error}", soft_wrap=True)
-    offset = 0
-    while True:
-        if log_path.is_file():
-            with open(log_path, "rb") as handle:
-                handle.seek(offset)
-                chunk = handle.read()
-                offset += len(chunk)
-            sys.stdout.write(chunk.decode("utf-8", errors="replace").replace("\r", "\n"))
-            sys.stdout.flush()
-        if not follow or store.get(job.id).is_final:
-            break
-        time.sleep(0.5)
-    samples = store.get(job.id).samples
+    for chunk in job_logs(job.id, follow=follow, settings=settings):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    samples = get_job(job.id, settings=settings).samples
     if samples:
         console.print("Newest samples:\n  " + "\n  ".join(samples))
 
@@ -214,25 +175,23 @@ def logs_cmd(ctx, job_id, follow) -> None:
 def monitor_job(settings: Settings, job_id: str) -> int:
     """Show the live single-job line until the job ends; 0 when it succeeded."""
     from autotrain.cli.live import LiveView
-    from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.connection import job_store
-    from autotrain.monitor import follow_job, job_line
+    from autotrain.control import get_job, queue_depth, waiting_reasons
+    from autotrain.monitor import job_line, watch_job
 
-    store = job_store(settings)
-    job = store.get(job_id)
+    job = get_job(job_id, settings=settings)
     job_id = job.id  # a prefix was resolved
     depth, depth_at, reason = 0, 0.0, None
     try:
         with LiveView(console.rich()) as view:
-            for job, events in follow_job(store, job_id):  # noqa: B020 - keep the newest record
+            for job, events in watch_job(job_id, settings=settings):  # noqa: B020 - the newest
                 for event in events:
                     if event.get("kind") in _NOTED_EVENTS and (
                         event.get("path") or event.get("kind") == "error"
                     ):
                         view.note(f"  {event['kind']}: {event.get('path') or event.get('message')}")
                 if time.monotonic() - depth_at > 2:
-                    depth, depth_at = _queue_depth(store), time.monotonic()
-                    reason = waiting_reasons(store.redis, [job]).get(job.id)
+                    depth, depth_at = queue_depth(settings=settings), time.monotonic()
+                    reason = waiting_reasons([job], settings=settings).get(job.id)
                 line = job_line(job, depth) + (f" | {reason}" if reason else "")
                 view.update(line, key=(*_change_key(job), reason, _minute_if(reason)))
     except KeyboardInterrupt:
@@ -246,20 +205,17 @@ def monitor_job(settings: Settings, job_id: str) -> int:
 def monitor_batch(settings: Settings, batch_id: str) -> int:
     """The batch view until every job of the batch is final, then a summary table."""
     from autotrain.cli.live import LiveView
-    from autotrain.fleet.eta import forecast
-    from autotrain.fleet.waiting import waiting_reasons
-    from autotrain.jobs.connection import job_store
-    from autotrain.monitor import batch_end_line, batch_line, follow_batch
+    from autotrain.control import job_forecasts, waiting_reasons
+    from autotrain.monitor import batch_end_line, batch_line, watch_batch
 
-    store = job_store(settings)
     jobs = []
     forecasts, forecast_at = {}, 0.0
     try:
         with LiveView(console.rich()) as view:
-            for jobs in follow_batch(store, batch_id):
-                reasons = waiting_reasons(store.redis, jobs)
+            for jobs in watch_batch(batch_id, settings=settings):
+                reasons = waiting_reasons(jobs, settings=settings)
                 if time.monotonic() - forecast_at > 5:  # the replay reads every job in progress
-                    forecasts, forecast_at = forecast(store, settings), time.monotonic()
+                    forecasts, forecast_at = job_forecasts(settings=settings), time.monotonic()
                 lines = [batch_line(j, jobs, forecasts.get(j.id))
                          + (f" | {reasons[j.id]}" if j.id in reasons else "") for j in jobs]  # fmt: skip
                 if end := batch_end_line(jobs, forecasts):
@@ -279,7 +235,7 @@ def print_batch_summary(jobs: list) -> None:
     """One row per job, queued and training time apart; errors in full below the table."""
     from rich.table import Table
 
-    from autotrain.formatting import format_eta
+    from autotrain.formatting import format_eta, format_loss
 
     table = Table("name", "state", "steps", "final loss", "queued", "training")
     table.add_column("weights", overflow="fold")  # a path is never cut at the terminal's width
@@ -288,7 +244,7 @@ def print_batch_summary(jobs: list) -> None:
         training = j.training_seconds(now)
         weights = (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else None
         table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
-                      f"{j.loss:.4f}" if j.loss is not None else "-",
+                      format_loss(j.loss),
                       format_eta(j.queued_seconds(now)),
                       format_eta(training) if training is not None else "-",
                       str(weights or "-"))  # fmt: skip
@@ -309,29 +265,10 @@ def _change_key(job) -> tuple:
     return (job.state, (job.step * 20) // (job.total or 1), files)
 
 
-def _start_positions(store, jobs) -> dict[str, int]:
-    """{job id: 1 for the next to start, ...} for jobs waiting in a GPU queue."""
-    from autotrain.jobs.order import start_order
-    from autotrain.jobs.owners import is_queue_owner
-
-    queues = sorted({j.next_task["queue"] for j in jobs
-                     if is_queue_owner(j.owner) and j.next_task and j.phase == "train"})  # fmt: skip
-    if not queues:
-        return {}
-    by_task = {j.next_task["id"]: j.id for j in jobs if j.next_task}
-    order = start_order(store, queues)  # all that wait, shown or not: 1 is truly next
-    return {by_task[t]: index for index, t in enumerate(order, start=1) if t in by_task}
-
-
 def _minute_if(waiting: object) -> int | None:
     """Part of a log monitor's change key: while something waits, a new line every minute, so a
     log says the job still waits and why."""
     return int(time.monotonic() // 60) if waiting else None
-
-
-def _queue_depth(store) -> int:
-    counts = store.count_active()
-    return counts.get(JobState.QUEUED, 0) + counts.get(JobState.WAITING_GPU, 0)
 
 
 def _final_message(job) -> int:

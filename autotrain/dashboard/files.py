@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotrain.jobs.job import Job
-from autotrain.trainers.outputs import RUNS_DIR, output_owner
+from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner, sample_images
 from autotrain.workspace import Workspace
 
 __all__ = [
@@ -27,10 +27,8 @@ __all__ = [
     "log_tail",
     "read_log",
     "manifest_of",
-    "IMAGE_SUFFIXES",
 ]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # kohya and the Tiny trainer name samples `<output_name>_<step:06d>_<prompt:02d>[_<time>].png`
 # (`e<epoch:06d>` instead of the step for samples made at the end of an epoch).
 _SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})(?:_[^.]*)?\.[A-Za-z]+$")
@@ -65,19 +63,16 @@ def samples_of(workspace: Workspace, job: Job) -> list[Sample]:
     """The job's sample images, newest step first, then by prompt."""
     folder = job_dir(workspace, job) / "model" / "sample"
     found = []
-    if folder.is_dir():
-        for path in folder.iterdir():
-            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-                continue
-            match = _SAMPLE_NAME.search(path.name)
-            step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
-            found.append(Sample(job.id, path.name, step, prompt, path.stat().st_mtime))
+    for path in sample_images(folder):
+        match = _SAMPLE_NAME.search(path.name)
+        step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
+        found.append(Sample(job.id, path.name, step, prompt, path.stat().st_mtime))
     return sorted(found, key=lambda s: (-s.step, s.prompt, s.file))
 
 
 def sample_file(workspace: Workspace, job: Job, name: str) -> Path | None:
     """The path of sample `name` of the job, None unless it is an image inside output/."""
-    if not _SAFE_NAME.fullmatch(name) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+    if not _SAFE_NAME.fullmatch(name) or Path(name).suffix.lower() not in SAMPLE_SUFFIXES:
         return None
     path = (job_dir(workspace, job) / "model" / "sample" / name).resolve()
     if not path.is_relative_to(workspace.output_root.resolve()) or not path.is_file():

@@ -30,11 +30,10 @@ from starlette.responses import (
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from autotrain import control
 from autotrain.dashboard import files, views
 from autotrain.dashboard.access import AccessGuard
-from autotrain.errors import AutotrainError
-from autotrain.jobs.connection import store_for
-from autotrain.jobs.store import JobStore
+from autotrain.errors import AutotrainError, RedisUnavailable
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 
@@ -43,16 +42,11 @@ __all__ = ["create_app"]
 HERE = Path(__file__).parent
 
 
-def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlette:
+def create_app(settings: Settings) -> Starlette:
     """The dashboard for this workspace and its Redis (the embedded one, or `redis_url`)."""
-    if client is None:
-        from autotrain.jobs.connection import get_redis
-
-        client = get_redis(settings)
-    store = store_for(settings, client)
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]))  # fmt: skip
-    pages = _Pages(store, settings, templates)
+    pages = _Pages(settings, templates)
     routes = [
         Route("/", pages.jobs),
         Route("/jobs/{job_id}", pages.job),
@@ -69,8 +63,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> Starlet
 
 
 class _Pages:
-    def __init__(self, store: JobStore, settings: Settings, templates: Environment) -> None:
-        self.store, self.settings, self.templates = store, settings, templates
+    def __init__(self, settings: Settings, templates: Environment) -> None:
+        self.settings, self.templates = settings, templates
 
     def _render(self, request: Request, name: str, data: dict[str, Any], page: str,
                 key: str = "") -> HTMLResponse:  # fmt: skip
@@ -107,12 +101,12 @@ class _Pages:
 
     def _build(self, page: str, key: str, *filters: str) -> dict:
         if page == "jobs":
-            return views.jobs_page(self.store, self.settings, *filters)
+            return views.jobs_page(self.settings, *filters)
         if page == "job":
-            return views.job_page(self.store, self.settings, key)
+            return views.job_page(self.settings, key)
         if page == "batch":
-            return views.batch_page(self.store, self.settings, key)
-        return views.fleet_page(self.store, self.settings)
+            return views.batch_page(self.settings, key)
+        return views.fleet_page(self.settings)
 
     async def events(self, request: Request) -> Response:
         q = request.query_params
@@ -130,7 +124,7 @@ class _Pages:
                 if page == "job":  # wake on the job's next progress event, not on a timer
                     after = await run_in_threadpool(self._wait_for_progress, key, after)
                 data = await run_in_threadpool(self._build, page, key, *filters)
-            except redis.RedisError:
+            except (redis.RedisError, RedisUnavailable):
                 if not down:
                     yield "event: reconnecting\ndata: {}\n\n"
                 down = True
@@ -151,18 +145,12 @@ class _Pages:
 
     def _wait_for_progress(self, job_id: str, after: str) -> str:
         """Block up to a second for the job's next progress event; the id to read from next."""
-        rows = self.store.redis.xread({self.store.events_key(job_id): after}, block=1000, count=100)
-        if rows and rows[0][1]:
-            return rows[0][1][-1][0]
-        if after == "$":
-            newest = self.store.redis.xrevrange(self.store.events_key(job_id), count=1)
-            return newest[0][0] if newest else "0-0"
-        return after
+        return control.wait_for_progress(job_id, after, block_ms=1000, settings=self.settings)
 
     async def sample(self, request: Request) -> Response:
         job_id, name = request.path_params["job_id"], request.path_params["name"]
         try:
-            job = await run_in_threadpool(self.store.get, job_id)
+            job = await run_in_threadpool(self._job, job_id)
         except AutotrainError:
             return Response("no such job", status_code=404)
         path = files.sample_file(Workspace(self.settings.workspace), job, name)
@@ -180,17 +168,18 @@ class _Pages:
             return JSONResponse({"error": f"unknown action {action!r}"}, status_code=404)
         return JSONResponse({"message": message})
 
-    def _act(self, job_id: str, action: str) -> str:
-        from autotrain.jobs.order import hold_job, move_job, release_job
-        from autotrain.jobs.queue import cancel_job, retry_job
+    def _job(self, job_id: str):
+        return control.get_job(job_id, settings=self.settings)
 
+    def _act(self, job_id: str, action: str) -> str:
+        settings = self.settings
         do = {
-            "cancel": lambda: cancel_job(self.store, job_id),
-            "retry": lambda: retry_job(self.store, job_id),
-            "hold": lambda: hold_job(self.store, job_id),
-            "release": lambda: release_job(self.store, job_id),
-            "top": lambda: move_job(self.store, job_id, "top"),
-            "bottom": lambda: move_job(self.store, job_id, "bottom"),
+            "cancel": lambda: control.cancel_job(job_id, settings=settings),
+            "retry": lambda: control.retry_job(job_id, settings=settings),
+            "hold": lambda: control.hold_job(job_id, settings=settings),
+            "release": lambda: control.release_job(job_id, settings=settings),
+            "top": lambda: control.move_job(job_id, "top", settings=settings),
+            "bottom": lambda: control.move_job(job_id, "bottom", settings=settings),
         }[action]
         job = do()
         return f"{action}: job {job.id} is {job.state.value}"

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from autotrain.fleet import pace
-from autotrain.jobs import keys
+from autotrain.fleet.registry import WorkerRecord
 from autotrain.jobs.job import FINAL_STATES, Job, JobState
 from autotrain.jobs.owners import HELD, PARKED, is_worker_owner
 from autotrain.jobs.store import JobStore
@@ -40,21 +40,21 @@ class Forecast:
 def forecast(store: JobStore, settings: Settings, now: float | None = None) -> dict[str, Forecast]:
     """A forecast for every job in progress (held and parked ones included), by job id."""
     from autotrain.fleet.registry import live_workers
-    from autotrain.jobs.order import start_order
+    from autotrain.jobs.order import start_positions
 
     now = now or time.time()
     from autotrain.fleet.waiting import batch_limits
 
     jobs = store.list(states=set(JobState) - FINAL_STATES)
-    workers = [w for w in live_workers(store.redis) if keys.GPU_QUEUE in w.get("queues", [])]
+    workers = [w for w in live_workers(store.redis) if w.takes_training]
     fleet = _Fleet(workers, pace.read_paces(store.redis), settings)
     limits = batch_limits(store.redis, {j.spec.batch_id for j in jobs if j.owner == PARKED})
     results: dict[str, Forecast] = {}
     for job in jobs:
         if job.state == JobState.TRAINING:
             results[job.id] = fleet.running(job, now)
-    queues = sorted({q for w in workers for q in w.get("queues", []) if q.startswith("gpu")})
-    for job in _waiting_in_order(jobs, start_order(store, queues) if queues else []):
+    queues = sorted({q for w in workers for q in w.queues if q.startswith("gpu")})
+    for job in _waiting_in_order(jobs, start_positions(store, jobs, queues)):
         if job.held or job.owner == HELD:
             results[job.id] = Forecast(job.id, None, None, None,
                                        f"held: it starts after `autotrain train release --job {job.id}`")  # fmt: skip
@@ -66,14 +66,12 @@ def forecast(store: JobStore, settings: Settings, now: float | None = None) -> d
 class _Slot:
     """One GPU worker (or CPU worker) in the replay: what runs on it, and when."""
 
-    def __init__(self, info: dict, settings: Settings) -> None:
-        self.name: str = info["name"]
-        self.host: str = info.get("host", "")
-        self.gpu: str = str(info.get("gpu", ""))
-        self.model = pace.gpu_model(info)
-        self.queues: list[str] = info.get("queues", [])
-        self.capacity = int(info.get("slots") or 1)
-        self.memory: int | None = info.get("memory_total")
+    def __init__(self, info: WorkerRecord, settings: Settings) -> None:
+        self.name, self.host, self.gpu = info.name, info.host, info.gpu
+        self.model = info.model
+        self.queues: list[str] = info.queues
+        self.capacity = info.slots
+        self.memory: int | None = info.memory_total
         self.margin_gb = settings.vram_margin_gb
         self.runs: list[tuple[float, float, int, str]] = []  # start, end, bytes, job id
         self.floor = 0.0  # the start of the last job booked here
@@ -112,7 +110,7 @@ class _Slot:
 
 @dataclass
 class _Fleet:
-    workers: list[dict]
+    workers: list[WorkerRecord]
     paces: dict
     settings: Settings
     slots: dict[str, _Slot] = field(default_factory=dict)
@@ -123,7 +121,7 @@ class _Fleet:
     chosen_paces: dict[tuple[str, str], pace.Pace] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.slots = {w["name"]: _Slot(w, self.settings) for w in self.workers}
+        self.slots = {w.name: _Slot(w, self.settings) for w in self.workers}
 
     def running(self, job: Job, now: float) -> Forecast:
         slot = self.slots.get(job.train_worker or "")
@@ -218,13 +216,13 @@ class _Fleet:
         return max(now, ends[limit - 1]) if len(ends) >= limit else now
 
 
-def _waiting_in_order(jobs: list[Job], broker_order: list[str]) -> list[Job]:
-    """The jobs that have not started training, in the order they will be taken."""
+def _waiting_in_order(jobs: list[Job], positions: dict[str, int]) -> list[Job]:
+    """The jobs that have not started training, in the order they will be taken; `positions`
+    is their place in the broker's start order (autotrain.jobs.order.start_positions)."""
     waiting = [j for j in jobs if j.state not in (JobState.TRAINING, JobState.REPORTING)
                and j.phase != "report"]  # fmt: skip
-    by_task = {j.next_task["id"]: j for j in waiting if j.next_task and j.phase == "train"}
     taken = [j for j in waiting if j.phase == "train" and is_worker_owner(j.owner)]
-    queued = [by_task[t] for t in broker_order if t in by_task]
+    queued = sorted((j for j in waiting if j.id in positions), key=lambda j: positions[j.id])
     seen = {j.id for j in taken + queued}
     parked = sorted((j for j in waiting if j.owner == PARKED and j.id not in seen),
                     key=lambda j: j.created_at)  # fmt: skip

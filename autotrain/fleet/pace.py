@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import redis
 
+from autotrain.fleet.registry import WorkerRecord
 from autotrain.jobs import keys
 from autotrain.profile import Profile
 from autotrain.trainers.training import TrainerRun
 
-__all__ = ["Pace", "record_pace", "read_paces", "pace_for", "gpu_model", "own_gpu_model"]
+__all__ = ["Pace", "record_pace", "read_paces", "pace_for", "own_gpu_model"]
 
 # Later runs weigh this much: the pace follows a driver upgrade or a slower dataset within a few
 # runs, and one odd run moves it little.
@@ -42,17 +43,12 @@ class Pace:
         return self.startup_seconds + steps * self.seconds_per_step + self.tail_seconds
 
 
-def gpu_model(worker: dict) -> str:
-    """The GPU model a worker's heartbeat names: what paces are kept by ("cpu" for CPU ones)."""
-    if worker.get("gpu") in ("", None):
-        return "cpu"
-    return worker.get("gpu_name") or "GPU"
-
-
 def own_gpu_model() -> str:
-    """The model of this worker's GPU, as its supervisor discovered it."""
-    return gpu_model({"gpu": os.environ.get("AUTOTRAIN_GPU_INDEX", ""),
-                      "gpu_name": os.environ.get("AUTOTRAIN_GPU_NAME", "")})  # fmt: skip
+    """The model of this worker's GPU, as its supervisor discovered it (paces are kept by the
+    model, autotrain.fleet.registry.WorkerRecord.model)."""
+    own = WorkerRecord(name="", gpu=os.environ.get("AUTOTRAIN_GPU_INDEX", ""),
+                       gpu_name=os.environ.get("AUTOTRAIN_GPU_NAME", ""))  # fmt: skip
+    return own.model
 
 
 def record_pace(client: redis.Redis, profile: str, model: str, run: TrainerRun,

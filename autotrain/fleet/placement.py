@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from autotrain.errors import ValidationError
-from autotrain.fleet.registry import live_workers
+from autotrain.fleet.registry import WorkerRecord, live_workers
 from autotrain.profile import Profile
 from autotrain.trainers.configure import flatten_template
 
@@ -91,21 +91,21 @@ def _resolution(value: Any, default: int) -> tuple[int, int]:
     return (parts[0], parts[-1]) if parts else (default, default)
 
 
-def fleet_gpus(client: redis.Redis) -> list[dict]:
+def fleet_gpus(client: redis.Redis) -> list[WorkerRecord]:
     """The live GPU workers that reported their GPU's memory, largest first."""
-    gpus = [w for w in live_workers(client) if w.get("gpu") != "" and w.get("memory_total")]
-    return sorted(gpus, key=lambda w: (-w["memory_total"], w["name"]))
+    gpus = [w for w in live_workers(client) if w.is_gpu and w.memory_total]
+    return sorted(gpus, key=lambda w: (-(w.memory_total or 0), w.name))
 
 
-def best_fit(gpus: list[dict], need: int) -> dict | None:
+def best_fit(gpus: list[WorkerRecord], need: int) -> WorkerRecord | None:
     """The GPU to send a job to: one large enough, the one with the most memory free."""
-    fitting = [g for g in gpus if g["memory_total"] >= need]
+    fitting = [g for g in gpus if (g.memory_total or 0) >= need]
     if not fitting:
         return None
-    return max(fitting, key=lambda g: (g.get("memory_free") or g["memory_total"], g["name"]))
+    return max(fitting, key=lambda g: (g.memory_free or g.memory_total, g.name))
 
 
-def first_fitting_variant(profile: Profile, gpus: list[dict], margin_gb: float, start: int = 0,
+def first_fitting_variant(profile: Profile, gpus: list[WorkerRecord], margin_gb: float, start: int = 0,
                           ) -> int | None:  # fmt: skip
     """The first variant from `start` on (0 = as is) that some GPU of `gpus` can hold."""
     for variant in range(start, len(profile.ladder) + 1):
@@ -114,8 +114,8 @@ def first_fitting_variant(profile: Profile, gpus: list[dict], margin_gb: float, 
     return None
 
 
-def no_fit_message(profile: Profile, gpus: list[dict], margin_gb: float) -> str:
-    listing = ", ".join(f"{g['name']} ({g['memory_total'] / GIB:.0f} GiB)" for g in gpus)
+def no_fit_message(profile: Profile, gpus: list[WorkerRecord], margin_gb: float) -> str:
+    listing = ", ".join(f"{g.name} ({(g.memory_total or 0) / GIB:.0f} GiB)" for g in gpus)
     leanest = profile.ladder[-1] if profile.ladder else None
     lean = (f"; its leanest variant, {leanest.name}, needs "
             f"{need_gb(profile, len(profile.ladder)):g} GiB" if leanest else "")  # fmt: skip
@@ -140,6 +140,6 @@ def initial_variant(client: redis.Redis, profile: Profile, margin_gb: float) -> 
     chosen = profile.variant(variant)
     return variant, (
         f"profile {profile.name} as is needs {need_gb(profile, 0):g} GiB and the largest GPU has "
-        f"{gpus[0]['memory_total'] / GIB:.0f} GiB: it starts with {chosen.name} "
+        f"{(gpus[0].memory_total or 0) / GIB:.0f} GiB: it starts with {chosen.name} "
         f"({need_gb(profile, variant):g} GiB)"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from autotrain.fleet.registry import live_workers
+from autotrain.fleet.registry import WorkerRecord, live_workers
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job
 from autotrain.jobs.owners import HELD, PARKED, is_queue_owner
@@ -38,10 +38,11 @@ def waiting_reasons(client: redis.Redis, jobs: list[Job]) -> dict[str, str]:
     return reasons
 
 
-def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -> str | None:
+def why_waiting(job: Job, workers: list[WorkerRecord], batch_limit: int | None = None,
+                ) -> str | None:  # fmt: skip
     """The reason `job` makes no progress, in words with the fix; None when it is not waiting.
 
-    `workers` is `heartbeat.live_workers()`; `batch_limit` the `--max-concurrent` of its batch.
+    `workers` is `registry.live_workers()`; `batch_limit` the `--max-concurrent` of its batch.
     """
     if job.is_final:
         return None
@@ -54,15 +55,11 @@ def why_waiting(job: Job, workers: list[dict], batch_limit: int | None = None) -
         queue = (job.next_task or {}).get("queue")
         if not workers:
             return NO_WORKER
-        takers = [w for w in workers if queue in w.get("queues", [])]
+        takers = [w for w in workers if queue in w.queues]
         if queue and not takers:
             return f"no live worker takes queue {queue!r}: start `autotrain worker` where it runs"
-        if (
-            queue
-            and queue.startswith("gpu")
-            and all(len(w.get("jobs") or []) >= (w.get("slots") or 1) for w in takers)
-        ):
-            busy = ", ".join(f"{w['name']} (job {w['job']})" for w in takers)
+        if queue and queue.startswith("gpu") and all(len(w.jobs) >= w.slots for w in takers):
+            busy = ", ".join(f"{w.name} (job {w.job})" for w in takers)
             return f"queued on {queue!r}; every worker that takes it is busy: {busy}"
         return None
     return job.waiting_for

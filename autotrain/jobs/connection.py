@@ -16,7 +16,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from autotrain.errors import AutotrainError
+from autotrain.errors import RedisUnavailable
 from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
@@ -96,7 +96,7 @@ def until_redis_back(action: Callable[[], T], seconds: float, what: str) -> T:
 
 
 def check_redis(settings: Settings) -> redis.Redis:
-    """The client, after a PING; a clear error that says what to start or set when it fails."""
+    """The client, after a PING; RedisUnavailable, saying what to start or set, when it fails."""
     client = get_redis(settings)
     try:
         client.ping()
@@ -107,7 +107,7 @@ def check_redis(settings: Settings) -> redis.Redis:
             if settings.redis_url
             else "start it with `autotrain up` (or use --immediate to run without Redis)"
         )
-        raise AutotrainError(f"Cannot reach Redis at {where}: {exc}. Fix: {hint}.") from exc
+        raise RedisUnavailable(f"Cannot reach Redis at {where}: {exc}. Fix: {hint}.") from exc
     return client
 
 

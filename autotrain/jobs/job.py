@@ -14,8 +14,6 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from autotrain.errors import AutotrainError
-from autotrain.formatting import iso_time
 from autotrain.jobs import owners
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
@@ -24,8 +22,6 @@ __all__ = [
     "Job",
     "JobState",
     "FINAL_STATES",
-    "NameInUse",
-    "public_record",
     "encode_fields",
     "decode_fields",
 ]
@@ -115,49 +111,6 @@ class Job(BaseModel):
         if not self.total:
             return None
         return min(1.0, self.step / self.total)
-
-
-class NameInUse(AutotrainError):
-    """Another job still in progress trains a dataset of this name."""
-
-    def __init__(self, name: str, holder: str) -> None:
-        self.name, self.holder = name, holder
-        super().__init__(
-            f"Dataset name {name!r} is in use by job {holder}, which is still in progress: two "
-            f"jobs would write the same output/{name}/. Wait for it to finish, cancel it "
-            f"(`autotrain train cancel --job {holder}`), or pass --dataset-name to train this "
-            "one under another name."
-        )
-
-
-# The fields `--json` prints: flat, stable, documented in the README; times in ISO 8601 (UTC).
-_TIMES = ("created_at", "started_at", "training_started_at", "training_finished_at", "finished_at")
-
-
-def public_record(job: Job, history: list[dict] | None = None, waiting_reason: str | None = None,
-                  forecast: Any = None) -> dict[str, Any]:  # fmt: skip
-    """A job as `train list --json` and `train show --json` print it; `forecast` is its
-    autotrain.fleet.eta.Forecast."""
-    result = job.result or {}
-    record: dict[str, Any] = {
-        "id": job.id, "name": job.name, "profile": job.profile,
-        "dataset_path": str(job.spec.dataset_path), "batch_id": job.spec.batch_id,
-        "state": job.state.value, "attempt": job.attempt, "variant": job.variant,
-        "priority": job.priority, "held": job.held, "step": job.step, "total": job.total,
-        "loss": job.loss, "eta_seconds": job.eta_seconds, "host": job.host, "gpu": job.gpu,
-        "worker": job.worker, "train_worker": job.train_worker, "queue": job.queue,
-        "error": job.error, "waiting_reason": waiting_reason,
-        "weights": result.get("weights"), "run_json": result.get("run_json"),
-        "samples": job.samples,
-    }  # fmt: skip
-    record.update({name: iso_time(getattr(job, name)) for name in _TIMES})
-    if forecast is not None:
-        record["forecast"] = {"starts_at": iso_time(forecast.starts_at),
-                              "finishes_at": iso_time(forecast.finishes_at),
-                              "worker": forecast.gpu, "why": forecast.why}  # fmt: skip
-    if history is not None:
-        record["history"] = [{**e, "at": iso_time(e.get("at"))} for e in history]
-    return record
 
 
 def encode_fields(fields: dict[str, Any]) -> dict[str, str]:

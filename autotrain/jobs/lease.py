@@ -27,6 +27,7 @@ __all__ = [
     "acquire_batch_slot",
     "release_batch_slot",
     "create_batch",
+    "batch_name",
     "acquire_gpus",
     "release_gpus",
     "renew_gpus",
@@ -95,6 +96,11 @@ def _batch_keys(batch_id: str) -> list[str]:
 def create_batch(client: redis.Redis, batch_id: str, max_concurrent: int, name: str = "") -> None:
     settings = {"max_concurrent": max(1, max_concurrent), "name": name or batch_id}
     client.hset(_batch_keys(batch_id)[2], mapping=settings)
+
+
+def batch_name(client: redis.Redis, batch_id: str) -> str | None:
+    """The name `create_batch` gave the batch; None for an unknown batch."""
+    return client.hget(keys.batch(batch_id), "name")
 
 
 def acquire_batch_slot(client: redis.Redis, batch_id: str, job_id: str, order: float) -> bool:

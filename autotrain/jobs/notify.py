@@ -13,9 +13,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from autotrain.formatting import format_eta
+from autotrain.formatting import format_eta, format_loss
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job, JobState
+from autotrain.jobs.lease import batch_name
 from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 
@@ -46,7 +47,7 @@ def job_message(job: Job) -> tuple[str, str]:
         f"profile: {job.profile}",
         f"duration: {_durations(job)}",
         f"steps: {job.step}/{job.total or '?'}"
-        + (f", final loss {job.loss:.4f}" if job.loss is not None else ""),
+        + (f", final loss {format_loss(job.loss)}" if job.loss is not None else ""),
     ]
     if job.state == JobState.SUCCEEDED:
         lines.append(f"weights: {(job.result or {}).get('weights')}")
@@ -64,7 +65,7 @@ def batch_message(name: str, jobs: list[Job]) -> tuple[str, str]:
         outcome = (
             (job.result or {}).get("weights") if job.state == JobState.SUCCEEDED else job.error
         )
-        loss = f"{job.loss:.4f}" if job.loss is not None else "-"
+        loss = format_loss(job.loss)
         lines.append(f"{job.name}: {job.state.value}, {job.step}/{job.total or '?'} steps, "
                      f"loss {loss}, {_durations(job)}; {outcome or ''}".rstrip("; "))  # fmt: skip
     return title, "\n".join(lines)
@@ -95,7 +96,7 @@ def _announce_batch_if_done(store: JobStore, batch_id: str, urls: list[str]) -> 
     # Once per completion: a retry of the batch's jobs clears the mark (queue.retry_job).
     if not store.redis.set(keys.batch_notified(batch_id), int(time.time()), nx=True):
         return
-    name = store.redis.hget(keys.batch(batch_id), "name") or batch_id
+    name = batch_name(store.redis, batch_id) or batch_id
     send(urls, *batch_message(name, jobs))
 
 

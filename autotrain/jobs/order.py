@@ -20,7 +20,7 @@ from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.owners import HELD, is_queue_owner
 from autotrain.jobs.store import JobStore
 
-__all__ = ["start_order", "move_job", "hold_job", "release_job", "Where"]
+__all__ = ["start_order", "start_positions", "move_job", "hold_job", "release_job", "Where"]
 
 Where = Literal["top", "bottom", "before"]
 
@@ -40,6 +40,22 @@ def start_order(store: JobStore, queues: list[str]) -> list[str]:
             except (ValueError, KeyError, TypeError):
                 continue
     return order
+
+
+def start_positions(store: JobStore, jobs: list[Job], queues: list[str] | None = None,
+                    ) -> dict[str, int]:  # fmt: skip
+    """{job id: its place in the start order, 1 = next} for the jobs of `jobs` waiting in a GPU
+    queue to train. Every task waiting in `queues` (default: the queues these jobs wait in)
+    counts, shown or not, so 1 is truly next."""
+    waiting = {j.next_task["id"]: j.id for j in jobs
+               if is_queue_owner(j.owner) and j.next_task and j.phase == "train"}  # fmt: skip
+    if queues is None:
+        queues = sorted({j.next_task["queue"] for j in jobs if j.next_task
+                         and j.next_task["id"] in waiting})  # fmt: skip
+    if not waiting or not queues:
+        return {}
+    order = start_order(store, queues)
+    return {waiting[t]: place for place, t in enumerate(order, start=1) if t in waiting}
 
 
 def move_job(store: JobStore, job_id: str, where: Where, other_id: str | None = None) -> Job:

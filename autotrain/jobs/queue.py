@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from autotrain.errors import AutotrainError
+from autotrain.errors import AutotrainError, JobNotFinal
 from autotrain.jobs import keys
 from autotrain.jobs.dispatch import dispatch, finish, label, new_message, send
 from autotrain.jobs.job import Job, JobState
@@ -113,7 +113,7 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
             f"--profile {job.profile}"
         )
     if not job.is_final:
-        raise AutotrainError(
+        raise JobNotFinal(
             f"Job {job.id} ({job.name}) is {job.state.value}: it is still under way. Cancel it "
             f"first (autotrain train cancel --job {job.id}) to retry it."
         )

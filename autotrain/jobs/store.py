@@ -19,9 +19,9 @@ from typing import Any
 
 import redis
 
-from autotrain.errors import AutotrainError
+from autotrain.errors import AmbiguousJobId, AutotrainError, JobNotFinal, NameInUse, NoSuchJob
 from autotrain.jobs import keys, owners, scripts
-from autotrain.jobs.job import Job, NameInUse, decode_fields, encode_fields
+from autotrain.jobs.job import Job, decode_fields, encode_fields
 from autotrain.jobs.states import FINAL_STATES, JobState
 from autotrain.spec import JobSpec
 
@@ -73,16 +73,16 @@ class JobStore:
         raise AutotrainError("Could not find a free job id after 10 tries; is the clock stuck?")
 
     def get(self, job_id: str) -> Job:
-        """A job by id or unique id prefix; a clear error when there is none."""
+        """A job by id or unique id prefix; NoSuchJob or AmbiguousJobId when there is none."""
         raw = self.redis.hgetall(self.key(job_id))
         if not raw:
             matches = self._ids_starting_with(job_id)
             if len(matches) == 1:
                 raw = self.redis.hgetall(self.key(matches[0]))
             elif len(matches) > 1:
-                raise AutotrainError(f"Job id {job_id!r} is ambiguous: {', '.join(matches[:5])}")
+                raise AmbiguousJobId(job_id, matches)
         if not raw:
-            raise AutotrainError(f"No job with id {job_id!r}. See `autotrain train list`.")
+            raise NoSuchJob(job_id)
         return Job.model_validate(decode_fields(raw))
 
     def _ids_starting_with(self, prefix: str) -> list[str]:
@@ -223,7 +223,7 @@ class JobStore:
         if outcome[0] == -1:
             raise NameInUse(job.spec.name, outcome[1])
         if outcome[0] != 1:
-            raise AutotrainError(
+            raise JobNotFinal(
                 f"Job {job.id} is {self.state(job.id)}: only a finished job can be retried."
             )
 
@@ -308,6 +308,11 @@ class JobStore:
             reply = self.redis.xread({self.events_key(job_id): after}, count=count, block=block_ms)
             rows = reply[0][1] if reply else []
         return [(entry_id, json.loads(fields["e"])) for entry_id, fields in rows]
+
+    def last_event_id(self, job_id: str) -> str:
+        """The stream id of the job's newest event ("0-0" when it has none): where to follow on."""
+        newest = self.redis.xrevrange(self.events_key(job_id), count=1)
+        return newest[0][0] if newest else "0-0"
 
 
 def _bulky_keys(job_id: str) -> list[str]:

@@ -16,10 +16,31 @@ from pathlib import Path
 
 from autotrain.workspace import Workspace
 
-__all__ = ["claim_output_dir", "archive_run", "output_owner", "OWNER_FILE", "RUNS_DIR"]
+__all__ = [
+    "claim_output_dir",
+    "archive_run",
+    "output_owner",
+    "sample_images",
+    "OWNER_FILE",
+    "RUNS_DIR",
+    "SAMPLE_SUFFIXES",
+]
 
 OWNER_FILE = "job.json"
 RUNS_DIR = "runs"
+# The image types a trainer writes its samples as (kohya: png; PIL could write any of these).
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def sample_images(folder: Path) -> list[Path]:
+    """The sample images in `folder` (a job's `model/sample/`), oldest first; [] without one.
+
+    The run manifest, the job record and the dashboard all list samples through this."""
+    if not folder.is_dir():
+        return []
+    images = [p for p in folder.iterdir()
+              if p.suffix.lower() in SAMPLE_SUFFIXES and not p.name.startswith(".")]  # fmt: skip
+    return sorted(images, key=lambda p: p.stat().st_mtime_ns)
 
 
 def output_owner(output_dir: Path) -> str | None:

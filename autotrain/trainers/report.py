@@ -17,6 +17,7 @@ from autotrain.errors import TrainingError
 from autotrain.formatting import iso_time
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
+from autotrain.trainers.outputs import sample_images
 from autotrain.trainers.plan import TrainPlan
 from autotrain.workspace import Workspace
 
@@ -132,11 +133,7 @@ def safetensors_complete(path: Path) -> bool:
 
 def find_samples(plan: TrainPlan, newest: int = 8) -> list[Path]:
     """The newest sample images the trainer wrote under `<model_dir>/sample/`."""
-    sample_dir = plan.model_dir / "sample"
-    if not sample_dir.is_dir():
-        return []
-    images = [p for p in sample_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".webp"}]
-    return sorted(images, key=lambda p: p.stat().st_mtime_ns)[-newest:]
+    return sample_images(plan.model_dir / "sample")[-newest:]
 
 
 def write_loss_curve(losses: list[tuple[int, float]], target: Path, title: str) -> Path | None:

@@ -14,6 +14,7 @@ from typing import Any
 import redis
 
 from autotrain.jobs.store import JobStore
+from autotrain.trainers.outputs import sample_images
 from autotrain.trainers.progress import ProgressEvent
 
 __all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]
@@ -97,10 +98,7 @@ class ProgressRecorder:
 
 
 def _images_in(folder: Path | None) -> list[str]:
-    if folder is None or not folder.is_dir():
-        return []
-    images = [p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")]
-    return [str(p) for p in sorted(images, key=lambda p: p.stat().st_mtime_ns)]
+    return [] if folder is None else [str(p) for p in sample_images(folder)]
 
 
 def _summary(event: ProgressEvent) -> dict[str, Any]:

@@ -84,7 +84,7 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
         return room
     here = f"{host}:{gpus[0]}"
     fleet = [g for g in placement.fleet_gpus(ctx.store.redis)
-             if f"{g['host']}:{g['gpu']}" not in job.avoid_gpus]  # fmt: skip
+             if g.place not in job.avoid_gpus]  # fmt: skip
     if avoided and not fleet:
         return room  # every GPU failed it once: this one again rather than never
     if short_now and need <= own[0] and not avoided:
@@ -92,7 +92,7 @@ def room_on_these_gpus(ctx: PhaseContext, host: str, gpus: list[int]) -> GpuRoom
         return elsewhere or room
     target = placement.best_fit(fleet, need)
     if target is not None:
-        queue = gpu_queue_name(target["host"], target["gpu"])
+        queue = gpu_queue_name(target.host, target.gpu)
         gib = placement.GIB
         why = (f"it failed on GPU {here} before" if avoided else
                f"{need / gib:.1f} GiB do not fit this GPU ({own[0] / gib:.0f} GiB)")  # fmt: skip
@@ -122,12 +122,12 @@ def move_to_free_memory(ctx: PhaseContext, here: str, need: int,
 
     job = ctx.job
     roomy = [g for g in placement.fleet_gpus(ctx.store.redis)
-             if f"{g['host']}:{g['gpu']}" not in (here, *job.avoid_gpus)
-             and (g.get("memory_free") or g["memory_total"]) >= need]  # fmt: skip
+             if g.place not in (here, *job.avoid_gpus)
+             and (g.memory_free or g.memory_total) >= need]  # fmt: skip
     target = placement.best_fit(roomy, need)
     if target is None or _placements(ctx) >= _MAX_PLACEMENTS:
         return None
-    queue = gpu_queue_name(target["host"], target["gpu"])
+    queue = gpu_queue_name(target.host, target.gpu)
     measured = f" (NVML: {free_here / placement.GIB:.1f} GiB)" if free_here is not None else ""
     why = f"{need / placement.GIB:.1f} GiB are not free on GPU {here}{measured}"
     placed = {"attempt": job.attempt, "event": "placed", "queue": queue, "error": why}

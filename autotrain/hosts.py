@@ -1,0 +1,121 @@
+"""This host: the local cluster (embedded Redis, its workers, the dashboard) and the workers
+`autotrain worker` runs here, one per GPU or one CPU worker.
+
+    from autotrain.hosts import start_local_cluster, stop_local_cluster
+    status = start_local_cluster()
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from autotrain.errors import AutotrainError
+from autotrain.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from autotrain.fleet.cluster import ClusterStatus
+    from autotrain.fleet.doctor import Check
+    from autotrain.worker.launch import Gpu
+
+__all__ = [
+    "local_cluster",
+    "start_local_cluster",
+    "stop_local_cluster",
+    "ensure_local_cluster",
+    "start_local_dashboard",
+    "shown_url",
+    "this_host",
+    "host_gpus",
+    "run_host_workers",
+    "check_host",
+]
+
+
+def local_cluster(*, settings: Settings | None = None) -> ClusterStatus:
+    """Whether the workspace's Redis (embedded or shared) and local workers run."""
+    from autotrain.fleet.cluster import cluster_status
+
+    return cluster_status(settings or load_settings())
+
+
+def start_local_cluster(*, workers: bool = True, cpu: bool = False,
+                        settings: Settings | None = None) -> ClusterStatus:  # fmt: skip
+    """Start the embedded Redis and (unless not `workers`) this host's workers; `cpu`: one CPU
+    worker even where GPUs are present."""
+    from autotrain.fleet.cluster import up
+
+    return up(settings or load_settings(), workers=workers, worker_args=["--cpu"] if cpu else [])
+
+
+def stop_local_cluster(*, settings: Settings | None = None) -> list[str]:
+    """Stop the local workers, dashboard and embedded Redis; what was stopped, in words."""
+    from autotrain.fleet.cluster import down
+
+    return down(settings or load_settings())
+
+
+def ensure_local_cluster(*, settings: Settings | None = None, say: Callable[[str], None] = print,
+                         ) -> bool:  # fmt: skip
+    """Start the local cluster unless Redis is shared or it runs; True when it started one."""
+    from autotrain.fleet.cluster import ensure_up
+
+    return ensure_up(settings or load_settings(), say=say)
+
+
+def start_local_dashboard(*, settings: Settings | None = None) -> int | None:
+    """Serve the dashboard in the background; its pid, None when it already runs."""
+    from autotrain.fleet.cluster import start_local_dashboard as start
+
+    return start(settings or load_settings())
+
+
+def shown_url(url: str | None) -> str:
+    """A Redis URL fit to print: its password hidden."""
+    from autotrain.fleet.cluster import redact
+
+    return redact(url or "")
+
+
+def this_host() -> str:
+    """The name of this host in worker names and pinned queues (AUTOTRAIN_HOST, else its name)."""
+    from autotrain.jobs.queue import current_host
+
+    return current_host()
+
+
+def host_gpus(gpus: str = "all", *, cpu: bool = False) -> tuple[list[Gpu], str | None]:
+    """The GPUs of this host to serve (`all`, or indices like `0,2`) and, when there are none,
+    why; AutotrainError naming the indices that are not here."""
+    from autotrain.worker.launch import discover_gpus
+
+    found, why_none = ([], "--cpu given") if cpu else discover_gpus()
+    if gpus == "all" or not found:
+        return found, why_none
+    wanted = {int(x) for x in gpus.split(",") if x.strip()}
+    missing = wanted - {g.index for g in found}
+    if missing:
+        raise AutotrainError(
+            f"--gpus {gpus}: no GPU {sorted(missing)} here; found {[g.index for g in found]}."
+        )
+    return [g for g in found if g.index in wanted], why_none
+
+
+def run_host_workers(host: str, gpus: list[Gpu], *, consume_prep: bool = True,
+                     say: Callable[[str], None] = print, settings: Settings | None = None) -> int:  # fmt: skip
+    """Run this host's workers (one per GPU of `gpus`, or one CPU worker) until stopped; the exit
+    code."""
+    from autotrain.worker.launch import plan_workers, run_workers
+
+    os.environ["AUTOTRAIN_HOST"] = host
+    workers = plan_workers(settings or load_settings(), host, gpus, use_cpu=not gpus,
+                           consume_prep=consume_prep)  # fmt: skip
+    return run_workers(workers, say=say)
+
+
+def check_host(*, settings: Settings | None = None) -> list[Check]:
+    """`autotrain doctor`: sd-scripts and its Python, model files, GPUs, the workspace."""
+    from autotrain.fleet.doctor import run_checks
+
+    return run_checks(settings or load_settings())
