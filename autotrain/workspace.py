@@ -8,9 +8,12 @@ from pathlib import Path
 
 from autotrain.errors import AutotrainError
 
-__all__ = ["Workspace", "check_dataset_name", "slugify_name", "NAME_PATTERN"]
+__all__ = ["Workspace", "check_dataset_name", "slugify_name", "NAME_PATTERN", "MANIFEST_NAME"]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# In each staged `input/<name>/`: what staging copied (written by autotrain.datasets.manifest,
+# quoted in run.json by autotrain.trainers.report).
+MANIFEST_NAME = ".autotrain-manifest.json"
 
 
 def check_dataset_name(name: str) -> str:

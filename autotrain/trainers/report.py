@@ -18,7 +18,7 @@ from autotrain.formatting import iso_time
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers.plan import TrainPlan
-from autotrain.workspace import Workspace
+from autotrain.workspace import MANIFEST_NAME, Workspace
 
 __all__ = [
     "write_run_report",
@@ -27,10 +27,7 @@ __all__ = [
     "finished_weights",
     "safetensors_complete",
     "find_samples",
-    "MANIFEST_NAME",
 ]
-
-MANIFEST_NAME = ".autotrain-manifest.json"
 
 
 def write_run_report(
