@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,12 +38,8 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """A real redis-server on a free loopback port, AOF on, for the whole session."""
-    import socket
-
     data = tmp_path_factory.mktemp("redis")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
          "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
@@ -50,17 +47,41 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    wait_for(lambda: _ping(client), 10, "redis-server to answer")
+    wait_for(lambda: redis_answers(client), 10, "redis-server to answer")
     yield url
     proc.terminate()
     proc.wait(10)
 
 
-def _ping(client: redis.Redis) -> bool:
+def redis_answers(client: redis.Redis) -> bool:
+    """True once the server answers a PING; False while it is down or still starting."""
     try:
         return client.ping()
-    except redis.ConnectionError:
+    except redis.RedisError:
         return False
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel picks it): for a server a test starts, or
+    for an address that must refuse connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_tiny_profile(
+    workspace: Path, name: str, profile: dict[str, object] | None = None, **base: object
+) -> str:
+    """A copy of the built-in Tiny profile in `workspace`'s templates, as `name`: `base` changes
+    its base.toml (steps, saves, samples), `profile` its profile.toml. Returns `name`."""
+    target = workspace / "templates" / name
+    shutil.copytree(REPO / "templates" / "Tiny", target)
+    for file, changes in (("profile.toml", profile), ("base.toml", base)):
+        if changes:
+            data = tomllib.loads((target / file).read_text())
+            data.update(changes)
+            (target / file).write_text(tomli_w.dumps(data))
+    return name
 
 
 class Cluster:
@@ -136,15 +157,10 @@ class Cluster:
         return pids_of(f"--hostname {name}", self.root)
 
     def short_profile(self, name: str, steps: int) -> str:
-        """A copy of TinyTest that trains `steps` steps (saving every half): quick queue tests."""
-        source, target = self.root / "templates" / "TinyTest", self.root / "templates" / name
-        shutil.copytree(source, target)
-        base = tomllib.loads((target / "base.toml").read_text())
+        """A Tiny profile that trains `steps` steps (saving every half): quick queue tests."""
         half = max(1, steps // 2)
-        base.update(max_train_steps=steps, save_every_n_steps=half, sample_every_n_steps=steps,
-                    save_last_n_steps_state=half)  # fmt: skip
-        (target / "base.toml").write_text(tomli_w.dumps(base))
-        return name
+        return write_tiny_profile(self.root, name, max_train_steps=steps, save_every_n_steps=half,
+                                  sample_every_n_steps=steps, save_last_n_steps_state=half)  # fmt: skip
 
     def store(self):
         from autotrain.jobs.job import JobStore
@@ -172,13 +188,8 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     client.flushall()
     root = tmp_path / "ws"
     root.mkdir()
-    profile_dir = root / "templates" / "TinyTest"
-    profile_dir.mkdir(parents=True)
-    builtin = REPO / "templates" / "Tiny"
-    shutil.copy(builtin / "profile.toml", profile_dir / "profile.toml")
-    base = tomllib.loads((builtin / "base.toml").read_text())
-    base.update(max_train_steps=60, save_every_n_steps=20, sample_every_n_steps=30)
-    (profile_dir / "base.toml").write_text(tomli_w.dumps(base))
+    write_tiny_profile(root, "TinyTest", max_train_steps=60, save_every_n_steps=20,
+                       sample_every_n_steps=30)  # fmt: skip
     env = {
         **os.environ,
         "AUTOTRAIN_WORKSPACE": str(root),
@@ -192,6 +203,15 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     c = Cluster(root, redis_server, env)
     yield c
     c.stop()
+
+
+@pytest.fixture
+def kohya_settings(tmp_path):
+    """Settings of a workspace in tmp_path whose kohya backend runs the sd-scripts stand-in
+    (tests/standins/sd_scripts/), with placeholder model files."""
+    from tests.helpers_kohya import standin_settings
+
+    return standin_settings(tmp_path)
 
 
 def pids_of(pattern: str, workspace: Path) -> list[int]:

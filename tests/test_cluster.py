@@ -80,16 +80,13 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
 
 def test_up_with_the_dashboard_serves_the_embedded_cluster_and_down_stops_it(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
     import urllib.request
 
-    from tests.conftest import wait_for
+    from tests.conftest import free_port, wait_for
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(tmp_path / "ws"),
            "AUTOTRAIN_DASHBOARD_PORT": str(port)}  # fmt: skip
     env.pop("AUTOTRAIN_REDIS_URL", None)

@@ -14,20 +14,14 @@ from pathlib import Path
 import tomli_w
 
 from autotrain.jobs.job import JobState
-from tests.conftest import REPO, copy_example, wait_for
+from tests.conftest import REPO, copy_example, wait_for, write_tiny_profile
 
 
 def _profile(cluster, name: str, vram_gb: float, steps: int = 60, **profile) -> str:
     """TinyTest with a declared VRAM need (optionally a ladder) and `steps` steps."""
-    target = cluster.root / "templates" / name
-    shutil.copytree(cluster.root / "templates" / "TinyTest", target)
-    data = tomllib.loads((target / "profile.toml").read_text())
-    data.update(vram_gb=vram_gb, **profile)
-    (target / "profile.toml").write_text(tomli_w.dumps(data))
-    base = tomllib.loads((target / "base.toml").read_text())
-    base.update(max_train_steps=steps, save_every_n_steps=steps, sample_every_n_steps=steps)
-    (target / "base.toml").write_text(tomli_w.dumps(base))
-    return name
+    return write_tiny_profile(cluster.root, name, {"vram_gb": vram_gb, **profile},
+                              max_train_steps=steps, save_every_n_steps=steps,
+                              sample_every_n_steps=steps)  # fmt: skip
 
 
 def _steps(cluster, name: str) -> list[float]:

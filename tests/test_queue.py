@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from autotrain.jobs.job import JobState
-from tests.conftest import EXAMPLE_DATASET, copy_example, job_id_in, wait_for
+from tests.conftest import (
+    EXAMPLE_DATASET,
+    copy_example,
+    free_port,
+    job_id_in,
+    redis_answers,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -183,15 +190,11 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
 
     Killed as the trainer ends and down for longer than the lease (3 s here), finishing the
     phase waits for Redis: the finished training is recorded, not trained again."""
-    import socket
-
     from autotrain.jobs.local_redis import find_redis_server
 
     data = tmp_path / "redis-data"
     data.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     argv = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
             "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
@@ -199,7 +202,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
     cluster.env["AUTOTRAIN_REDIS_URL"] = url
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
     cluster.redis = __import__("redis").Redis.from_url(url, decode_responses=True)
-    wait_for(lambda: _answers(cluster.redis), 10, "the private redis-server")
+    wait_for(lambda: redis_answers(cluster.redis), 10, "the private redis-server")
     try:
         cluster.start_worker("h1")
         dataset = copy_example(tmp_path)
@@ -210,7 +213,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
         server.wait(10)
         time.sleep(down_seconds)
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        wait_for(lambda: _answers(cluster.redis), 10, "redis-server to come back")
+        wait_for(lambda: redis_answers(cluster.redis), 10, "redis-server to come back")
         wait_for(lambda: store.get(job_id).is_final, 120, "the job to end after the restart")
         job = store.get(job_id)
         assert job.state == JobState.SUCCEEDED, job.error
@@ -222,13 +225,6 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
     finally:
         cluster.stop()
         server.kill()
-
-
-def _answers(client) -> bool:
-    try:
-        return client.ping()
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
 
 
 def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
