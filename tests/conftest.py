@@ -18,6 +18,7 @@ import pytest
 import redis
 import tomli_w
 
+from autotrain.jobs import keys
 from autotrain.jobs.local_redis import find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +128,7 @@ class Cluster:
         )  # fmt: skip
         self.workers.append(proc)
         wait_for(
-            lambda: self.redis.exists(f"autotrain:worker:cpu@{host}"),
+            lambda: self.redis.exists(keys.worker(f"cpu@{host}")),
             60,
             f"worker cpu@{host} to start",
         )
@@ -147,7 +148,7 @@ class Cluster:
         names = [f"gpu{i}@{host}" for i in range(len(sizes))] + [f"prep@{host}"]
 
         def announced() -> bool:
-            raw = [self.redis.get(f"autotrain:worker:{n}") for n in names]
+            raw = [self.redis.get(keys.worker(n)) for n in names]
             return all(raw) and all("memory_total" in json.loads(r) for r in raw[:-1])
 
         wait_for(announced, 60, f"the workers of {host} to report their GPUs")

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from autotrain.fleet import cluster
+from autotrain.jobs import keys
 from autotrain.settings import load_settings
 
 
@@ -28,7 +29,7 @@ def test_the_embedded_redis_needs_its_password_and_refuses_config(embedded):
     port = int(status.redis_url.rsplit(":", 1)[1].split("/")[0])
     stranger = redis.Redis(port=port)
     with pytest.raises(redis.AuthenticationError):
-        stranger.set("autotrain:job:x", "rewritten")
+        stranger.set(keys.job("x"), "rewritten")
     owner = redis.Redis.from_url(cluster.embedded_redis_url(settings))
     assert owner.ping()
     with pytest.raises(redis.ResponseError, match="unknown command"):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import tomli_w
 
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from tests.conftest import REPO, copy_example, wait_for, write_tiny_profile
 
@@ -113,7 +114,7 @@ def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tm
         cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
     def heartbeat(name: str) -> dict:
-        raw = cluster.redis.get(f"autotrain:worker:{name}")
+        raw = cluster.redis.get(keys.worker(name))
         return json.loads(raw) if raw else {}
 
     wait_for(lambda: heartbeat("gpu0@nv1").get("memory_free") and heartbeat("gpu1@nv1"), 60,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from tests.conftest import (
     EXAMPLE_DATASET,
@@ -130,7 +131,7 @@ def test_cancel_running_job_stops_the_trainer(cluster, tmp_path):
     wait_for(lambda: store.get(job_id).state == JobState.CANCELLED, 15, "the job to be cancelled")
     wait_for(lambda: not _trainer_pids(cluster.root), 10, "the trainer process to exit")
     assert time.monotonic() - cancelled_at < 10
-    assert not cluster.redis.exists("autotrain:worker:cpu@h1:job")  # the worker is free again
+    assert not cluster.redis.exists(keys.worker_jobs("cpu@h1"))  # the worker is free again
 
 
 def test_monitor_attached_mid_run_sees_earlier_steps(cluster, tmp_path):
@@ -237,9 +238,7 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     )  # fmt: skip
     cluster.workers.append(host)
     for name in ("gpu0@g1", "gpu1@g1", "prep@g1"):
-        wait_for(
-            lambda n=name: cluster.redis.exists(f"autotrain:worker:{n}"), 60, f"{name} to start"
-        )
+        wait_for(lambda n=name: cluster.redis.exists(keys.worker(n)), 60, f"{name} to start")
     both = copy_example(tmp_path, "both")
     one = copy_example(tmp_path, "one")
     first_id = cluster.submit(both, "--gpu-ids", "0,1", "--host", "g1")
