@@ -88,8 +88,11 @@ def write_tiny_profile(
 class Cluster:
     """A workspace wired to the test Redis, plus helpers to start workers and run the CLI."""
 
-    def __init__(self, root: Path, redis_url: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, root: Path, redis_url: str, env: dict[str, str], marked_slow: bool = True
+    ) -> None:
         self.root, self.redis_url, self.env = root, redis_url, env
+        self.marked_slow = marked_slow  # workers may start only in a test marked `slow`
         self.workers: list[subprocess.Popen] = []
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
 
@@ -121,6 +124,7 @@ class Cluster:
         return job_id_in(run.stdout)
 
     def start_worker(self, host: str, *extra: str) -> subprocess.Popen:
+        self._must_be_slow()
         log = open(self.root / f"worker-{host}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "autotrain.cli", "worker", "--cpu", "--host", host, *extra],
@@ -137,6 +141,7 @@ class Cluster:
     def start_gpu_host(self, host: str, sizes: list[float]) -> None:
         """A stand-in GPU host (tests/standins/gpu_host.py) with GPUs of `sizes` GiB; returns
         once its GPU workers reported their memory in their heartbeat."""
+        self._must_be_slow()
         log = open(self.root / f"{host}.log", "ab")  # noqa: SIM115
         script = Path(__file__).parent / "standins" / "gpu_host.py"
         proc = subprocess.Popen(
@@ -152,6 +157,11 @@ class Cluster:
             return all(raw) and all("memory_total" in json.loads(r) for r in raw[:-1])
 
         wait_for(announced, 60, f"the workers of {host} to report their GPUs")
+
+    def _must_be_slow(self) -> None:
+        """`pytest -m "not slow"` is the quick subset: a test that runs workers is not quick."""
+        if not self.marked_slow:
+            pytest.fail("this test starts workers: mark it @pytest.mark.slow")
 
     def worker_pids(self, name: str) -> list[int]:
         """PIDs of this workspace's Celery worker processes named `name` (main process first)."""
@@ -180,7 +190,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
+def cluster(tmp_path, redis_server, request) -> Iterator[Cluster]:
     """A fresh workspace on the shared test Redis (flushed), with `TinyTest`: Tiny, 60 steps.
 
     Set `cluster.env` entries before starting workers: they inherit it.
@@ -201,7 +211,7 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
         "PYTHONUNBUFFERED": "1",
         "COLUMNS": "200",  # tables and messages as wide as in a log, whatever runs the tests
     }
-    c = Cluster(root, redis_server, env)
+    c = Cluster(root, redis_server, env, request.node.get_closest_marker("slow") is not None)
     yield c
     c.stop()
 

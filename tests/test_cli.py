@@ -161,6 +161,7 @@ def test_batch_prepare_only_keeps_going_past_a_broken_dataset(workspace, tmp_pat
     assert not (workspace / "input" / "bad").exists()
 
 
+@pytest.mark.slow
 def test_immediate_run_needs_no_redis(workspace, tmp_path):
     dataset = copy_example(tmp_path)
     # A Redis URL nobody listens on: --immediate must not touch it.

@@ -9,9 +9,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from tests.conftest import copy_example, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_cancelled_job_retried_resumes_from_its_saved_state_and_ends_at_100(cluster, tmp_path):

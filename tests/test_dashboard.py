@@ -67,6 +67,7 @@ def board(cluster):
     return Board(cluster, free_port())
 
 
+@pytest.mark.slow
 def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -189,6 +190,7 @@ def _report_latency(cluster, name: str, shown: dict) -> None:
     )
 
 
+@pytest.mark.slow
 def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
     cluster = board.cluster
     assert board.status("/") == 401 and board.status("/events") == 401

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from autotrain.fleet.eta import _Slot
 from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
@@ -32,6 +34,7 @@ def test_a_job_waits_for_room_on_a_gpu_slot_by_count_and_by_memory():
     assert gpu.earliest(0, 1, 30 * GIB)[0] == float("inf")
 
 
+@pytest.mark.slow
 def test_queued_jobs_show_when_they_start_and_the_pace_is_learned(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
     quick = cluster.short_profile("TinyEta", 30)

@@ -148,6 +148,7 @@ def test_check_sd_scripts_python(kohya_settings, tmp_path):
 # --- the stand-in, through the real accelerate launcher ----------------------------------------
 
 
+@pytest.mark.slow
 def test_standin_trains_and_prints_parseable_progress(kohya_settings):
     profile = quick_profile(kohya_settings)
     plan = staged_plan(kohya_settings, profile)
@@ -178,6 +179,7 @@ def test_standin_trains_and_prints_parseable_progress(kohya_settings):
     assert seen["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
+@pytest.mark.slow
 def test_standin_out_of_memory(kohya_settings):
     profile = quick_profile(kohya_settings, base="Flux")
     plan = staged_plan(kohya_settings, profile)
@@ -190,6 +192,7 @@ def test_standin_out_of_memory(kohya_settings):
     assert errors and "out of memory" in errors[0].message.lower()
 
 
+@pytest.mark.slow
 def test_standin_refuses_keys_the_real_script_lacks(kohya_settings):
     profile = quick_profile(kohya_settings, base="SDXL")
     plan = staged_plan(kohya_settings, profile)
@@ -202,6 +205,7 @@ def test_standin_refuses_keys_the_real_script_lacks(kohya_settings):
     assert "--network_dim" in output_of(result)
 
 
+@pytest.mark.slow
 def test_standin_data_parallel_on_two_processes(kohya_settings):
     profile = quick_profile(kohya_settings, max_train_steps=4, save_every_n_steps=2)
     plan = staged_plan(kohya_settings, profile)

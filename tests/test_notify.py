@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import EXAMPLE_DATASET, copy_example, free_port, wait_for
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def webhook():

@@ -11,6 +11,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomli_w
 
 from autotrain.jobs import keys
@@ -30,6 +31,7 @@ def _steps(cluster, name: str) -> list[float]:
     return [e["ts"] for e in map(json.loads, log.read_text().splitlines()) if e["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fleet(
     cluster, tmp_path
 ):
@@ -66,6 +68,7 @@ def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fl
     assert placed and placed[0]["queue"] == "gpu.g1.1"
 
 
+@pytest.mark.slow
 def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, tmp_path):
     cluster.env.update(AUTOTRAIN_TINY_STEP_DELAY="0.1", AUTOTRAIN_MAX_JOBS_PER_GPU="3")
     cluster.start_gpu_host("g2", [24])
@@ -100,6 +103,7 @@ def _nvml(path: Path, used_gib: list[float]) -> None:
     path.write_text(json.dumps({"driver": "570.86.15", "gpus": gpus}))
 
 
+@pytest.mark.slow
 def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tmp_path):
     """The real `autotrain worker` discovers its GPUs and measures their free memory through
     NVML (a stand-in pynvml: no driver here). A 10 GiB job never starts where another program
