@@ -42,8 +42,7 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
     data = tmp_path_factory.mktemp("redis")
     port = free_port()
     proc = subprocess.Popen(
-        [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        redis_server_command(port, data, "--appendonly", "yes", "--maxmemory-policy", "noeviction"),
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
@@ -52,6 +51,12 @@ def redis_server(tmp_path_factory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+def redis_server_command(port: int, data: Path, *options: str) -> list[str]:
+    """A redis-server on loopback `port` that keeps its files in `data`, no RDB snapshots."""
+    return [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+            "--save", "", *options]  # fmt: skip
 
 
 def redis_answers(client: redis.Redis) -> bool:

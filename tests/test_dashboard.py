@@ -25,7 +25,15 @@ from pathlib import Path
 import pytest
 
 from autotrain.jobs.job import JobState
-from tests.conftest import REPO, copy_example, free_port, pids_of, wait_for, write_tiny_profile
+from tests.conftest import (
+    REPO,
+    copy_example,
+    free_port,
+    pids_of,
+    redis_server_command,
+    wait_for,
+    write_tiny_profile,
+)
 
 TOKEN = "board-test-token"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -225,15 +233,12 @@ def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
 
 def test_the_live_channel_says_reconnecting_while_redis_restarts(cluster, tmp_path):
     """A private redis-server: stopped and started again on the same port under a live page."""
-    from autotrain.jobs.local_redis import find_redis_server
-
     port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
 
     def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-                                 "--dir", str(data), "--save", "", "--appendonly", "no"],
+        proc = subprocess.Popen(redis_server_command(port, data, "--appendonly", "no"),
                                 stdout=subprocess.DEVNULL)  # fmt: skip
         wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, "redis")
         return proc

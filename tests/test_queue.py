@@ -20,6 +20,7 @@ from tests.conftest import (
     free_port,
     job_id_in,
     redis_answers,
+    redis_server_command,
     wait_for,
 )
 
@@ -191,13 +192,10 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
 
     Killed as the trainer ends and down for longer than the lease (3 s here), finishing the
     phase waits for Redis: the finished training is recorded, not trained again."""
-    from autotrain.jobs.local_redis import find_redis_server
-
     data = tmp_path / "redis-data"
     data.mkdir()
     port = free_port()
-    argv = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+    argv = redis_server_command(port, data, "--appendonly", "yes", "--appendfsync", "always")
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     cluster.env["AUTOTRAIN_REDIS_URL"] = url
