@@ -17,9 +17,13 @@ __all__ = [
     "private_dir",
     "write_private",
     "open_private_log",
+    "MANIFEST_NAME",
 ]
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+# In each staged `input/<name>/`: what staging copied (written by autotrain.datasets.manifest,
+# quoted in run.json by autotrain.trainers.report).
+MANIFEST_NAME = ".autotrain-manifest.json"
 
 
 def check_dataset_name(name: str) -> str:

@@ -329,13 +329,13 @@ def _memory_by_kind(client) -> None:
     sizes: dict[str, list[int]] = {}
     for key in client.scan_iter(count=1000):
         kind = ":".join(key.split(":")[:2]) if ":" in key else key.split("-")[0]
-        if key.startswith(keys.PREFIX + "job:"):
-            kind = keys.PREFIX + "job:" + (key.split(":")[3] if key.count(":") > 2 else "<id>")
+        if key.startswith(keys.JOB_PREFIX):
+            kind = keys.JOB_PREFIX + (key.split(":")[3] if key.count(":") > 2 else "<id>")
         sizes.setdefault(kind, []).append(client.memory_usage(key) or 0)
     rows = sorted(sizes.items(), key=lambda kv: -sum(kv[1]))[:8]
     print("Redis memory by key kind: " + ", ".join(
         f"{kind} {len(v)} keys {sum(v) / 1024:.0f} KiB" for kind, v in rows))  # fmt: skip
-    per_job = ("autotrain:job:", "celery-task-meta")
+    per_job = (keys.JOB_PREFIX, "celery-task-meta")
     return sum(sum(v) for kind, v in sizes.items() if kind.startswith(per_job))
 
 

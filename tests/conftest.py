@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import redis
 import tomli_w
 
+from autotrain.jobs import keys
 from autotrain.jobs.local_redis import find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,37 +48,65 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """A real redis-server on a free loopback port, AOF on, for the whole session."""
-    import socket
-
     data = tmp_path_factory.mktemp("redis")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
-        [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-         "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"],
+        redis_server_command(port, data, "--appendonly", "yes", "--maxmemory-policy", "noeviction"),
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    wait_for(lambda: _ping(client), 10, "redis-server to answer")
+    wait_for(lambda: redis_answers(client), 10, "redis-server to answer")
     yield url
     proc.terminate()
     proc.wait(10)
 
 
-def _ping(client: redis.Redis) -> bool:
+def redis_server_command(port: int, data: Path, *options: str) -> list[str]:
+    """A redis-server on loopback `port` that keeps its files in `data`, no RDB snapshots."""
+    return [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
+            "--save", "", *options]  # fmt: skip
+
+
+def redis_answers(client: redis.Redis) -> bool:
+    """True once the server answers a PING; False while it is down or still starting."""
     try:
         return client.ping()
-    except redis.ConnectionError:
+    except redis.RedisError:
         return False
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (the kernel picks it): for a server a test starts, or
+    for an address that must refuse connections."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_tiny_profile(
+    workspace: Path, name: str, profile: dict[str, object] | None = None, **base: object
+) -> str:
+    """A copy of the built-in Tiny profile in `workspace`'s templates, as `name`: `base` changes
+    its base.toml (steps, saves, samples), `profile` its profile.toml. Returns `name`."""
+    target = workspace / "templates" / name
+    shutil.copytree(REPO / "templates" / "Tiny", target)
+    for file, changes in (("profile.toml", profile), ("base.toml", base)):
+        if changes:
+            data = tomllib.loads((target / file).read_text())
+            data.update(changes)
+            (target / file).write_text(tomli_w.dumps(data))
+    return name
 
 
 class Cluster:
     """A workspace wired to the test Redis, plus helpers to start workers and run the CLI."""
 
-    def __init__(self, root: Path, redis_url: str, env: dict[str, str]) -> None:
+    def __init__(
+        self, root: Path, redis_url: str, env: dict[str, str], marked_slow: bool = True
+    ) -> None:
         self.root, self.redis_url, self.env = root, redis_url, env
+        self.marked_slow = marked_slow  # workers may start only in a test marked `slow`
         self.workers: list[subprocess.Popen] = []
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
 
@@ -108,6 +138,7 @@ class Cluster:
         return job_id_in(run.stdout)
 
     def start_worker(self, host: str, *extra: str) -> subprocess.Popen:
+        self._must_be_slow()
         log = open(self.root / f"worker-{host}.log", "ab")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "autotrain.cli", "worker", "--cpu", "--host", host, *extra],
@@ -115,7 +146,7 @@ class Cluster:
         )  # fmt: skip
         self.workers.append(proc)
         wait_for(
-            lambda: self.redis.exists(f"autotrain:worker:cpu@{host}"),
+            lambda: self.redis.exists(keys.worker(f"cpu@{host}")),
             60,
             f"worker cpu@{host} to start",
         )
@@ -124,6 +155,7 @@ class Cluster:
     def start_gpu_host(self, host: str, sizes: list[float]) -> None:
         """A stand-in GPU host (tests/standins/gpu_host.py) with GPUs of `sizes` GiB; returns
         once its GPU workers reported their memory in their heartbeat."""
+        self._must_be_slow()
         log = open(self.root / f"{host}.log", "ab")  # noqa: SIM115
         script = Path(__file__).parent / "standins" / "gpu_host.py"
         proc = subprocess.Popen(
@@ -135,25 +167,25 @@ class Cluster:
         names = [f"gpu{i}@{host}" for i in range(len(sizes))] + [f"prep@{host}"]
 
         def announced() -> bool:
-            raw = [self.redis.get(f"autotrain:worker:{n}") for n in names]
+            raw = [self.redis.get(keys.worker(n)) for n in names]
             return all(raw) and all("memory_total" in json.loads(r) for r in raw[:-1])
 
         wait_for(announced, 60, f"the workers of {host} to report their GPUs")
+
+    def _must_be_slow(self) -> None:
+        """`pytest -m "not slow"` is the quick subset: a test that runs workers is not quick."""
+        if not self.marked_slow:
+            pytest.fail("this test starts workers: mark it @pytest.mark.slow")
 
     def worker_pids(self, name: str) -> list[int]:
         """PIDs of this workspace's Celery worker processes named `name` (main process first)."""
         return pids_of(f"--hostname {name}", self.root)
 
     def short_profile(self, name: str, steps: int) -> str:
-        """A copy of TinyTest that trains `steps` steps (saving every half): quick queue tests."""
-        source, target = self.root / "templates" / "TinyTest", self.root / "templates" / name
-        shutil.copytree(source, target)
-        base = tomllib.loads((target / "base.toml").read_text())
+        """A Tiny profile that trains `steps` steps (saving every half): quick queue tests."""
         half = max(1, steps // 2)
-        base.update(max_train_steps=steps, save_every_n_steps=half, sample_every_n_steps=steps,
-                    save_last_n_steps_state=half)  # fmt: skip
-        (target / "base.toml").write_text(tomli_w.dumps(base))
-        return name
+        return write_tiny_profile(self.root, name, max_train_steps=steps, save_every_n_steps=half,
+                                  sample_every_n_steps=steps, save_last_n_steps_state=half)  # fmt: skip
 
     def store(self):
         from autotrain.jobs.store import JobStore
@@ -172,7 +204,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
+def cluster(tmp_path, redis_server, request) -> Iterator[Cluster]:
     """A fresh workspace on the shared test Redis (flushed), with `TinyTest`: Tiny, 60 steps.
 
     Set `cluster.env` entries before starting workers: they inherit it.
@@ -181,13 +213,8 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
     client.flushall()
     root = tmp_path / "ws"
     root.mkdir()
-    profile_dir = root / "templates" / "TinyTest"
-    profile_dir.mkdir(parents=True)
-    builtin = REPO / "templates" / "Tiny"
-    shutil.copy(builtin / "profile.toml", profile_dir / "profile.toml")
-    base = tomllib.loads((builtin / "base.toml").read_text())
-    base.update(max_train_steps=60, save_every_n_steps=20, sample_every_n_steps=30)
-    (profile_dir / "base.toml").write_text(tomli_w.dumps(base))
+    write_tiny_profile(root, "TinyTest", max_train_steps=60, save_every_n_steps=20,
+                       sample_every_n_steps=30)  # fmt: skip
     env = {
         **os.environ,
         "AUTOTRAIN_WORKSPACE": str(root),
@@ -198,9 +225,18 @@ def cluster(tmp_path, redis_server) -> Iterator[Cluster]:
         "PYTHONUNBUFFERED": "1",
         "COLUMNS": "200",  # tables and messages as wide as in a log, whatever runs the tests
     }
-    c = Cluster(root, redis_server, env)
+    c = Cluster(root, redis_server, env, request.node.get_closest_marker("slow") is not None)
     yield c
     c.stop()
+
+
+@pytest.fixture
+def kohya_settings(tmp_path):
+    """Settings of a workspace in tmp_path whose kohya backend runs the sd-scripts stand-in
+    (tests/standins/sd_scripts/), with placeholder model files."""
+    from tests.helpers_kohya import standin_settings
+
+    return standin_settings(tmp_path)
 
 
 def pids_of(pattern: str, workspace: Path) -> list[int]:

@@ -39,7 +39,7 @@ def write_placeholder_weights(path: Path) -> None:
     path.write_bytes(len(b"{}  ").to_bytes(8, "little") + b"{}  ")
 
 
-def kohya_settings(tmp_path):
+def standin_settings(tmp_path):
     """Settings of a workspace in `tmp_path` with the stand-in and placeholder model files."""
     models = tmp_path / "models"
     models.mkdir()

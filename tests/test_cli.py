@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from autotrain.jobs import keys
 from tests.conftest import copy_example
 from tests.helpers_datasets import snapshot, write_not_image
 
@@ -160,6 +161,7 @@ def test_batch_prepare_only_keeps_going_past_a_broken_dataset(workspace, tmp_pat
     assert not (workspace / "input" / "bad").exists()
 
 
+@pytest.mark.slow
 def test_immediate_run_needs_no_redis(workspace, tmp_path):
     dataset = copy_example(tmp_path)
     # A Redis URL nobody listens on: --immediate must not touch it.
@@ -268,7 +270,7 @@ def test_run_refuses_at_once_what_it_can_check(cluster, tmp_path, make, expected
     run = cluster.cli("pipeline", "run", "--dataset-path", str(dataset), "--profile", profile)
     assert run.returncode == 1
     assert expected in run.stderr
-    assert cluster.redis.zcard("autotrain:jobs") == 0, "nothing was queued"
+    assert cluster.redis.zcard(keys.JOBS) == 0, "nothing was queued"
 
 
 def test_a_kohya_profile_without_sd_scripts_is_refused_before_queueing(cluster, tmp_path):
@@ -276,7 +278,7 @@ def test_a_kohya_profile_without_sd_scripts_is_refused_before_queueing(cluster, 
     run = cluster.cli("pipeline", "run", "--dataset-path", str(dataset), "--profile", "FluxLORA")
     assert run.returncode == 1
     assert "cannot train here" in run.stderr and "sd_scripts_dir is not set" in run.stderr
-    assert cluster.redis.zcard("autotrain:jobs") == 0
+    assert cluster.redis.zcard(keys.JOBS) == 0
 
 
 def test_a_batch_with_a_bad_profile_queues_nothing(cluster, tmp_path):
@@ -284,7 +286,7 @@ def test_a_batch_with_a_bad_profile_queues_nothing(cluster, tmp_path):
     run = cluster.cli("pipeline", "batch", "--datasets-dir", str(tmp_path / "sets"),
                       "--profile", "Tnyi")  # fmt: skip
     assert run.returncode == 1 and "Invalid profile 'Tnyi'" in run.stderr
-    assert cluster.redis.zcard("autotrain:jobs") == 0
+    assert cluster.redis.zcard(keys.JOBS) == 0
 
 
 def test_a_batch_names_each_refused_dataset_in_full_and_queues_the_rest(cluster, tmp_path):

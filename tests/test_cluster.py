@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from autotrain.fleet import cluster
+from autotrain.jobs import keys
 from autotrain.settings import load_settings
 
 
@@ -28,7 +29,7 @@ def test_the_embedded_redis_needs_its_password_and_refuses_config(embedded):
     port = int(status.redis_url.rsplit(":", 1)[1].split("/")[0])
     stranger = redis.Redis(port=port)
     with pytest.raises(redis.AuthenticationError):
-        stranger.set("autotrain:job:x", "rewritten")
+        stranger.set(keys.job("x"), "rewritten")
     owner = redis.Redis.from_url(cluster.embedded_redis_url(settings))
     assert owner.ping()
     with pytest.raises(redis.ResponseError, match="unknown command"):
@@ -82,16 +83,13 @@ def test_down_refuses_while_a_job_trains_unless_forced(embedded):
 
 def test_up_with_the_dashboard_serves_the_embedded_cluster_and_down_stops_it(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
     import urllib.request
 
-    from tests.conftest import wait_for
+    from tests.conftest import free_port, wait_for
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "AUTOTRAIN_WORKSPACE": str(tmp_path / "ws"),
            "AUTOTRAIN_DASHBOARD_PORT": str(port)}  # fmt: skip
     env.pop("AUTOTRAIN_REDIS_URL", None)

@@ -9,9 +9,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from autotrain.jobs.owners import is_queue_owner
 from tests.conftest import copy_example, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 def test_a_cancelled_job_retried_resumes_from_its_saved_state_and_ends_at_100(cluster, tmp_path):
@@ -116,8 +121,8 @@ def test_prune_removes_old_records_and_keeps_the_outputs(cluster, tmp_path):
     assert cluster.cli("train", "prune", "--older-than", "1x").returncode == 2
     pruned = cluster.cli("train", "prune", "--older-than", "0s", check=True)
     assert f"{job_id}  tiny_shapes  succeeded" in pruned.stdout
-    assert not [k for k in cluster.redis.keys(f"autotrain:job:{job_id}*")]
-    assert cluster.redis.zscore("autotrain:jobs", job_id) is None
+    assert not [k for k in cluster.redis.keys(keys.job(job_id) + "*")]
+    assert cluster.redis.zscore(keys.JOBS, job_id) is None
     assert "No jobs yet" in cluster.cli("train", "list").stdout
     assert weights.is_file(), "outputs stay unless --outputs"
 

@@ -18,27 +18,27 @@ import statistics
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import tomli_w
 
 from autotrain.jobs.job import JobState
-from tests.conftest import REPO, copy_example, pids_of, wait_for
+from tests.conftest import (
+    REPO,
+    copy_example,
+    free_port,
+    pids_of,
+    redis_server_command,
+    wait_for,
+    write_tiny_profile,
+)
 
 TOKEN = "board-test-token"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 STANDIN_NVML = Path(__file__).resolve().parent / "standins" / "nvml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Board:
@@ -64,21 +64,18 @@ class Board:
 
 
 def _profile(cluster, name: str, steps: int, sample_every: int) -> str:
-    target = cluster.root / "templates" / name
-    shutil.copytree(cluster.root / "templates" / "TinyTest", target)
-    base = tomllib.loads((target / "base.toml").read_text())
-    base.update(max_train_steps=steps, save_every_n_steps=steps, sample_every_n_steps=sample_every)
-    (target / "base.toml").write_text(tomli_w.dumps(base))
-    return name
+    return write_tiny_profile(cluster.root, name, max_train_steps=steps,
+                              save_every_n_steps=steps, sample_every_n_steps=sample_every)  # fmt: skip
 
 
 @pytest.fixture
 def board(cluster):
     cluster.env.update(AUTOTRAIN_DASHBOARD_TOKEN=TOKEN, AUTOTRAIN_TINY_STEP_DELAY="0.08")
     cluster.start_worker("h1")
-    return Board(cluster, _free_port())
+    return Board(cluster, free_port())
 
 
+@pytest.mark.slow
 def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
     if CHROMIUM is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
@@ -201,6 +198,7 @@ def _report_latency(cluster, name: str, shown: dict) -> None:
     )
 
 
+@pytest.mark.slow
 def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
     cluster = board.cluster
     assert board.status("/") == 401 and board.status("/events") == 401
@@ -228,29 +226,26 @@ def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
 
     env = {k: v for k, v in cluster.env.items() if k != "AUTOTRAIN_DASHBOARD_TOKEN"}
     refused = subprocess.run([sys.executable, "-m", "autotrain.cli", "dashboard", "--address",
-                              "0.0.0.0", "--port", str(_free_port())], env=env, cwd=cluster.root,
+                              "0.0.0.0", "--port", str(free_port())], env=env, cwd=cluster.root,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert refused.returncode != 0 and "AUTOTRAIN_DASHBOARD_TOKEN" in refused.stderr
 
 
 def test_the_live_channel_says_reconnecting_while_redis_restarts(cluster, tmp_path):
     """A private redis-server: stopped and started again on the same port under a live page."""
-    from autotrain.jobs.local_redis import find_redis_server
-
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "redis"
     data.mkdir()
 
     def start_redis() -> subprocess.Popen:
-        proc = subprocess.Popen([find_redis_server(), "--port", str(port), "--bind", "127.0.0.1",
-                                 "--dir", str(data), "--save", "", "--appendonly", "no"],
+        proc = subprocess.Popen(redis_server_command(port, data, "--appendonly", "no"),
                                 stdout=subprocess.DEVNULL)  # fmt: skip
         wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0, 10, "redis")
         return proc
 
     server = start_redis()
     cluster.env["AUTOTRAIN_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    board = Board(cluster, _free_port())
+    board = Board(cluster, free_port())
     connection = http.client.HTTPConnection(board.url.removeprefix("http://"), timeout=30)
     connection.request("GET", "/events?page=jobs")
     reply = connection.getresponse()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from autotrain.fleet.eta import _Slot
 from autotrain.fleet.registry import WorkerRecord
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
 from autotrain.settings import Settings
 from tests.conftest import copy_example, wait_for
@@ -32,6 +35,7 @@ def test_a_job_waits_for_room_on_a_gpu_slot_by_count_and_by_memory():
     assert gpu.earliest(0, 1, 30 * GIB)[0] == float("inf")
 
 
+@pytest.mark.slow
 def test_queued_jobs_show_when_they_start_and_the_pace_is_learned(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
     quick = cluster.short_profile("TinyEta", 30)
@@ -59,7 +63,7 @@ def test_queued_jobs_show_when_they_start_and_the_pace_is_learned(cluster, tmp_p
     assert "forecast" in shown and "starts in 00:" in shown and "cpu@h1" in shown
     wait_for(lambda: all(store.get(i).is_final for i in ids), 180, "the three jobs to end")
     assert all(store.get(i).state == JobState.SUCCEEDED for i in ids)
-    paces = cluster.redis.hgetall("autotrain:pace")
+    paces = cluster.redis.hgetall(keys.PACE)
     measured = json.loads(paces[f"{quick}\tcpu"])
     assert measured["runs"] == 3 and 0.04 < measured["seconds_per_step"] < 1.0
     assert measured["steps"] == 30

@@ -12,19 +12,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
-import tomli_w
 
-from tests.conftest import REPO, copy_example, job_id_in, wait_for
+from tests.conftest import REPO, copy_example, free_port, job_id_in, wait_for, write_tiny_profile
 
 pytestmark = pytest.mark.slow
 
@@ -63,26 +60,17 @@ class Flower:
         return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _slow_tiny_profile(workspace: Path) -> None:
     """`TinyLong`: Tiny with steps enough to still be training while the tests look."""
-    target = workspace / "templates" / "TinyLong"
-    shutil.copytree(REPO / "templates" / "Tiny", target)
-    base = tomllib.loads((target / "base.toml").read_text())
-    base.update(max_train_steps=200_000, save_every_n_steps=100_000, sample_every_n_steps=100_000)
-    (target / "base.toml").write_text(tomli_w.dumps(base))
+    write_tiny_profile(workspace, "TinyLong", max_train_steps=200_000, save_every_n_steps=100_000,
+                       sample_every_n_steps=100_000)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def flower(tmp_path_factory):
     root = tmp_path_factory.mktemp("flower")
     workspace = root / "ws"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOTRAIN_")}
     env.update(AUTOTRAIN_WORKSPACE=str(workspace), AUTOTRAIN_FLOWER_PORT=str(port),
                AUTOTRAIN_FLOWER_PASSWORD=PASSWORD, AUTOTRAIN_MIN_FREE_DISK_GB="0")  # fmt: skip

@@ -20,7 +20,6 @@ from autotrain.trainers.progress import parse_text
 from autotrain.trainers.resume import ResumeLaunch
 from tests.helpers_kohya import (
     STANDIN,
-    kohya_settings,
     launch_files,
     output_of,
     quick_profile,
@@ -28,19 +27,13 @@ from tests.helpers_kohya import (
     staged_plan,
 )
 
-
-@pytest.fixture
-def settings(tmp_path):
-    return kohya_settings(tmp_path)
-
-
 # --- command lines ---------------------------------------------------------------------------
 
 
-def test_command_one_gpu(settings):
+def test_command_one_gpu(kohya_settings):
     profile = load_profile("FluxLORA")
-    plan = staged_plan(settings, profile)
-    command = KohyaBackend().command(plan, profile, settings, [1])
+    plan = staged_plan(kohya_settings, profile)
+    command = KohyaBackend().command(plan, profile, kohya_settings, [1])
     assert command == [
         sys.executable,
         "-m",
@@ -65,12 +58,12 @@ def test_command_one_gpu(settings):
     ]
 
 
-def test_command_two_gpus_and_resume(settings, tmp_path):
+def test_command_two_gpus_and_resume(kohya_settings, tmp_path):
     profile = load_profile("SDXL")
-    plan = staged_plan(settings, profile)
+    plan = staged_plan(kohya_settings, profile)
     state = tmp_path / "cat-step00000010-state"
     resume = ResumeLaunch(state=state, saved_step=10, extra_args=["--resume", str(state)])
-    command = KohyaBackend().command(plan, profile, settings, [2, 3], resume)
+    command = KohyaBackend().command(plan, profile, kohya_settings, [2, 3], resume)
     joined = " ".join(command)
     assert "--num_processes 2 --multi_gpu --main_process_port " in joined
     assert "--gpu_ids 2,3" in joined
@@ -78,7 +71,7 @@ def test_command_two_gpus_and_resume(settings, tmp_path):
     assert str(STANDIN / "sdxl_train.py") in command
     # two multi-GPU jobs on one host never share accelerate's default port 29500
     port = command[command.index("--main_process_port") + 1]
-    other = KohyaBackend().command(plan, profile, settings, [0, 1])
+    other = KohyaBackend().command(plan, profile, kohya_settings, [0, 1])
     assert port != "29500" and other[other.index("--main_process_port") + 1] != port
     config = json.loads(
         KohyaBackend().launch_files(plan, profile, [2, 3])[plan.log_dir / "accelerate.json"]
@@ -105,9 +98,9 @@ def test_command_without_sd_scripts_dir_names_the_setting(tmp_path):
 # --- host checks -------------------------------------------------------------------------------
 
 
-def test_check_passes_when_everything_is_there(settings):
+def test_check_passes_when_everything_is_there(kohya_settings):
     for name in ("Flux", "FluxLORA", "SDXL"):
-        assert KohyaBackend().check(load_profile(name), settings) == []
+        assert KohyaBackend().check(load_profile(name), kohya_settings) == []
 
 
 def test_check_names_unset_and_missing_settings(tmp_path):
@@ -129,36 +122,39 @@ def test_check_names_unset_and_missing_settings(tmp_path):
     assert "flux_model" not in text  # that one is fine
 
 
-def test_check_sd_scripts_dir_without_the_script(settings, tmp_path):
+def test_check_sd_scripts_dir_without_the_script(kohya_settings, tmp_path):
     empty = tmp_path / "sd-scripts"
     empty.mkdir()
-    settings = settings.model_copy(update={"sd_scripts_dir": empty})
-    problems = KohyaBackend().check(load_profile("SDXL"), settings)
+    kohya_settings = kohya_settings.model_copy(update={"sd_scripts_dir": empty})
+    problems = KohyaBackend().check(load_profile("SDXL"), kohya_settings)
     assert problems == [
         f"sdxl_train.py not found in sd_scripts_dir {empty}: profile SDXL needs it; update the "
         "checkout (git pull) to a version that has it."
     ]
-    settings = settings.model_copy(update={"sd_scripts_dir": tmp_path / "nowhere"})
-    assert "is not a directory" in KohyaBackend().check(load_profile("SDXL"), settings)[0]
+    kohya_settings = kohya_settings.model_copy(update={"sd_scripts_dir": tmp_path / "nowhere"})
+    assert "is not a directory" in KohyaBackend().check(load_profile("SDXL"), kohya_settings)[0]
 
 
-def test_check_sd_scripts_python(settings, tmp_path):
-    missing = settings.model_copy(update={"sd_scripts_python": str(tmp_path / "venv/bin/python")})
+def test_check_sd_scripts_python(kohya_settings, tmp_path):
+    missing = kohya_settings.model_copy(
+        update={"sd_scripts_python": str(tmp_path / "venv/bin/python")}
+    )
     (problem,) = KohyaBackend().check(load_profile("SDXL"), missing)
     assert "sd_scripts_python" in problem and "AUTOTRAIN_SD_SCRIPTS_PYTHON" in problem
-    not_on_path = settings.model_copy(update={"sd_scripts_python": "no-such-python-3"})
+    not_on_path = kohya_settings.model_copy(update={"sd_scripts_python": "no-such-python-3"})
     assert "not on PATH" in KohyaBackend().check(load_profile("SDXL"), not_on_path)[0]
 
 
 # --- the stand-in, through the real accelerate launcher ----------------------------------------
 
 
-def test_standin_trains_and_prints_parseable_progress(settings):
-    profile = quick_profile(settings)
-    plan = staged_plan(settings, profile)
+@pytest.mark.slow
+def test_standin_trains_and_prints_parseable_progress(kohya_settings):
+    profile = quick_profile(kohya_settings)
+    plan = staged_plan(kohya_settings, profile)
     assert plan.total_steps == 30
-    command = launch_files(KohyaBackend(), plan, profile, settings, [3])
-    env_file = settings.workspace.parent / "env.json"
+    command = launch_files(KohyaBackend(), plan, profile, kohya_settings, [3])
+    env_file = kohya_settings.workspace.parent / "env.json"
     result = run(command, STANDIN_ENV_FILE=str(env_file), CUDA_VISIBLE_DEVICES="3")
     assert result.returncode == 0, output_of(result)
 
@@ -183,11 +179,12 @@ def test_standin_trains_and_prints_parseable_progress(settings):
     assert seen["ACCELERATE_MIXED_PRECISION"] == "bf16"
 
 
-def test_standin_out_of_memory(settings):
-    profile = quick_profile(settings, base="Flux")
-    plan = staged_plan(settings, profile)
+@pytest.mark.slow
+def test_standin_out_of_memory(kohya_settings):
+    profile = quick_profile(kohya_settings, base="Flux")
+    plan = staged_plan(kohya_settings, profile)
     result = run(
-        launch_files(KohyaBackend(), plan, profile, settings, [0]), STANDIN_OOM_AT_STEP="5"
+        launch_files(KohyaBackend(), plan, profile, kohya_settings, [0]), STANDIN_OOM_AT_STEP="5"
     )
     assert result.returncode != 0
     assert "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate" in output_of(result)
@@ -195,23 +192,25 @@ def test_standin_out_of_memory(settings):
     assert errors and "out of memory" in errors[0].message.lower()
 
 
-def test_standin_refuses_keys_the_real_script_lacks(settings):
-    profile = quick_profile(settings, base="SDXL")
-    plan = staged_plan(settings, profile)
+@pytest.mark.slow
+def test_standin_refuses_keys_the_real_script_lacks(kohya_settings):
+    profile = quick_profile(kohya_settings, base="SDXL")
+    plan = staged_plan(kohya_settings, profile)
     config = tomllib.loads(plan.config_path.read_text(encoding="utf-8"))
     config["network_dim"] = 8  # a LoRA option: sdxl_train.py has no such argument
     plan.config_path.write_text(tomli_w.dumps(config), encoding="utf-8")
-    result = run(launch_files(KohyaBackend(), plan, profile, settings, [0]))
+    result = run(launch_files(KohyaBackend(), plan, profile, kohya_settings, [0]))
     assert result.returncode != 0
     assert "sdxl_train.py: error: unrecognized arguments" in output_of(result)
     assert "--network_dim" in output_of(result)
 
 
-def test_standin_data_parallel_on_two_processes(settings):
-    profile = quick_profile(settings, max_train_steps=4, save_every_n_steps=2)
-    plan = staged_plan(settings, profile)
-    command = launch_files(KohyaBackend(), plan, profile, settings, [2, 3])
-    env_file = settings.workspace.parent / "env.json"
+@pytest.mark.slow
+def test_standin_data_parallel_on_two_processes(kohya_settings):
+    profile = quick_profile(kohya_settings, max_train_steps=4, save_every_n_steps=2)
+    plan = staged_plan(kohya_settings, profile)
+    command = launch_files(KohyaBackend(), plan, profile, kohya_settings, [2, 3])
+    env_file = kohya_settings.workspace.parent / "env.json"
     result = run(command, STANDIN_ENV_FILE=str(env_file), CUDA_VISIBLE_DEVICES="2,3")
     assert result.returncode == 0, output_of(result)
     seen = json.loads(env_file.read_text(encoding="utf-8"))

@@ -16,19 +16,12 @@ from autotrain.trainers.guard import device_records, kill_recorded_trainers, rec
 from autotrain.trainers.kohya import KohyaBackend
 from tests.conftest import wait_for
 from tests.helpers_kohya import (
-    kohya_settings,
     launch_files,
     output_of,
     quick_profile,
     run,
     staged_plan,
 )
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return kohya_settings(tmp_path)
-
 
 # What `accelerate config default` writes on a host with two GPUs.
 MULTI_GPU_DEFAULT = """\
@@ -44,13 +37,13 @@ use_cpu: false
 
 
 @pytest.mark.slow
-def test_a_multi_gpu_default_config_does_not_break_a_single_gpu_job(settings, tmp_path):
+def test_a_multi_gpu_default_config_does_not_break_a_single_gpu_job(kohya_settings, tmp_path):
     hf_home = tmp_path / "hf"
     (hf_home / "accelerate").mkdir(parents=True)
     (hf_home / "accelerate" / "default_config.yaml").write_text(MULTI_GPU_DEFAULT)
-    profile = quick_profile(settings, max_train_steps=4, save_every_n_steps=2)
-    plan = staged_plan(settings, profile)
-    command = launch_files(KohyaBackend(), plan, profile, settings, [1])
+    profile = quick_profile(kohya_settings, max_train_steps=4, save_every_n_steps=2)
+    plan = staged_plan(kohya_settings, profile)
+    command = launch_files(KohyaBackend(), plan, profile, kohya_settings, [1])
     # the same launch without autotrain's own config file: the user's file decides, and fails
     at = command.index("--config_file")
     plain = run(command[:at] + command[at + 2 :], HF_HOME=str(hf_home))

@@ -4,13 +4,14 @@ real workers as jobs and their batch end."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.conftest import EXAMPLE_DATASET, copy_example, wait_for
+from tests.conftest import EXAMPLE_DATASET, copy_example, free_port, wait_for
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -34,12 +35,6 @@ def webhook():
     server.shutdown()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_one_message_per_finished_job_and_one_per_batch(cluster, tmp_path, webhook):
     url, received = webhook
     cluster.start_worker("h1")
@@ -51,7 +46,7 @@ def test_one_message_per_finished_job_and_one_per_batch(cluster, tmp_path, webho
     sample = next(EXAMPLE_DATASET.glob("*.png")).read_bytes()
     for i in range(3):
         (broken / f"img{i}.png").write_bytes(sample[: len(sample) // 2])
-    dead = f"json://127.0.0.1:{_closed_port()}/nobody"  # fails: never fails a job
+    dead = f"json://127.0.0.1:{free_port()}/nobody"  # fails: never fails a job
     quick = cluster.short_profile("TinyQuick", 6)
     queued = cluster.cli("pipeline", "batch", "--datasets-dir", str(sets), "--profile", quick,
                          "--max-concurrent", "2", "--notify", url, "--notify", dead, check=True)  # fmt: skip

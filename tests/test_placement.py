@@ -11,23 +11,19 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 import tomli_w
 
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
-from tests.conftest import REPO, copy_example, wait_for
+from tests.conftest import REPO, copy_example, wait_for, write_tiny_profile
 
 
 def _profile(cluster, name: str, vram_gb: float, steps: int = 60, **profile) -> str:
     """TinyTest with a declared VRAM need (optionally a ladder) and `steps` steps."""
-    target = cluster.root / "templates" / name
-    shutil.copytree(cluster.root / "templates" / "TinyTest", target)
-    data = tomllib.loads((target / "profile.toml").read_text())
-    data.update(vram_gb=vram_gb, **profile)
-    (target / "profile.toml").write_text(tomli_w.dumps(data))
-    base = tomllib.loads((target / "base.toml").read_text())
-    base.update(max_train_steps=steps, save_every_n_steps=steps, sample_every_n_steps=steps)
-    (target / "base.toml").write_text(tomli_w.dumps(base))
-    return name
+    return write_tiny_profile(cluster.root, name, {"vram_gb": vram_gb, **profile},
+                              max_train_steps=steps, save_every_n_steps=steps,
+                              sample_every_n_steps=steps)  # fmt: skip
 
 
 def _steps(cluster, name: str) -> list[float]:
@@ -35,6 +31,7 @@ def _steps(cluster, name: str) -> list[float]:
     return [e["ts"] for e in map(json.loads, log.read_text().splitlines()) if e["kind"] == "step"]
 
 
+@pytest.mark.slow
 def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fleet(
     cluster, tmp_path
 ):
@@ -71,6 +68,7 @@ def test_a_job_too_big_for_a_gpu_waits_for_one_that_fits_and_submit_knows_the_fl
     assert placed and placed[0]["queue"] == "gpu.g1.1"
 
 
+@pytest.mark.slow
 def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, tmp_path):
     cluster.env.update(AUTOTRAIN_TINY_STEP_DELAY="0.1", AUTOTRAIN_MAX_JOBS_PER_GPU="3")
     cluster.start_gpu_host("g2", [24])
@@ -105,6 +103,7 @@ def _nvml(path: Path, used_gib: list[float]) -> None:
     path.write_text(json.dumps({"driver": "570.86.15", "gpus": gpus}))
 
 
+@pytest.mark.slow
 def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tmp_path):
     """The real `autotrain worker` discovers its GPUs and measures their free memory through
     NVML (a stand-in pynvml: no driver here). A 10 GiB job never starts where another program
@@ -119,7 +118,7 @@ def test_memory_other_programs_hold_is_respected_as_nvml_measures_it(cluster, tm
         cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
 
     def heartbeat(name: str) -> dict:
-        raw = cluster.redis.get(f"autotrain:worker:{name}")
+        raw = cluster.redis.get(keys.worker(name))
         return json.loads(raw) if raw else {}
 
     wait_for(lambda: heartbeat("gpu0@nv1").get("memory_free") and heartbeat("gpu1@nv1"), 60,

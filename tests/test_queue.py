@@ -12,8 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from autotrain.jobs import keys
 from autotrain.jobs.job import JobState
-from tests.conftest import EXAMPLE_DATASET, copy_example, job_id_in, wait_for
+from tests.conftest import (
+    EXAMPLE_DATASET,
+    copy_example,
+    free_port,
+    job_id_in,
+    redis_answers,
+    redis_server_command,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +132,7 @@ def test_cancel_running_job_stops_the_trainer(cluster, tmp_path):
     wait_for(lambda: store.get(job_id).state == JobState.CANCELLED, 15, "the job to be cancelled")
     wait_for(lambda: not _trainer_pids(cluster.root), 10, "the trainer process to exit")
     assert time.monotonic() - cancelled_at < 10
-    assert not cluster.redis.exists("autotrain:worker:cpu@h1:job")  # the worker is free again
+    assert not cluster.redis.exists(keys.worker_jobs("cpu@h1"))  # the worker is free again
 
 
 def test_monitor_attached_mid_run_sees_earlier_steps(cluster, tmp_path):
@@ -183,23 +192,16 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
 
     Killed as the trainer ends and down for longer than the lease (3 s here), finishing the
     phase waits for Redis: the finished training is recorded, not trained again."""
-    import socket
-
-    from autotrain.jobs.local_redis import find_redis_server
-
     data = tmp_path / "redis-data"
     data.mkdir()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    argv = [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-            "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+    port = free_port()
+    argv = redis_server_command(port, data, "--appendonly", "yes", "--appendfsync", "always")
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     cluster.env["AUTOTRAIN_REDIS_URL"] = url
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
     cluster.redis = __import__("redis").Redis.from_url(url, decode_responses=True)
-    wait_for(lambda: _answers(cluster.redis), 10, "the private redis-server")
+    wait_for(lambda: redis_answers(cluster.redis), 10, "the private redis-server")
     try:
         cluster.start_worker("h1")
         dataset = copy_example(tmp_path)
@@ -210,7 +212,7 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
         server.wait(10)
         time.sleep(down_seconds)
         server = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
-        wait_for(lambda: _answers(cluster.redis), 10, "redis-server to come back")
+        wait_for(lambda: redis_answers(cluster.redis), 10, "redis-server to come back")
         wait_for(lambda: store.get(job_id).is_final, 120, "the job to end after the restart")
         job = store.get(job_id)
         assert job.state == JobState.SUCCEEDED, job.error
@@ -224,13 +226,6 @@ def test_redis_restart_mid_training_loses_nothing(cluster, tmp_path, kill_at_ste
         server.kill()
 
 
-def _answers(client) -> bool:
-    try:
-        return client.ping()
-    except Exception:  # noqa: BLE001 - not up yet
-        return False
-
-
 def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     """--gpu-ids "0,1" trains on GPU 0's worker holding both GPUs; a job pinned to GPU 1 waits."""
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
@@ -241,9 +236,7 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     )  # fmt: skip
     cluster.workers.append(host)
     for name in ("gpu0@g1", "gpu1@g1", "prep@g1"):
-        wait_for(
-            lambda n=name: cluster.redis.exists(f"autotrain:worker:{n}"), 60, f"{name} to start"
-        )
+        wait_for(lambda n=name: cluster.redis.exists(keys.worker(n)), 60, f"{name} to start")
     both = copy_example(tmp_path, "both")
     one = copy_example(tmp_path, "one")
     first_id = cluster.submit(both, "--gpu-ids", "0,1", "--host", "g1")

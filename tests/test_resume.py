@@ -22,19 +22,12 @@ from autotrain.trainers.resume import ResumeRecord, choose_state
 from autotrain.worker import phases
 from tests.helpers_kohya import (
     STANDIN,
-    kohya_settings,
     launch_files,
     output_of,
     quick_profile,
     run,
     staged_plan,
 )
-
-
-@pytest.fixture
-def settings(tmp_path):
-    return kohya_settings(tmp_path)
-
 
 pytestmark = pytest.mark.slow
 
@@ -71,16 +64,18 @@ def _files(plan) -> list[str]:
     return sorted(p.name for p in plan.model_dir.iterdir() if not p.name.startswith("."))
 
 
-def test_lora_plain_resume_restarts_the_epoch_and_ends_short(settings):
+def test_lora_plain_resume_restarts_the_epoch_and_ends_short(kohya_settings):
     """What sd-scripts itself does (train_network.py:1270-1275): the defect autotrain works around."""
-    profile = quick_profile(settings, **SCHEDULE)
-    plan = staged_plan(settings, profile)
+    profile = quick_profile(kohya_settings, **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
     backend = KohyaBackend()
-    crashed = run(launch_files(backend, plan, profile, settings, [0]), STANDIN_CRASH_AT_STEP="37")
+    crashed = run(
+        launch_files(backend, plan, profile, kohya_settings, [0]), STANDIN_CRASH_AT_STEP="37"
+    )
     assert crashed.returncode != 0
     state = plan.model_dir / "cat-step00000030-state"
     assert json.loads((state / "train_state.json").read_text())["current_step"] == 30
-    command = launch_files(backend, plan, profile, settings, [0]) + ["--resume", str(state)]
+    command = launch_files(backend, plan, profile, kohya_settings, [0]) + ["--resume", str(state)]
     resumed = run(command)
     assert resumed.returncode == 0, output_of(resumed)
     steps = [e for e in parse_text(output_of(resumed)) if e.kind == "step"]
@@ -89,12 +84,12 @@ def test_lora_plain_resume_restarts_the_epoch_and_ends_short(settings):
     assert final["current_step"] == 40  # counted from the restart, not 60
 
 
-def test_lora_resume_continues_to_the_total_without_retraining(settings, monkeypatch):
-    profile = quick_profile(settings, **SCHEDULE)
-    plan = staged_plan(settings, profile)
-    first, first_steps, _ = _train(settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
+def test_lora_resume_continues_to_the_total_without_retraining(kohya_settings, monkeypatch):
+    profile = quick_profile(kohya_settings, **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
+    first, first_steps, _ = _train(kohya_settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
     assert first.returncode != 0 and first_steps[-1].step == 36
-    second, steps, resumed = _train(settings, plan, monkeypatch)
+    second, steps, resumed = _train(kohya_settings, plan, monkeypatch)
     assert second.succeeded, second.tail
     assert resumed == plan.model_dir / "cat-step00000030-state"
     assert second.resume["saved_step"] == 30 and second.resume["retrained_steps"] == 0
@@ -114,13 +109,13 @@ def test_lora_resume_continues_to_the_total_without_retraining(settings, monkeyp
     assert samples == ["cat_000015", "cat_000030", "cat_000035", "cat_000050"]
 
 
-def test_full_finetune_resume_trains_only_the_epochs_left(settings, monkeypatch):
-    profile = quick_profile(settings, name="QuickFlux", base="Flux", **SCHEDULE)
-    plan = staged_plan(settings, profile)
-    first, _, _ = _train(settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
+def test_full_finetune_resume_trains_only_the_epochs_left(kohya_settings, monkeypatch):
+    profile = quick_profile(kohya_settings, name="QuickFlux", base="Flux", **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
+    first, _, _ = _train(kohya_settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
     assert first.returncode != 0
     assert not (plan.model_dir / "cat-step00000030-state" / "train_state.json").exists()
-    second, steps, _ = _train(settings, plan, monkeypatch)
+    second, steps, _ = _train(kohya_settings, plan, monkeypatch)
     assert second.succeeded, second.tail
     assert "--max_train_epochs" in second.resume["how"] or "epoch" in second.resume["how"]
     # weights and optimizer from step 30; the epoch holding it (steps 21-30) is trained again
@@ -132,48 +127,48 @@ def test_full_finetune_resume_trains_only_the_epochs_left(settings, monkeypatch)
     ]  # fmt: skip
 
 
-def test_a_half_written_state_and_the_final_state_are_never_resumed(settings, monkeypatch):
-    profile = quick_profile(settings, **SCHEDULE)
-    plan = staged_plan(settings, profile)
-    first, _, _ = _train(settings, plan, monkeypatch, STANDIN_CRASH_IN_SAVE_AT_STEP="30")
+def test_a_half_written_state_and_the_final_state_are_never_resumed(kohya_settings, monkeypatch):
+    profile = quick_profile(kohya_settings, **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
+    first, _, _ = _train(kohya_settings, plan, monkeypatch, STANDIN_CRASH_IN_SAVE_AT_STEP="30")
     assert first.returncode != 0
     half = plan.model_dir / "cat-step00000030-state"
     assert (half / "train_state.json").is_file() and not (half / "optimizer.bin").exists()
     assert choose_state(plan.model_dir, "cat", since=0) == plan.model_dir / "cat-step00000015-state"
-    second, steps, _ = _train(settings, plan, monkeypatch)
+    second, steps, _ = _train(kohya_settings, plan, monkeypatch)
     assert second.succeeded and steps[0].step == 15 and steps[-1].step == 60
     assert (plan.model_dir / "cat-state").is_dir()  # saved before the final model ...
     assert choose_state(plan.model_dir, "cat", since=0).name != "cat-state"  # ... never resumed
 
 
-def test_resume_is_refused_when_the_trainer_changed(settings, monkeypatch, tmp_path):
+def test_resume_is_refused_when_the_trainer_changed(kohya_settings, monkeypatch, tmp_path):
     checkout = tmp_path / "sd-scripts"  # the stand-in as a git checkout
     (checkout / ".git").mkdir(parents=True)
     for script in STANDIN.glob("*.py"):
         (checkout / script.name).symlink_to(script)
     (checkout / ".git" / "HEAD").write_text("48d368fa557731ad0488c07304dfeba8c07910eb\n")
-    settings = settings.model_copy(update={"sd_scripts_dir": checkout})
-    profile = quick_profile(settings, **SCHEDULE)
-    plan = staged_plan(settings, profile)
-    first, _, _ = _train(settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
+    kohya_settings = kohya_settings.model_copy(update={"sd_scripts_dir": checkout})
+    profile = quick_profile(kohya_settings, **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
+    first, _, _ = _train(kohya_settings, plan, monkeypatch, STANDIN_CRASH_AT_STEP="37")
     assert choose_state(plan.model_dir, "cat", since=0) is not None
     assert first.trainer_versions["sd_scripts_commit"].startswith("48d368fa")
     assert first.trainer_versions["accelerate"]  # what the trainer's Python has
     (checkout / ".git" / "HEAD").write_text("0123456789abcdef0123456789abcdef01234567\n")
     with pytest.raises(TrainingError, match="sd_scripts_commit 48d368fa.* -> 01234567"):
-        _train(settings, plan, monkeypatch)
+        _train(kohya_settings, plan, monkeypatch)
     assert ResumeRecord.load(plan.model_dir).attempts == {}  # nothing was started
 
 
-def test_a_finished_training_whose_worker_died_is_not_trained_again(settings, monkeypatch):
-    profile = quick_profile(settings, **SCHEDULE)
-    plan = staged_plan(settings, profile)
+def test_a_finished_training_whose_worker_died_is_not_trained_again(kohya_settings, monkeypatch):
+    profile = quick_profile(kohya_settings, **SCHEDULE)
+    plan = staged_plan(kohya_settings, profile)
     started = time.time() - 1
-    first, _, _ = _train(settings, plan, monkeypatch)  # it finished; say the worker died then
+    first, _, _ = _train(kohya_settings, plan, monkeypatch)  # it finished; say the worker died then
     assert first.succeeded
     events = []
     again, command, _ = phases.train_phase(
-        _spec(plan), plan, settings, on_event=events.append, gpus=[0], resume_since=started
+        _spec(plan), plan, kohya_settings, on_event=events.append, gpus=[0], resume_since=started
     )
     assert again.succeeded and command == [] and not events, "no trainer was started"
     assert "not training it again" in (plan.log_dir / "trainer.log").read_text()
@@ -181,7 +176,7 @@ def test_a_finished_training_whose_worker_died_is_not_trained_again(settings, mo
     final = plan.model_dir / "cat.safetensors"
     final.write_bytes(final.read_bytes()[:-2])
     assert finished_weights(plan, started) is None
-    run, _steps, resumed = _train(settings, plan, monkeypatch)
+    run, _steps, resumed = _train(kohya_settings, plan, monkeypatch)
     # trained again from the last state short of the end (one at step 60 could not resume)
     assert resumed == plan.model_dir / "cat-step00000045-state"
     assert run.succeeded and finished_weights(plan, started)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import autotrain.datasets.stage as stage_module
-from autotrain.datasets.stage import MANIFEST_NAME, StageResult, read_manifest, stage_dataset
+import autotrain.datasets.atomic_copy as atomic_copy
+from autotrain.datasets.manifest import MANIFEST_NAME, read_manifest
+from autotrain.datasets.stage import StageResult, stage_dataset
 from autotrain.datasets.validate import ValidationReport, validate_dataset
 from autotrain.errors import StagingError, ValidationError
 from autotrain.spec import JobSpec
@@ -90,7 +91,7 @@ def test_stages_valid_files_with_manifest_and_output_folders(dataset, ws, profil
 
 @pytest.mark.parametrize("fail_at", [1, 6])
 def test_failure_mid_copy_leaves_nothing(dataset, ws, profile, monkeypatch, fail_at):
-    real_copy, calls = stage_module._copy_file, []
+    real_copy, calls = atomic_copy._copy_file, []
 
     def failing_copy(source, tmp, record):
         calls.append(record.relpath)
@@ -98,7 +99,7 @@ def test_failure_mid_copy_leaves_nothing(dataset, ws, profile, monkeypatch, fail
             raise OSError(28, "No space left on device")
         return real_copy(source, tmp, record)
 
-    monkeypatch.setattr(stage_module, "_copy_file", failing_copy)
+    monkeypatch.setattr(atomic_copy, "_copy_file", failing_copy)
     with pytest.raises(
         StagingError, match="The workspace filesystem .* is full.*nothing was staged"
     ):

@@ -38,6 +38,7 @@ __all__ = [
     "validate_dataset",
     "dataset_root",
     "report_table",
+    "name_list",
     "GB",
 ]
 
@@ -159,7 +160,7 @@ def validate_dataset(
     elif not report.images:
         report.fatal.append(
             f"No usable images in {root}: all {len(scan.images)} failed to decode "
-            f"({_names([p.path for p in report.errors])}). Replace or remove them."
+            f"({name_list([p.path for p in report.errors])}). Replace or remove them."
         )
     report.fatal += _disk_problems(settings, profile, report, spec)
     report.fatal += _backend_problems(profile, settings)
@@ -246,7 +247,7 @@ def _judge_captions(report: ValidationReport, checks: dict[str, FileCheck]) -> N
             Problem(
                 path=".",
                 reason=f"{len(report.missing_captions)} images have no .txt caption "
-                f"({_names(report.missing_captions)}); the trainer uses the class tokens",
+                f"({name_list(report.missing_captions)}); the trainer uses the class tokens",
             )
         )
     if report.empty_captions:
@@ -254,7 +255,7 @@ def _judge_captions(report: ValidationReport, checks: dict[str, FileCheck]) -> N
             Problem(
                 path=".",
                 reason=f"{len(report.empty_captions)} captions are empty "
-                f"({_names(report.empty_captions)}); the trainer uses the class tokens",
+                f"({name_list(report.empty_captions)}); the trainer uses the class tokens",
             )
         )
 
@@ -290,7 +291,7 @@ def _no_images_message(root: Path, junk: list[str], ignored: list[str]) -> str:
     if junk:
         extras.append(f"skipped {len(junk)} OS/hidden junk entries")
     if ignored:
-        extras.append(f"ignored {len(ignored)} other files ({_names(ignored)})")
+        extras.append(f"ignored {len(ignored)} other files ({name_list(ignored)})")
     detail = f" ({'; '.join(extras)})" if extras else ""
     return (
         f"No image files found in {root}{detail}. Supported extensions: "
@@ -340,7 +341,8 @@ def _backend_problems(profile: Profile, settings: Settings) -> list[str]:
     return list(backend.check(profile, settings))
 
 
-def _names(paths: list[str]) -> str:
+def name_list(paths: list[str]) -> str:
+    """The first few paths, then "and N more": a message stays readable for any dataset size."""
     shown = ", ".join(paths[:_LIST_LIMIT])
     return shown + (f" and {len(paths) - _LIST_LIMIT} more" if len(paths) > _LIST_LIMIT else "")
 
@@ -371,9 +373,9 @@ def report_table(report: ValidationReport, max_problems: int = 50) -> Table:
     )
     row("Size", human_size(report.total_bytes))
     if report.junk_skipped:
-        row("Junk skipped", _names(report.junk_skipped))
+        row("Junk skipped", name_list(report.junk_skipped))
     if report.ignored_files:
-        row("Ignored", _names(report.ignored_files))
+        row("Ignored", name_list(report.ignored_files))
     for reason in report.fatal:
         row("FATAL", reason, "red")
     for problem in report.problems[:max_problems]:

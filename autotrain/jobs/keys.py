@@ -40,6 +40,7 @@ __all__ = [
     "broker_lists",
     "PREFIX",
     "job",
+    "JOB_PREFIX",
     "job_events",
     "job_data",
     "job_history",
@@ -58,6 +59,7 @@ __all__ = [
     "gpu_lock",
     "gpu_failures",
     "REAPER",
+    "PACE",
     "JOB_DATA",
 ]
 
@@ -85,6 +87,7 @@ def gpu_queue_name(host: str, gpu: int | str) -> str:
 
 PREFIX = "autotrain:"
 JOBS = f"{PREFIX}jobs"
+JOB_PREFIX = f"{PREFIX}job:"  # every key of one job starts so: its record, events, data, history
 ACTIVE = f"{PREFIX}jobs:active"
 LEASES = f"{PREFIX}leases"
 DISPATCH = f"{PREFIX}dispatch"

@@ -19,7 +19,7 @@ from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers.outputs import sample_images
 from autotrain.trainers.plan import TrainPlan
-from autotrain.workspace import Workspace
+from autotrain.workspace import MANIFEST_NAME, Workspace
 
 __all__ = [
     "write_run_report",
@@ -28,10 +28,7 @@ __all__ = [
     "finished_weights",
     "safetensors_complete",
     "find_samples",
-    "MANIFEST_NAME",
 ]
-
-MANIFEST_NAME = ".autotrain-manifest.json"
 
 
 def write_run_report(

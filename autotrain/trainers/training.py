@@ -15,10 +15,10 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from autotrain.trainers.guard import die_with_parent, guarded_command
 from autotrain.trainers.progress import ProgressEvent, TrainerOutputParser
@@ -80,16 +80,7 @@ def run_trainer(
     started = time.time()
     with open(log_path, "ab", buffering=0) as log:
         log.write(f"\n$ {' '.join(command)}\n".encode())
-        proc = subprocess.Popen(
-            guarded_command(command, grace_seconds),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env=env,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
+        proc = _spawn(command, grace_seconds, env, cwd)
         if on_start:
             on_start(proc.pid)
         cancelled = threading.Event()
@@ -105,12 +96,8 @@ def run_trainer(
                     on_event(event)
 
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
         try:
-            while chunk := os.read(fd, 65536):
-                log.write(chunk)
-                text = decoder.decode(chunk)
+            for text in _read_output(proc, log, decoder):
                 if on_output:
                     on_output(text)
                 tail.extend(line for line in text.replace("\r", "\n").splitlines() if line.strip())
@@ -159,6 +146,31 @@ def stop_process_group(proc: subprocess.Popen, grace_seconds: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         return
+
+
+def _spawn(
+    command: list[str], grace_seconds: float, env: dict[str, str] | None, cwd: Path | None
+) -> subprocess.Popen:
+    """The trainer under its guard, in a session of its own, output and errors on one pipe."""
+    return subprocess.Popen(
+        guarded_command(command, grace_seconds),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+
+
+def _read_output(proc: subprocess.Popen, log: BinaryIO, decoder: Any) -> Iterator[str]:
+    """The trainer's output as text, chunk by chunk as it comes, each chunk logged first."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    while chunk := os.read(fd, 65536):
+        log.write(chunk)
+        yield decoder.decode(chunk)
 
 
 def _track(state: dict[str, Any], event: ProgressEvent) -> None:
