@@ -36,15 +36,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
     pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
-def free_port() -> int:
-    """A loopback port free right now (the OS picks it)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """A real redis-server on a free loopback port, AOF on, for the whole session."""
