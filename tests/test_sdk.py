@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from autotrain.jobs.job import JobState
 from tests.conftest import REPO, copy_example, wait_for
 
@@ -65,6 +67,7 @@ print(json.dumps({"workers": {w.record.name: type(w.record).__name__ for w in st
 """
 
 
+@pytest.mark.slow
 def test_the_verbs_work_from_a_fresh_process_with_only_settings(cluster, tmp_path):
     quick = cluster.short_profile("TinyQuick", 8)
     alpha = cluster.submit(copy_example(tmp_path, "alpha"), profile=quick)  # no worker yet:
