@@ -255,14 +255,20 @@ def retry_job(store: JobStore, job_id: str, *, from_scratch: bool = False,
     return store.get(job.id)
 
 
-def hand_on_batch_slot(store: JobStore, job: Job) -> None:
-    """A job of a batch ended: its slot goes to the first parked job of the batch."""
+def hand_on_batch_slot(store: JobStore, job: Job, outage_seconds: float = 0.0) -> None:
+    """A job of a batch ended: its slot goes to the first parked job of the batch.
+
+    Each step waits out a Redis outage of up to `outage_seconds` on its own: the slot, once
+    released, already belongs to the parked job, which must then be sent, not released again.
+    """
     from autotrain.jobs.lease import release_batch_slot
 
-    if job.spec.batch_id:
-        nxt = release_batch_slot(store.redis, job.spec.batch_id, job.id)
+    batch_id = job.spec.batch_id
+    if batch_id:
+        nxt = until_redis_back(lambda: release_batch_slot(store.redis, batch_id, job.id),
+                               outage_seconds, f"releasing the batch slot of {job.id}")  # fmt: skip
         if nxt:
-            dispatch_parked(store, nxt)
+            until_redis_back(lambda: dispatch_parked(store, nxt), outage_seconds, f"sending {nxt}")
 
 
 def queue_depths(store: JobStore) -> dict[str, int]:

@@ -62,7 +62,7 @@ class PhaseContext:
             self.outage, f"finishing {self.job.id}",
         )  # fmt: skip
         if moved == 1:
-            hand_on_batch_slot(self.store, self.store.get(self.job.id))
+            hand_on_batch_slot(self.store, self.job, self.outage)
         return moved == 1
 
 
