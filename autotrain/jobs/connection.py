@@ -25,6 +25,7 @@ __all__ = [
     "get_redis",
     "check_redis",
     "until_redis_back",
+    "is_redis_outage",
     "job_store",
     "store_for",
 ]
@@ -81,18 +82,29 @@ def until_redis_back(action: Callable[[], T], seconds: float, what: str) -> T:
     For the steps that finish a phase (record it, release locks, send the next one): a finished
     training must never turn into a new attempt because Redis restarted at that moment.
     """
-    from kombu.exceptions import OperationalError
-
     deadline, pause = time.monotonic() + seconds, 0.2
     while True:
         try:
             return action()
-        except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
-            if time.monotonic() > deadline:
+        except Exception as exc:
+            if not is_redis_outage(exc) or time.monotonic() > deadline:
                 raise
             log.warning("%s: Redis unreachable (%s); retrying", what, exc)
             time.sleep(pause)
             pause = min(pause * 2, 2.0)
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """Redis (or the broker on it) could not be reached: a fault of the moment, never of a job.
+
+    A restarting server refuses connections, drops them, or answers LOADING while it reads its
+    append-only file back; kombu reports the same as OperationalError. An error raised `from`
+    one of these (an SDK error saying Redis is unreachable) counts too.
+    """
+    from kombu.exceptions import OperationalError  # kombu only where an outage is told apart
+
+    outage = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+    return isinstance(exc, outage) or isinstance(exc.__cause__, outage)
 
 
 def check_redis(settings: Settings) -> redis.Redis:

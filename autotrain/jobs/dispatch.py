@@ -151,7 +151,7 @@ def finish(
         from autotrain.jobs.celery_app import app  # Celery only where a message is revoked
 
         app.control.revoke(job.next_task["id"])
-    _patiently(lambda: pass_batch_slot_on(store, job), outage_seconds, "passing the slot on")
+    pass_batch_slot_on(store, job, outage_seconds)
     return True
 
 
@@ -182,12 +182,19 @@ def send(store: JobStore, job_id: str, message: dict[str, Any]) -> None:
     store.move(job_id, expected=owner, owner=owner)  # confirmed: leaves the dispatch set
 
 
-def pass_batch_slot_on(store: JobStore, job: Job) -> None:
-    """A job of a batch ended (or was held): its slot goes to the first parked job of the batch."""
-    if job.spec.batch_id:
-        following = release_batch_slot(store.redis, job.spec.batch_id, job.id)
+def pass_batch_slot_on(store: JobStore, job: Job, outage_seconds: float = 0.0) -> None:
+    """A job of a batch ended (or was held): its slot goes to the first parked job of the batch.
+
+    Each step waits out a Redis outage on its own: once released, the slot already belongs to the
+    parked job, which must then be sent, not the slot released again.
+    """
+    batch_id = job.spec.batch_id
+    if batch_id:
+        following = _patiently(lambda: release_batch_slot(store.redis, batch_id, job.id),
+                               outage_seconds, f"releasing the batch slot of {job.id}")  # fmt: skip
         if following:
-            dispatch_parked(store, following)
+            _patiently(lambda: dispatch_parked(store, following), outage_seconds,
+                       f"sending {following}")  # fmt: skip
 
 
 def dispatch_parked(store: JobStore, job_id: str, confirm_seconds: float = 30.0) -> bool:

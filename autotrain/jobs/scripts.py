@@ -110,6 +110,9 @@ return {1}
 # -2 when there is no such job, -3 when the new state is not an allowed move from the job's
 # state (ALLOWED; a move to the same state needs an entry too). A job that becomes final leaves the active index and the leases,
 # lets go of its name, its bulky keys start to expire and its plan is dropped (run.json has it).
+# A job the new owner already holds, when that owner is a message ("queue:<id>") or a worker's
+# token (each unique to one move), was moved by this very call: the client retried it after its
+# answer was lost with the connection (Redis killed as it ran), and it returns 1 again.
 MOVE = Lua(
     "local final = "
     + FINAL_STATES_LUA
@@ -121,7 +124,10 @@ if not owner then
   if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
   owner = '""'
 end
-if ARGV[2] ~= '*' and owner ~= ARGV[2] then return 0 end
+if ARGV[2] ~= '*' and owner ~= ARGV[2] then
+  if owner == ARGV[3] and (owner:find('^"queue:') or owner:find('^"worker:')) then return 1 end
+  return 0
+end
 if ARGV[6] ~= '' then
   local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if not deadline or tonumber(deadline) > tonumber(ARGV[6]) then return 0 end

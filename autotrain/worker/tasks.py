@@ -22,7 +22,8 @@ from celery.exceptions import Ignore
 from autotrain.errors import AutotrainError
 from autotrain.fleet import pace
 from autotrain.jobs.celery_app import app
-from autotrain.jobs.connection import until_redis_back
+from autotrain.jobs.connection import is_redis_outage, until_redis_back
+from autotrain.jobs.dispatch import dispatch
 from autotrain.jobs.job import JobState
 from autotrain.jobs.lease import (
     GpuRoom,
@@ -35,7 +36,9 @@ from autotrain.jobs.lease import (
 )
 from autotrain.jobs.owners import PARKED, queue_owner
 from autotrain.jobs.queue import current_host
+from autotrain.jobs.store import JobStore
 from autotrain.profile import profile_for
+from autotrain.settings import Settings
 from autotrain.trainers.outputs import archive_run
 from autotrain.trainers.plan import TrainPlan
 from autotrain.worker import (
@@ -61,7 +64,12 @@ log = logging.getLogger("autotrain.pipeline")
 
 @contextmanager
 def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[PhaseContext]:
-    """Enter a phase: take the job from the queue, hold its lease, record a failure on it."""
+    """Enter a phase: take the job from the queue, hold its lease, record the outcome on it.
+
+    From the take on, every way out stops the lease (a lease left renewing would keep a job
+    nobody works on from ever being reaped). Redis going away midway is never the job's fault:
+    the phase waits for it and goes back to its queue, as the same attempt.
+    """
     store, settings = worker_store(), worker_settings()
     worker = task.request.hostname or "?"
     owner = new_owner(worker)
@@ -78,28 +86,43 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
         ),
         outage, f"taking {job_id}",
     )  # fmt: skip
-    if moved != 1:
+    if moved != 1:  # 1 also when the answer to a take that ran was lost (scripts.MOVE)
         log.info("%s: %s message %s is stale (the job is %s); ignored", job_id, name,
                  task.request.id, "final" if moved == -1 else "owned elsewhere")  # fmt: skip
         raise Ignore()
     lease = Lease(store, job_id, owner, settings.lease_seconds).start()
-    ctx = PhaseContext(store.get(job_id), store, settings, lease)
-    log.info("%s %s: %s on %s", ctx.job.name, job_id, state.value, worker)
+    ctx: PhaseContext | None = None
     try:
+        ctx = PhaseContext(until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}"),
+                           store, settings, lease)  # fmt: skip
+        log.info("%s %s: %s on %s", ctx.job.name, job_id, state.value, worker)
         if ctx.job.cancel_requested:
             ctx.finish(JobState.CANCELLED, error="cancelled by user")
             raise Ignore()
         yield ctx
-    except AutotrainError as exc:
-        _fail(ctx, str(exc))
-        raise
     except Ignore:
         raise
     except Exception as exc:
-        _fail(ctx, f"{type(exc).__name__}: {exc}")
+        if is_redis_outage(exc):  # once Redis is back, the phase goes back to its queue
+            log.warning("%s: Redis unreachable during %s (%s); queued again once it is back",
+                        job_id, name, exc)  # fmt: skip
+            lease.stop()  # from here the move decides
+            _back_to_queue(store, job_id, owner, name, settings, outage)
+            raise Ignore() from exc
+        if ctx is not None:
+            _fail(ctx, str(exc) if isinstance(exc, AutotrainError) else f"{type(exc).__name__}: {exc}")  # fmt: skip
         raise
     finally:
         lease.stop()
+
+
+def _back_to_queue(store: JobStore, job_id: str, owner: str, phase_name: str,
+                   settings: Settings, outage: float) -> None:  # fmt: skip
+    """Redis went away during a phase: once it is back, the phase goes back to its queue from this
+    worker, as the same attempt (an outage is never the job's fault)."""
+    job = until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}")
+    dispatch(store, job, phase_name, expected=owner, confirm_seconds=settings.lease_seconds,
+             outage_seconds=outage)  # fmt: skip
 
 
 @app.task(name="autotrain.validate", bind=True)
