@@ -166,15 +166,17 @@ def test_taking_a_job_is_atomic_and_by_message_id(client):
 def test_a_move_retried_after_its_answer_was_lost_counts_once(client):
     """Redis killed as it ran a take or a hand-off: the client's retry finds the move done."""
     store = JobStore(client)
-    job = store.create(spec(), owner="queue:m1", phase="validate")
-    take = dict(expected="queue:m1", owner="worker:w1/1", lease_until=1e10)
+    job = store.create(spec(), owner=queue_owner("m1"), phase="validate")
+    take = dict(expected=queue_owner("m1"), owner=worker_owner("w1/1"), lease_until=1e10,
+                state=JobState.VALIDATING)  # fmt: skip
     assert store.move(job.id, **take) == 1
     assert store.move(job.id, **take) == 1, "the same take again: this worker's job"
-    hand_on = dict(expected="worker:w1/1", owner="queue:m2", state=JobState.QUEUED)
+    hand_on = dict(expected=worker_owner("w1/1"), owner=queue_owner("m2"), state=JobState.QUEUED)
     assert store.move(job.id, **hand_on) == 1
     assert store.move(job.id, **hand_on) == 1, "the same hand-off again: sent once, by it"
-    assert store.move(job.id, expected="worker:w2/1", owner="queue:m3") == 0, "not this one's"
-    assert store.get(job.id).owner == "queue:m2"
+    stranger = dict(expected=worker_owner("w2/1"), owner=queue_owner("m3"))
+    assert store.move(job.id, **stranger) == 0, "not this one's"
+    assert store.get(job.id).owner == queue_owner("m2")
     assert client.zscore(keys.LEASES, job.id) is None
 
 
