@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         None, description="Flower basic-auth password; unset = no auth (loopback only)"
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the dashboard and Flower answer to besides their address and "
+        "loopback (a DNS name or proxy in front of them); others get 400",
+    )
     dashboard_address: str = Field(
         "127.0.0.1", description="Dashboard listen address (beyond loopback needs a credential)"
     )
@@ -99,10 +104,10 @@ class Settings(BaseSettings):
         "(basic auth) works too",
     )
 
-    @field_validator("notify_urls", mode="before")
+    @field_validator("notify_urls", "allowed_hosts", mode="before")
     @classmethod
-    def _url_list(cls, value: Any) -> Any:
-        """AUTOTRAIN_NOTIFY_URLS may be a JSON list or comma-separated."""
+    def _list_from_text(cls, value: Any) -> Any:
+        """AUTOTRAIN_NOTIFY_URLS and AUTOTRAIN_ALLOWED_HOSTS may be a JSON list or comma-separated."""
         if isinstance(value, str):
             text = value.strip()
             if text.startswith("["):
@@ -111,6 +116,15 @@ class Settings(BaseSettings):
                 return json.loads(text)
             return [url.strip() for url in text.split(",") if url.strip()]
         return value
+
+    def trusted_hosts(self, address: str) -> list[str]:
+        """The Host header values a server on `address` answers to: loopback names, the address
+        itself and `allowed_hosts`. A page of another origin that re-binds its DNS name to
+        127.0.0.1 sends its own name, and is refused."""
+        names = ["127.0.0.1", "localhost", "::1", "[::1]", *self.allowed_hosts]
+        if address not in ("0.0.0.0", "::", ""):
+            names.append(address)
+        return names
 
     @classmethod
     def settings_customise_sources(
