@@ -61,7 +61,9 @@ def test_a_token_is_made_kept_private_and_printed_as_a_link(board):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0
     link = f"http://127.0.0.1:{board.port}/?token={board.token}"
-    assert link in (board.cluster.root / "dashboard.log").read_text()
+    log = board.cluster.root / "dashboard.log"
+    assert link in log.read_text()
+    assert stat.S_IMODE(log.stat().st_mode) & 0o077 == 0, "the log holding the link is private"
     assert _get(board, "/")[0] == 401, "no credential, no page"
 
     reply = _request(board, "GET", f"/jobs?token={board.token}&x=1")

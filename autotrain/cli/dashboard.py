@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
+
 import click
 
 from autotrain.cli.common import console, settings_of
@@ -35,9 +39,21 @@ def dashboard_cmd(ctx, address, port) -> None:
     address, port = address or settings.dashboard_address, port or settings.dashboard_port
     if why := needs_credential(settings, address):
         raise AutotrainError(why)
+    _private_log()
     console.print(f"Dashboard on {open_url(settings, address, port)} (Ctrl+C stops it)",
                   soft_wrap=True)  # fmt: skip
     serve(settings, address, port)
+
+
+def _private_log() -> None:
+    """The link printed carries the token: a log file it goes to (`up --dashboard` sends it to
+    .autotrain/dashboard.log) is made readable by its owner only."""
+    try:
+        info = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return
+    if stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid():
+        os.fchmod(sys.stdout.fileno(), stat.S_IMODE(info.st_mode) & 0o600)
 
 
 COMMANDS = [dashboard_cmd]
