@@ -126,9 +126,12 @@ def test_planted_symlinks_are_not_followed(board, tmp_path):
         out / "model" / "sample" / "alpha_000020_00.png",
     )  # a real sample beside them
     (out / "model" / "sample" / "alpha_000030_00.png").symlink_to(out / "run.json")
+    (out / "model" / "sample" / "alpha_000040_00.png").symlink_to(tmp_path / "gone.png")
     auth = {"Authorization": f"Bearer {board.token}"}
     status, page = _get(board, f"/jobs/{job_id}", **auth)
     assert status == 200 and SECRET not in page
+    assert "alpha_000020_00.png" in page, "the real sample is shown"
+    assert "alpha_000010_00.png" not in page and "alpha_000040_00.png" not in page, "links are not"
     for name in ("alpha_000010_00.png", "alpha_000030_00.png"):
         status, body = _get(board, f"/jobs/{job_id}/samples/{name}", **auth)
         assert status == 404 and SECRET not in body
@@ -141,8 +144,13 @@ def test_planted_symlinks_are_not_followed(board, tmp_path):
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "trainer.log").write_text(SECRET)
     (out / "log").symlink_to(tmp_path / "elsewhere")
+    shutil.copy(out / "model" / "sample" / "alpha_000020_00.png",
+                tmp_path / "elsewhere" / "alpha_000050_00.png")  # fmt: skip
+    shutil.rmtree(out / "model" / "sample")
+    (out / "model" / "sample").symlink_to(tmp_path / "elsewhere")
     status, page = _get(board, f"/jobs/{job_id}", **auth)
-    assert status == 200 and SECRET not in page
+    assert status == 200 and SECRET not in page and "alpha_000050" not in page
+    assert _get(board, f"/jobs/{job_id}/samples/alpha_000050_00.png", **auth)[0] == 404
 
 
 def test_a_second_local_user_gets_nothing(board, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from autotrain.jobs.job import Job
-from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner, sample_images
+from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner
 from autotrain.workspace import Workspace, check_dataset_name
 
 __all__ = [
@@ -52,6 +52,18 @@ def open_output_file(workspace: Workspace, path: Path) -> BinaryIO | None:
     no permission, a name too long). `output/` itself may be a link (a data disk mounted
     elsewhere): the deployment chose it.
     """
+    fd = _open_below_output(workspace, path, _FILE_FLAGS)
+    if fd is None:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _open_below_output(workspace: Workspace, path: Path, flags: int) -> int | None:
+    """A descriptor of `path`, opened from `output/` down one name at a time, following no link."""
     try:
         parts = path.relative_to(workspace.output_root).parts
     except ValueError:
@@ -67,16 +79,11 @@ def open_output_file(workspace: Workspace, path: Path) -> BinaryIO | None:
             inner = os.open(part, _DIR_FLAGS, dir_fd=folder)
             os.close(folder)
             folder = inner
-        fd = os.open(parts[-1], _FILE_FLAGS, dir_fd=folder)
+        return os.open(parts[-1], flags, dir_fd=folder)
     except OSError:
         return None
     finally:
         os.close(folder)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        return None
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 @dataclass(frozen=True)
@@ -104,16 +111,31 @@ def job_dir(workspace: Workspace, job: Job) -> Path:
 
 
 def samples_of(workspace: Workspace, job: Job) -> list[Sample]:
-    """The job's sample images, newest step first, then by prompt."""
-    folder = job_dir(workspace, job) / "model" / "sample"
+    """The job's sample images, newest step first, then by prompt.
+
+    Listed like autotrain.trainers.outputs.sample_images (its suffixes, no dot files), but through
+    a descriptor of the folder opened without following links, and regular files only: a linked
+    folder or image (or a dangling link) is not listed, as it would not be served."""
+    fd = _open_below_output(workspace, job_dir(workspace, job) / "model" / "sample", _DIR_FLAGS)
+    if fd is None:
+        return []
     found = []
-    for path in sample_images(folder):
-        info = path.lstat()
-        if not stat.S_ISREG(info.st_mode):
-            continue  # a link is never served: not listed either
-        match = _SAMPLE_NAME.search(path.name)
-        step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
-        found.append(Sample(job.id, path.name, step, prompt, info.st_mtime))
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                suffix = Path(entry.name).suffix.lower()
+                if suffix not in SAMPLE_SUFFIXES or entry.name.startswith("."):
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                match = _SAMPLE_NAME.search(entry.name)
+                step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                found.append(Sample(job.id, entry.name, step, prompt, mtime))
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
     return sorted(found, key=lambda s: (-s.step, s.prompt, s.file))
 
 
