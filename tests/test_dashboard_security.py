@@ -70,7 +70,9 @@ def test_a_token_is_made_kept_private_and_printed_as_a_link(board):
     cookie = reply.getheader("set-cookie")
     assert reply.status == 303 and reply.getheader("location") == "/jobs?x=1"
     assert cookie.startswith(f"autotrain_session_{board.port}=") and board.token not in cookie
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
+    behind_tls = _request(board, "GET", f"/?token={board.token}", X_Forwarded_Proto="https")
+    assert "Secure" in behind_tls.getheader("set-cookie"), "a local TLS proxy: a Secure cookie"
     assert _get(board, "/", Cookie=cookie.split(";")[0])[0] == 200
 
     # a relative Location, whatever the path or Host says
