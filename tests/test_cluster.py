@@ -102,10 +102,14 @@ def test_up_with_the_dashboard_serves_the_embedded_cluster_and_down_stops_it(tmp
     up = cli("up", "--no-workers", "--dashboard")
     assert up.returncode == 0, up.stderr
     assert f"Dashboard: http://127.0.0.1:{port}" in up.stdout
+    token = (tmp_path / "ws" / ".autotrain" / "dashboard.token").read_text().strip()
+    assert f"Dashboard: http://127.0.0.1:{port}/?token={token} " in up.stdout, "a link to open"
 
     def page() -> str | None:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/",
+                                         headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+            return urllib.request.urlopen(request, timeout=5).read().decode()
         except OSError:
             return None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from autotrain.dashboard.access import session_cookie, session_value
 from autotrain.jobs.job import JobState
 from tests.conftest import (
     REPO,
@@ -43,7 +44,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 class Board:
     def __init__(self, cluster, port: int) -> None:
-        self.cluster, self.url = cluster, f"http://127.0.0.1:{port}"
+        self.cluster, self.port, self.url = cluster, port, f"http://127.0.0.1:{port}"
         log = open(cluster.root / "dashboard.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autotrain.cli", "dashboard", "--port", str(port)],
@@ -51,6 +52,17 @@ class Board:
             start_new_session=True)  # fmt: skip
         cluster.workers.append(self.proc)
         wait_for(lambda: self.status("/") is not None, 30, "the dashboard to answer")
+
+    @property
+    def token(self) -> str:
+        """The token set for it, else the one it made on its first start."""
+        given = self.cluster.env.get("AUTOTRAIN_DASHBOARD_TOKEN")
+        return given or (self.cluster.root / ".autotrain" / "dashboard.token").read_text().strip()
+
+    @property
+    def session(self) -> str:
+        """The Cookie header of a signed-in browser."""
+        return f"{session_cookie(self.port)}={session_value(self.token)}"
 
     def status(self, path: str, **headers: str) -> int | None:
         request = urllib.request.Request(self.url + path, headers=headers)
@@ -101,6 +113,8 @@ def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
 
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
+            console: list[str] = []
+            page.on("console", lambda message: console.append(message.text))
             page.goto(f"{board.url}/?token={TOKEN}")  # the token becomes a cookie
             assert "token=" not in page.url
             row = f'tr[data-id="{first.id}"]'
@@ -163,6 +177,8 @@ def test_the_pages_follow_a_batch_live_in_a_browser(board, tmp_path):
             page.click("button[data-action=cancel]")
             page.wait_for_selector("#state:text('cancelled')", timeout=30_000)
             assert store.get(job_id).state == JobState.CANCELLED
+            blocked = [m for m in console if "Content Security Policy" in m]
+            assert not blocked, f"the pages break their own CSP: {blocked}"
             wait_for(lambda: not pids_of("autotrain.tiny_trainer", cluster.root), 20,
                      "the trainer to stop")  # fmt: skip
         finally:
@@ -204,11 +220,11 @@ def test_credentials_and_buttons_are_guarded_over_http(board, tmp_path):
     cluster = board.cluster
     assert board.status("/") == 401 and board.status("/events") == 401
     assert board.status("/", Authorization=f"Bearer {TOKEN}") == 200
-    assert board.status("/", Cookie=f"autotrain_token={TOKEN}") == 200
+    assert board.status("/", Cookie=board.session) == 200
     assert board.status("/", Authorization="Bearer wrong") == 401
     long_run = _profile(cluster, "TinyLongHttp", 2000, 2000)
     job_id = cluster.submit(copy_example(tmp_path, "delta"), profile=long_run)
-    auth = {"Cookie": f"autotrain_token={TOKEN}; autotrain_csrf=abc"}
+    auth = {"Cookie": f"{board.session}; autotrain_csrf=abc"}
 
     def post(**headers: str) -> int:
         connection = http.client.HTTPConnection(board.url.removeprefix("http://"), timeout=10)
@@ -248,7 +264,9 @@ def test_the_live_channel_says_reconnecting_while_redis_restarts(cluster, tmp_pa
     cluster.env["AUTOTRAIN_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     board = Board(cluster, free_port())
     connection = http.client.HTTPConnection(board.url.removeprefix("http://"), timeout=30)
-    connection.request("GET", "/events?page=jobs")
+    connection.request(
+        "GET", "/events?page=jobs", headers={"Authorization": f"Bearer {board.token}"}
+    )
     reply = connection.getresponse()
     assert reply.status == 200
 

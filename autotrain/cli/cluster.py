@@ -25,7 +25,7 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
     \b
     Examples:
       autotrain up && autotrain status
-      autotrain up --dashboard     # and http://127.0.0.1:8642; `autotrain down` stops it too
+      autotrain up --dashboard     # and the dashboard's link; `autotrain down` stops it too
     """
     from autotrain.hosts import shown_url, start_local_cluster, start_local_dashboard
 
@@ -39,14 +39,15 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
             f"Workers: supervisor pid {status.workers_pid}; log {settings.workspace / '.autotrain' / 'worker.log'}"
         )
     if dashboard:
-        from autotrain.dashboard.access import needs_credential
+        from autotrain.dashboard.access import needs_credential, open_url
 
         if why := needs_credential(settings, settings.dashboard_address):
             raise AutotrainError(why)
+        url = open_url(settings, settings.dashboard_address, settings.dashboard_port)
         pid = start_local_dashboard(settings=settings)
         running = f"pid {pid}" if pid else "already running"
-        console.print(f"Dashboard: http://{settings.dashboard_address}:{settings.dashboard_port} "
-                      f"({running}); log {settings.workspace / '.autotrain' / 'dashboard.log'}")  # fmt: skip
+        console.print(f"Dashboard: {url} ({running}); log "
+                      f"{settings.workspace / '.autotrain' / 'dashboard.log'}", soft_wrap=True)  # fmt: skip
 
 
 @click.command("down")

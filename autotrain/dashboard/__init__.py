@@ -22,5 +22,5 @@ def serve(settings: Settings, address: str | None = None, port: int | None = Non
     port = port or settings.dashboard_port
     if why := needs_credential(settings, address):
         raise AutotrainError(why)
-    uvicorn.run(create_app(settings), host=address, port=port, log_level="warning",
+    uvicorn.run(create_app(settings, address, port), host=address, port=port, log_level="warning",
                 timeout_graceful_shutdown=2)  # fmt: skip

@@ -2,28 +2,33 @@
 
 A job's files are in `output/<name>/` while it owns that folder, and in
 `output/<name>/runs/<job id>/` once a later job of the same name moved them there
-(autotrain.trainers.outputs). Every path served to a browser is resolved and checked to stay inside the
-workspace's `output/`, whatever a request asks for.
+(autotrain.trainers.outputs). Every file shown or served is opened by `open_output_file`: inside
+the workspace's `output/`, one folder at a time without following a symlink, regular files only.
+Whoever can write into a job's folder (its trainer, a user of a shared fleet) cannot make the
+dashboard show a file from elsewhere by planting a link to it.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from autotrain.jobs.job import Job
-from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner, sample_images
-from autotrain.workspace import Workspace
+from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner
+from autotrain.workspace import Workspace, check_dataset_name
 
 __all__ = [
+    "open_output_file",
     "Sample",
     "job_dir",
     "samples_of",
-    "sample_file",
     "prompts_of",
+    "sample_bytes",
     "log_tail",
     "read_log",
     "manifest_of",
@@ -33,6 +38,52 @@ __all__ = [
 # (`e<epoch:06d>` instead of the step for samples made at the end of an epoch).
 _SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})(?:_[^.]*)?\.[A-Za-z]+$")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: opening a planted FIFO returns at once (and is then refused as not a regular file)
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_output_file(workspace: Workspace, path: Path) -> BinaryIO | None:
+    """`path` (below the workspace's `output/`) opened for reading, or None.
+
+    None when it is not below `output/`, when any folder or the file itself below `output/` is a
+    symlink (each is opened relative to its parent with O_NOFOLLOW, so no link is followed and no
+    check can be raced), when it is not a regular file, or when it cannot be opened at all (gone,
+    no permission, a name too long). `output/` itself may be a link (a data disk mounted
+    elsewhere): the deployment chose it.
+    """
+    fd = _open_below_output(workspace, path, _FILE_FLAGS)
+    if fd is None:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def _open_below_output(workspace: Workspace, path: Path, flags: int) -> int | None:
+    """A descriptor of `path`, opened from `output/` down one name at a time, following no link."""
+    try:
+        parts = path.relative_to(workspace.output_root).parts
+    except ValueError:
+        return None
+    if not parts or any(part in (".", "..") for part in parts):
+        return None
+    try:
+        folder = os.open(workspace.output_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _DIR_FLAGS, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        return os.open(parts[-1], flags, dir_fd=folder)
+    except OSError:
+        return None
+    finally:
+        os.close(folder)
 
 
 @dataclass(frozen=True)
@@ -52,7 +103,7 @@ class Sample:
 
 def job_dir(workspace: Workspace, job: Job) -> Path:
     """The folder holding this job's files: `output/<name>/`, or its archive under runs/."""
-    current = workspace.output_dir(job.name)
+    current = workspace.output_root / check_dataset_name(job.name)  # not resolved: see above
     if output_owner(current) in (job.id, None):
         return current
     archived = current / RUNS_DIR / job.id
@@ -60,59 +111,71 @@ def job_dir(workspace: Workspace, job: Job) -> Path:
 
 
 def samples_of(workspace: Workspace, job: Job) -> list[Sample]:
-    """The job's sample images, newest step first, then by prompt."""
-    folder = job_dir(workspace, job) / "model" / "sample"
+    """The job's sample images, newest step first, then by prompt.
+
+    Listed like autotrain.trainers.outputs.sample_images (its suffixes, no dot files), but through
+    a descriptor of the folder opened without following links, and regular files only: a linked
+    folder or image (or a dangling link) is not listed, as it would not be served."""
+    fd = _open_below_output(workspace, job_dir(workspace, job) / "model" / "sample", _DIR_FLAGS)
+    if fd is None:
+        return []
     found = []
-    for path in sample_images(folder):
-        match = _SAMPLE_NAME.search(path.name)
-        step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
-        found.append(Sample(job.id, path.name, step, prompt, path.stat().st_mtime))
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                suffix = Path(entry.name).suffix.lower()
+                if suffix not in SAMPLE_SUFFIXES or entry.name.startswith("."):
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                match = _SAMPLE_NAME.search(entry.name)
+                step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                found.append(Sample(job.id, entry.name, step, prompt, mtime))
+    except OSError:
+        return []
+    finally:
+        os.close(fd)
     return sorted(found, key=lambda s: (-s.step, s.prompt, s.file))
 
 
-def sample_file(workspace: Workspace, job: Job, name: str) -> Path | None:
-    """The path of sample `name` of the job, None unless it is an image inside output/."""
+def sample_bytes(workspace: Workspace, job: Job, name: str) -> bytes | None:
+    """Sample image `name` of the job, None unless it is an image file in its sample folder."""
     if not _SAFE_NAME.fullmatch(name) or Path(name).suffix.lower() not in SAMPLE_SUFFIXES:
         return None
-    path = (job_dir(workspace, job) / "model" / "sample" / name).resolve()
-    if not path.is_relative_to(workspace.output_root.resolve()) or not path.is_file():
-        return None
-    return path
+    return _read(workspace, job_dir(workspace, job) / "model" / "sample" / name)
 
 
 def prompts_of(workspace: Workspace, job: Job) -> list[str]:
     """The job's sample prompts, one per line of its prompts file, without kohya's options."""
-    path = job_dir(workspace, job) / "sample_prompts.txt"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
+    raw = _read(workspace, job_dir(workspace, job) / "sample_prompts.txt")
+    if raw is None:
         return []
+    lines = raw.decode("utf-8", errors="replace").splitlines()
     prompts = [line.split(" --")[0].strip() for line in lines]
     return [p for p in prompts if p and not p.startswith("#")]
 
 
 def log_tail(workspace: Workspace, job: Job, lines: int = 200) -> tuple[list[str], str, int]:
     """The last `lines` lines of the trainer log, its live (unfinished) line and the offset read."""
-    path = job_dir(workspace, job) / "log" / "trainer.log"
-    try:
-        size = path.stat().st_size
-    except OSError:
+    handle = open_output_file(workspace, job_dir(workspace, job) / "log" / "trainer.log")
+    if handle is None:
         return [], "", 0
-    start = max(0, size - 64 * 1024)
-    done, live, offset = read_log(path, start)
+    with handle:
+        start = max(0, os.fstat(handle.fileno()).st_size - 64 * 1024)
+        done, live, offset = read_log(handle, start)
     return done[-lines:] if start == 0 else done[1:][-lines:], live, offset
 
 
-def read_log(path: Path, offset: int) -> tuple[list[str], str, int]:
+def read_log(handle: BinaryIO, offset: int) -> tuple[list[str], str, int]:
     """Complete lines after `offset`, the unfinished last line, and the offset of that line.
 
     A tqdm bar is redrawn with `\\r` on one line; like a terminal, each line shows what was drawn
     last, so a thousand redraws are one line, not a thousand.
     """
     try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            chunk = handle.read(1024 * 1024)
+        handle.seek(offset)
+        chunk = handle.read(1024 * 1024)
     except OSError:
         return [], "", offset
     cut = chunk.rfind(b"\n") + 1
@@ -124,11 +187,23 @@ def read_log(path: Path, offset: int) -> tuple[list[str], str, int]:
 
 def manifest_of(workspace: Workspace, job: Job, stored: dict[str, Any] | None) -> str | None:
     """run.json as indented text: the file when phase 5 wrote it, else what Redis holds."""
-    path = job_dir(workspace, job) / "run.json"
+    raw = _read(workspace, job_dir(workspace, job) / "run.json")
     try:
-        return json.dumps(json.loads(path.read_text(encoding="utf-8")), indent=2)
-    except (OSError, ValueError):
+        return json.dumps(json.loads(raw or b""), indent=2)
+    except ValueError:
         return json.dumps(stored, indent=2) if stored else None
+
+
+def _read(workspace: Workspace, path: Path, limit: int = 64 * 1024 * 1024) -> bytes | None:
+    """The file's bytes (at most `limit`) through `open_output_file`; None where it refuses."""
+    handle = open_output_file(workspace, path)
+    if handle is None:
+        return None
+    with handle:
+        try:
+            return handle.read(limit)
+        except OSError:
+            return None
 
 
 def _shown(line: str) -> str:

@@ -6,12 +6,21 @@ its job's progress stream, so a step shows within a blocking read of the trainer
 A Redis that goes away makes the stream say `reconnecting` until it is back; the browser's
 EventSource reconnects by itself if the server restarts. Buttons POST to `/jobs/<id>/<action>`
 and call the same SDK functions as `autotrain train cancel/retry/move/hold/release`.
+
+What a request names is checked before anything is read: job and batch ids against ID_PATTERN
+(an id is never another Redis key), files through autotrain.dashboard.files. Live channels are
+capped per client and in total (STREAMS_PER_CLIENT, STREAMS_IN_ALL): each holds a connection and
+a thread's turn. Who may ask at all is autotrain.dashboard.access's business, and which Host
+names the server answers to Starlette's TrustedHostMiddleware's (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import mimetypes
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,33 +28,44 @@ import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
-    FileResponse,
     HTMLResponse,
     JSONResponse,
+    PlainTextResponse,
     Response,
     StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from autotrain import control
 from autotrain.dashboard import files, views
-from autotrain.dashboard.access import AccessGuard
-from autotrain.errors import AutotrainError, RedisUnavailable
+from autotrain.dashboard.access import AccessGuard, SecurityHeaders
+from autotrain.errors import AmbiguousJobId, AutotrainError, NoSuchJob, RedisUnavailable
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "ID_PATTERN", "STREAMS_PER_CLIENT", "STREAMS_IN_ALL"]
 
 HERE = Path(__file__).parent
+# Job ids (`20261206-033000-1a2b3c`, or a prefix) and batch ids (`b20261206-...`)
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+STREAMS_PER_CLIENT = 8
+STREAMS_IN_ALL = 64
 
 
-def create_app(settings: Settings) -> Starlette:
-    """The dashboard for this workspace and its Redis (the embedded one, or `redis_url`)."""
+def create_app(settings: Settings, address: str | None = None, port: int | None = None,
+               ) -> Starlette:  # fmt: skip
+    """The dashboard for this workspace and its Redis (the embedded one, or `redis_url`),
+    listening on `address` and `port` (the settings' by default)."""
+    address = address or settings.dashboard_address
     templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                             autoescape=select_autoescape(["html"]))  # fmt: skip
+    # page data in the order the live channel sends it
+    templates.policies["json.dumps_kwargs"] = {"sort_keys": False}
     pages = _Pages(settings, templates)
     routes = [
         Route("/", pages.jobs),
@@ -58,8 +78,53 @@ def create_app(settings: Settings) -> Starlette:
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)
-    app.add_middleware(AccessGuard, settings=settings)
+    # the last added runs first: headers on every answer, then the Host check, then the credential
+    app.add_middleware(AccessGuard, settings=settings, port=port or settings.dashboard_port)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.trusted_hosts(address))
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+def _not_found(what: str) -> PlainTextResponse:
+    return PlainTextResponse(what, status_code=404)
+
+
+def _not_an_id(kind: str, value: str) -> PlainTextResponse | None:
+    """A 404 for a job or batch id that cannot be one (checked before any Redis read)."""
+    if ID_PATTERN.fullmatch(value):
+        return None
+    return _not_found(f"No {kind} {value[:80]!r}: not a {kind} id.")
+
+
+class _CappedStream(StreamingResponse):
+    """A live channel that holds one of its client's slots (and one of all) while it is open."""
+
+    held: Counter[str] = Counter()
+
+    def __init__(self, client: str, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = client
+
+    @classmethod
+    def refusal(cls, client: str) -> Response | None:
+        """A 503 that says why when `client` (or everyone together) has all the channels allowed."""
+        if cls.held[client] >= STREAMS_PER_CLIENT:
+            why = f"this client has {STREAMS_PER_CLIENT} live pages open already"
+        elif sum(cls.held.values()) >= STREAMS_IN_ALL:
+            why = f"{STREAMS_IN_ALL} live pages are open already"
+        else:
+            return None
+        return PlainTextResponse(f"Too many live pages: {why}; close some and reload.",
+                                 status_code=503, headers={"Retry-After": "10"})  # fmt: skip
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.held[self.client] += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.held[self.client] -= 1
+            if self.held[self.client] <= 0:
+                del self.held[self.client]
 
 
 class _Pages:
@@ -68,8 +133,9 @@ class _Pages:
 
     def _render(self, request: Request, name: str, data: dict[str, Any], page: str,
                 key: str = "") -> HTMLResponse:  # fmt: skip
+        # `initial` goes through Jinja's tojson, which escapes <, >, & and ' (no `</script>`)
         html = self.templates.get_template(name).render(
-            **data, page=page, key=key, data_json=json.dumps(data),
+            **data, page=page, key=key, initial=data,
             csrf=getattr(request.state, "csrf", ""), path=request.url.path)  # fmt: skip
         return HTMLResponse(html)
 
@@ -86,11 +152,21 @@ class _Pages:
 
     async def job(self, request: Request) -> Response:
         job_id = request.path_params["job_id"]
-        return self._render(request, "job.html", await self._data("job", job_id), "job", job_id)
+        if refused := _not_an_id("job", job_id):
+            return refused
+        try:
+            data = await self._data("job", job_id)
+        except (NoSuchJob, AmbiguousJobId) as exc:
+            return _not_found(str(exc))
+        return self._render(request, "job.html", data, "job", job_id)
 
     async def batch(self, request: Request) -> Response:
         batch_id = request.path_params["batch_id"]
+        if refused := _not_an_id("batch", batch_id):
+            return refused
         data = await self._data("batch", batch_id)
+        if not data["jobs"]:
+            return _not_found(f"No batch {batch_id!r}: it has no jobs.")
         return self._render(request, "batch.html", data, "batch", batch_id)
 
     async def fleet(self, request: Request) -> Response:
@@ -111,10 +187,17 @@ class _Pages:
     async def events(self, request: Request) -> Response:
         q = request.query_params
         page, key = q.get("page", "jobs"), q.get("key", "")
+        if page not in ("jobs", "job", "batch", "fleet"):
+            return _not_found(f"No page {page[:80]!r}: jobs, job, batch or fleet.")
+        if page in ("job", "batch") and (refused := _not_an_id(page, key)):
+            return refused
+        client = request.client.host if request.client else ""
+        if refused := _CappedStream.refusal(client):
+            return refused
         filters = [q.get(f, "") for f in ("state", "batch", "profile")] if page == "jobs" else []
-        return StreamingResponse(self._stream(request, page, key, filters),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
+        return _CappedStream(client, self._stream(request, page, key, filters),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})  # fmt: skip
 
     async def _stream(self, request: Request, page: str, key: str, filters: list[str]):
         last, down, after = None, False, "$"
@@ -149,17 +232,23 @@ class _Pages:
 
     async def sample(self, request: Request) -> Response:
         job_id, name = request.path_params["job_id"], request.path_params["name"]
+        if refused := _not_an_id("job", job_id):
+            return refused
         try:
             job = await run_in_threadpool(self._job, job_id)
         except AutotrainError:
-            return Response("no such job", status_code=404)
-        path = files.sample_file(Workspace(self.settings.workspace), job, name)
-        if path is None:
-            return Response("no such sample", status_code=404)
-        return FileResponse(path, headers={"Cache-Control": "max-age=86400"})
+            return _not_found("No such job.")
+        workspace = Workspace(self.settings.workspace)
+        image = await run_in_threadpool(files.sample_bytes, workspace, job, name)
+        if image is None:
+            return _not_found("No such sample.")
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        return Response(image, media_type=kind, headers={"Cache-Control": "max-age=86400"})
 
     async def act(self, request: Request) -> Response:
         job_id, action = request.path_params["job_id"], request.path_params["action"]
+        if not ID_PATTERN.fullmatch(job_id):
+            return JSONResponse({"error": "not a job id"}, status_code=404)
         try:
             message = await run_in_threadpool(self._act, job_id, action)
         except AutotrainError as exc:
