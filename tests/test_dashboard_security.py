@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.conftest import copy_example, wait_for
-from tests.test_dashboard import CHROMIUM, Board, _free_port
+from tests.conftest import copy_example, free_port, wait_for
+from tests.test_dashboard import CHROMIUM, Board
 
 PAYLOAD = "</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>"
 SECRET = "SECRET-d41d8cd9-never-shown"
@@ -31,7 +31,7 @@ SECRET = "SECRET-d41d8cd9-never-shown"
 @pytest.fixture
 def board(cluster) -> Board:
     cluster.env.pop("AUTOTRAIN_DASHBOARD_TOKEN", None)
-    return Board(cluster, _free_port())
+    return Board(cluster, free_port())
 
 
 def _request(board: Board, method: str, path: str, *, host: str | None = None,
@@ -85,7 +85,7 @@ def test_a_token_is_made_kept_private_and_printed_as_a_link(board):
 def test_a_wrong_token_in_a_link_gives_no_cookie_to_a_signed_in_user(cluster):
     cluster.env.pop("AUTOTRAIN_DASHBOARD_TOKEN", None)
     cluster.env.update(AUTOTRAIN_FLOWER_USER="admin", AUTOTRAIN_FLOWER_PASSWORD="flower-pw")
-    board = Board(cluster, _free_port())
+    board = Board(cluster, free_port())
     flower = {"Authorization": "Basic " + base64.b64encode(b"admin:flower-pw").decode()}
     assert _get(board, "/", **flower)[0] == 200
     for credential in (flower, {"Authorization": f"Bearer {board.token}"}):
