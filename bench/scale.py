@@ -259,7 +259,7 @@ def _report_commands(after: dict[str, int], before: dict[str, int], jobs: int) -
     calls = {name: n - before.get(name, 0) for name, n in after.items()}
     calls = {name: n for name, n in calls.items() if n > 0}
     total = sum(calls.values())
-    top = sorted(calls.items(), key=lambda kv: -kv[1])[:10]
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:20]
     print(f"Redis commands per job {total / max(1, jobs):.0f} ({total} in all); most: "
           + ", ".join(f"{name} {n / max(1, jobs):.1f}" for name, n in top), flush=True)  # fmt: skip
 
