@@ -28,6 +28,14 @@ class TrainPlan(BaseModel):
     )
     dataset_config: dict[str, Any] | None = None
     sample_prompts: str = ""
+    trainer_check_deferred: str | None = Field(
+        None,
+        description="why sd-scripts could not check the dataset at configure time; the "
+        "train phase checks it before the trainer starts",
+    )
+    trainer_warnings: list[str] = Field(
+        default_factory=list, description="what sd-scripts will train differently, per file"
+    )
 
     @property
     def output_name(self) -> str:

@@ -108,9 +108,13 @@ def configure_phase(
     """
     from autotrain.trainers.configure import render_plan, write_plan
 
-    plan = render_plan(spec, profile_for(spec, settings), settings, report, variant)
+    profile = profile_for(spec, settings)
+    plan = render_plan(spec, profile, settings, report, variant)
     if not dry_run:
         write_plan(plan)
+        from autotrain.worker.judge import judge_at_configure
+
+        judge_at_configure(spec, report, plan, profile, settings)  # sd-scripts reads the dataset
     return plan
 
 
@@ -148,7 +152,10 @@ def train_phase(
     attempt) are resumed, and only with the trainer they were saved with. Returns the run, the
     command and the state it resumed from.
     """
+    from autotrain.worker.judge import judge_before_training
+
     profile = profile_for(spec, settings)
+    judge_before_training(spec, plan, profile, settings)  # when configure could not ask sd-scripts
     backend = get_backend(profile)
     gpus_used = spec.gpu_ids if gpus is None else gpus
     fold_resumed_attempts(plan.model_dir, plan.output_name)  # what a crashed attempt left
