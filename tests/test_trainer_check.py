@@ -24,7 +24,7 @@ from autotrain.trainers.trainer_check import ask_the_trainer, trainer_check_unav
 from autotrain.worker.judge import judge_before_training
 from autotrain.workspace import Workspace
 from tests.conftest import wait_for
-from tests.helpers_kohya import STANDIN, kohya_settings
+from tests.helpers_kohya import STANDIN
 
 PROFILE = "FluxLORA"  # built in: resolution 1024, bucket_no_upscale, bucket step 64
 
@@ -44,8 +44,8 @@ def _clean(folder: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path):
-    return kohya_settings(tmp_path)
+def settings(kohya_settings):
+    return kohya_settings
 
 
 def test_every_file_the_trainer_would_reject_is_named_with_its_fix(tmp_path, settings):
