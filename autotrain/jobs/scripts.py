@@ -91,7 +91,7 @@ if holder and holder ~= ARGV[1] then
   if state and not final[state] then return {-1, holder} end
 end
 redis.call('SET', KEYS[3], ARGV[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
@@ -119,11 +119,9 @@ MOVE = Lua(
     + "\nlocal allowed = "
     + ALLOWED_LUA
     + """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-  owner = '""'
-end
+local got = redis.call('HMGET', KEYS[1], 'owner', 'state')
+local owner, state = got[1] or '""', got[2]
+if not state then return -2 end
 if ARGV[2] ~= '*' and owner ~= ARGV[2] then
   if owner == ARGV[3] and (owner:find('^"queue:') or owner:find('^"worker:')) then return 1 end
   return 0
@@ -132,21 +130,23 @@ if ARGV[6] ~= '' then
   local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if not deadline or tonumber(deadline) > tonumber(ARGV[6]) then return 0 end
 end
-local state = redis.call('HGET', KEYS[1], 'state')
 if final[state] then return -1 end
+local set = {}
 if ARGV[8] ~= '' then
   if not (allowed[state] and allowed[state][ARGV[8]]) then return -3 end
-  redis.call('HSET', KEYS[1], 'state', ARGV[8])
+  set[#set + 1] = 'state'; set[#set + 1] = ARGV[8]
 end
-if ARGV[3] ~= '*' then redis.call('HSET', KEYS[1], 'owner', ARGV[3]) end
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] ~= '*' and ARGV[3] ~= owner then set[#set + 1] = 'owner'; set[#set + 1] = ARGV[3] end
+for i = 9, #ARGV do set[#set + 1] = ARGV[i] end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+-- only a worker holds a lease and only the queue a dispatch deadline: each goes when its owner
+-- lets go of the job (the reaper drops entries left stale any other way)
+local letting_go = ARGV[3] ~= '*' or final[ARGV[8]]
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-elseif ARGV[3] ~= '*' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+elseif letting_go and owner:find('^"worker:') then redis.call('ZREM', KEYS[2], ARGV[1]) end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-elseif ARGV[3] ~= '*' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+elseif letting_go and owner:find('^"queue:') then redis.call('ZREM', KEYS[3], ARGV[1]) end
 if final[ARGV[8]] then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
   if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
   for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
@@ -178,8 +178,7 @@ if holder and holder ~= ARGV[1] then
   if other and not final[other] then return {-1, holder} end
 end
 redis.call('SET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'state', ARGV[5])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'state', ARGV[5], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
 for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
