@@ -1,0 +1,78 @@
+"""`output/<name>/samples.png`: a job's sample images as one picture, a row per prompt and a
+column per sample step, so what the model learned shows at a glance at the end of a run.
+
+Trainers name samples `<output_name>_<step>_<prompt index>[_<suffix>].<ext>`: the Tiny trainer
+`shapes_000100_00.png`, kohya `shapes_000100_00_20261201123456.png` (or `e000003` for an epoch).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["write_contact_sheet", "sample_grid", "SHEET_NAME"]
+
+SHEET_NAME = "samples.png"  # in output/<name>/
+
+_SAMPLE = re.compile(r"^(?P<step>e?\d{6})_(?P<row>\d{2})(?:_.*)?\.(?:png|jpe?g|webp)$", re.I)
+_CELL = 96  # pixels per sample in the sheet
+_GAP = 4
+_HEADER = 18
+
+
+def sample_grid(sample_dir: Path, output_name: str) -> dict[tuple[int, str], Path]:
+    """(prompt index, step label) -> newest sample file, for this job's samples only."""
+    grid: dict[tuple[int, str], Path] = {}
+    if not sample_dir.is_dir():
+        return grid
+    prefix = f"{output_name}_"
+    for path in sorted(sample_dir.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name)):
+        match = _SAMPLE.match(path.name[len(prefix) :]) if path.name.startswith(prefix) else None
+        if match and path.is_file():
+            grid[(int(match["row"]), match["step"])] = path
+    return grid
+
+
+def write_contact_sheet(sample_dir: Path, output_name: str, target: Path) -> Path | None:
+    """Draw every sample into `target` (a PNG); None, writing nothing, when there are none."""
+    grid = sample_grid(sample_dir, output_name)
+    if not grid:
+        return None
+    from PIL import Image, ImageDraw
+
+    rows = sorted({row for row, _ in grid})
+    steps = sorted(
+        {step for _, step in grid}, key=lambda s: (s.startswith("e"), int(s.lstrip("e")))
+    )
+    pitch = _CELL + _GAP
+    sheet = Image.new("RGB", (_GAP + pitch * len(steps), _HEADER + pitch * len(rows)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for column, step in enumerate(steps):
+        label = f"epoch {int(step[1:])}" if step.startswith("e") else f"step {int(step)}"
+        draw.text((_GAP + column * pitch + 2, 3), label, fill="black")
+        for line, row in enumerate(rows):
+            path = grid.get((row, step))
+            if path is not None:
+                sheet.paste(_cell(path), (_GAP + column * pitch, _HEADER + line * pitch))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    sheet.save(partial, format="PNG")
+    partial.replace(target)
+    return target
+
+
+def _cell(path: Path) -> Image.Image:
+    """The sample fitted into a square cell; small samples are enlarged with sharp pixels."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError):
+        return Image.new("RGB", (_CELL, _CELL), (200, 200, 200))  # unreadable: a grey cell
+    resample = Image.Resampling.NEAREST if max(image.size) <= _CELL else Image.Resampling.LANCZOS
+    return ImageOps.pad(image, (_CELL, _CELL), resample, color="white")
