@@ -8,7 +8,8 @@ base is pretrained on circles, squares and triangles only, so diamonds, rings an
 something a LoRA visibly teaches it.
 
 The result depends only on `--seed` and `--steps` (one CPU thread, a fixed data order): re-running
-it reproduces the committed file with the same torch version. About five minutes on one CPU core.
+it reproduces the committed weights exactly with the same torch version (safetensors may write the
+metadata keys in another order). About five minutes on one CPU core.
 
     .venv/bin/python examples/make_tiny_base.py              # rewrite the committed base
     .venv/bin/python examples/make_tiny_base.py --steps 500 --out /tmp/base.safetensors
