@@ -57,7 +57,7 @@ def test_prepare_dry_run_prints_the_plan_and_changes_nothing(workspace, tmp_path
     assert result.returncode == 0, result.stderr
     assert snapshot(workspace) == before
     assert "autotrain.tiny_trainer" in result.stdout and "--config_file" in result.stdout
-    assert "Total training steps: 200" in result.stdout
+    assert "Total training steps: 400" in result.stdout
     assert "would-copy" in result.stdout
     assert "train_data_dir" in result.stdout  # the config that would be written
 
