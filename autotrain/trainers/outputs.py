@@ -36,7 +36,7 @@ RUNS_DIR = "runs"
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class SamplePosition:
     """Where a sample sits in a run: the step (or epoch) it was made at and its prompt's line."""
 
