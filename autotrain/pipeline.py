@@ -199,7 +199,7 @@ def run_pipeline(
 
     if precheck:
         check_before_queueing(spec, settings)
-    store = job_store(settings)
+    store = _store_of_a_running_cluster(settings)
     configure_app(settings)
     job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings))
     log.info("queued %s as job %s", spec.name, job.id)
@@ -236,6 +236,16 @@ def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:
     return variant
 
 
+def _store_of_a_running_cluster(settings: Settings) -> JobStore:
+    """The job store; with no shared Redis configured, the workspace's local cluster (embedded
+    Redis and this host's workers) is started first when it does not run, as `autotrain pipeline
+    run` does, and the log says so."""
+    from autotrain.hosts import ensure_local_cluster
+
+    ensure_local_cluster(settings=settings, say=log.info)
+    return job_store(settings)
+
+
 def run_batch_pipeline(
     profile: str,
     *,
@@ -267,7 +277,7 @@ def run_batch_pipeline(
         batch_id=batch_id,
         **options,
     )
-    store = job_store(settings)
+    store = _store_of_a_running_cluster(settings)
     configure_app(settings)
     name = batch_name or (Path(datasets_dir).name if datasets_dir else "batch")
     create_batch(store.redis, batch_id, max_concurrent, name)

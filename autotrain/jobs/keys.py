@@ -17,6 +17,7 @@
 | autotrain:dispatch                   | zset   | -              | job -> deadline to confirm a sent message |
 | autotrain:workers                    | zset   | -              | worker name -> last heartbeat   |
 | autotrain:worker:<name>              | string | 3 heartbeats   | the worker's description        |
+| autotrain:workers:starting           | hash   | -              | host -> workers it is starting, until when |
 | autotrain:worker:<name>:jobs         | zset   | a lease        | the jobs a worker trains -> until |
 | autotrain:queues                     | set    | -              | broker queues workers consume   |
 | autotrain:gpu:<host>:<index>         | hash   | a lease        | jobs' memory reservations on a GPU |
@@ -53,6 +54,7 @@ __all__ = [
     "LEASES",
     "DISPATCH",
     "WORKERS",
+    "WORKERS_STARTING",
     "worker",
     "worker_jobs",
     "QUEUES",
@@ -92,6 +94,7 @@ ACTIVE = f"{PREFIX}jobs:active"
 LEASES = f"{PREFIX}leases"
 DISPATCH = f"{PREFIX}dispatch"
 WORKERS = f"{PREFIX}workers"
+WORKERS_STARTING = f"{PREFIX}workers:starting"  # host -> the workers it starts (registry)
 QUEUES = f"{PREFIX}queues"
 REAPER = f"{PREFIX}reaper"
 PACE = f"{PREFIX}pace"  # profile and GPU model -> measured pace (autotrain.fleet.pace)

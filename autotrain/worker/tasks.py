@@ -285,6 +285,7 @@ def report(self: Task, job_id: str) -> None:
         manifest = phases.report_phase(job.spec, plan, ctx.settings, info)
         result = {"weights": manifest["weights"][0]["path"],
                   "run_json": str(plan.model_dir.parent / "run.json"),
+                  "samples_sheet": manifest.get("samples_sheet"),
                   "final_loss": manifest["final_loss"]}  # fmt: skip
         if ctx.finish(JobState.SUCCEEDED, result=result):
             log.info("%s %s: succeeded", job.name, job_id)
