@@ -9,6 +9,9 @@
 | autotrain:jobs                       | zset   | -              | every job by creation time      |
 | autotrain:jobs:active                | zset   | -              | jobs not final, by creation     |
 | autotrain:batch:<b>:jobs             | zset   | -              | a batch's jobs, by creation     |
+| autotrain:profile:<p>:jobs           | zset   | -              | a profile's jobs, by creation   |
+| autotrain:jobs:<final state>         | zset   | -              | jobs that ended so, by creation |
+| autotrain:jobs:indexed               | string | -              | the two above cover every job   |
 | autotrain:batch:<b>                  | hash   | -              | batch settings (max_concurrent) |
 | autotrain:batch:<b>:training/parked  | set/zset | -            | batch slots                     |
 | autotrain:batch:<b>:notified         | string | -              | the batch's end was announced   |
@@ -54,6 +57,9 @@ __all__ = [
     "LEASES",
     "DISPATCH",
     "WORKERS",
+    "INDEXED",
+    "profile_jobs",
+    "state_jobs",
     "WORKERS_STARTING",
     "worker",
     "worker_jobs",
@@ -94,6 +100,7 @@ ACTIVE = f"{PREFIX}jobs:active"
 LEASES = f"{PREFIX}leases"
 DISPATCH = f"{PREFIX}dispatch"
 WORKERS = f"{PREFIX}workers"
+INDEXED = f"{PREFIX}jobs:indexed"  # set once the profile and final-state indexes are complete
 WORKERS_STARTING = f"{PREFIX}workers:starting"  # host -> the workers it starts (registry)
 QUEUES = f"{PREFIX}queues"
 REAPER = f"{PREFIX}reaper"
@@ -131,6 +138,16 @@ def batch_jobs(batch_id: str) -> str:
 
 def name(dataset_name: str) -> str:
     return f"{PREFIX}name:{dataset_name}"
+
+
+def profile_jobs(profile: str) -> str:
+    """A profile's jobs by creation time: a filter by profile reads only these."""
+    return f"{PREFIX}profile:{profile}:jobs"
+
+
+def state_jobs(state: str) -> str:
+    """The jobs that ended in final `state`, by creation time (JobStore.move keeps it)."""
+    return f"{PREFIX}jobs:{state}"
 
 
 def worker(worker_name: str) -> str:
