@@ -19,7 +19,7 @@ def print_prepared(result: PrepareResult) -> None:
     """The validation table, staging decision, files and trainer command of phases 1-3."""
     import tomli_w
 
-    from autotrain.datasets.validate import report_table
+    from autotrain.datasets.report_view import report_table
     from autotrain.fleet.placement import describe_needs
 
     console.print(report_table(result.report))
