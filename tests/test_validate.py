@@ -370,3 +370,23 @@ def test_parse_dataset_paths(tmp_path):
     assert parse_dataset_paths(" a, b ,,a") == [Path("a"), Path("b")]
     with pytest.raises(ValidationError, match="No dataset paths"):
         parse_dataset_paths(" , ")
+
+
+def test_kohya_folder_conventions_zero_repeats_mistyped_and_passed_directly(
+    tmp_path, settings, profile
+):
+    ds = make_dataset(tmp_path / "ds", 1)
+    make_dataset(ds / "0_ohwx cat", 2, prefix="skipped")
+    make_dataset(ds / "10-ohwx dog", 2, prefix="dog")
+    report = validate(ds, settings, profile)
+    assert not [i for i in report.images if i.relpath.startswith("0_")]
+    assert "0 repeats, so kohya skips it" in problem(report, "0_ohwx cat/")
+    assert [s.relpath for s in report.subsets] == [".", "10-ohwx dog"]
+    hint = problem(report, "10-ohwx dog/")
+    assert "is not spelled <n>_<name>" in hint and "Rename it to 10_ohwx dog" in hint
+
+    direct = make_dataset(tmp_path / "20_ohwx_woman", 2, prefix="w")
+    report = validate(direct, settings, profile, name="woman")
+    (root,) = report.subsets
+    assert (root.relpath, root.repeats, root.class_tokens) == (".", 20, "ohwx_woman")
+    assert "train with 20 repeats and class tokens 'ohwx_woman'" in problem(report, ".")

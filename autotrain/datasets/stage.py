@@ -209,7 +209,11 @@ def _check_relpaths(files: list[FileRecord]) -> None:
 
 def _skipped(report: ValidationReport) -> list[tuple[str, str]]:
     skipped = [(p.path, p.reason) for p in report.errors]
-    skipped += [(p.path, p.reason) for p in report.warnings if "symbolic link" in p.reason]
+    skipped += [
+        (p.path, p.reason)
+        for p in report.warnings
+        if "symbolic link" in p.reason or "kohya skips it" in p.reason
+    ]
     skipped += [(path, "caption of an unusable image") for path in report.excluded_captions]
     skipped += [(path, "OS or hidden junk") for path in report.junk_skipped]
     skipped += [(path, "not an image or an image's caption") for path in report.ignored_files]
