@@ -121,8 +121,12 @@ def batch_specs(
     datasets_dir: Path | str | None = None,
     dataset_paths: str | list[str] | None = None,
     **options: Any,
-) -> list[JobSpec]:
-    """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both)."""
+) -> tuple[list[JobSpec], list[tuple[JobSpec, str]]]:
+    """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both).
+
+    Returns the specs to prepare and those refused with why: datasets whose folders slugify to
+    one name (`My Cat`, `My_Cat`) are refused, each naming the others, and only they.
+    """
     from autotrain.datasets.discovery import find_datasets, parse_dataset_paths
 
     if bool(datasets_dir) == bool(dataset_paths):
@@ -134,13 +138,24 @@ def batch_specs(
     else:
         paths = [Path(p) for p in dataset_paths or []]
     specs = [JobSpec.for_dataset(p, profile, **options) for p in paths]
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise AutotrainError(
-            f"Two datasets in the batch would be named {', '.join(duplicates)}; rename a folder."
-        )
-    return specs
+    by_name: dict[str, list[JobSpec]] = {}
+    for spec in specs:
+        by_name.setdefault(spec.name, []).append(spec)
+    refused = [
+        (spec, _name_collision(spec, same)) for same in by_name.values() if len(same) > 1
+        for spec in same
+    ]  # fmt: skip
+    taken = {id(spec) for spec, _ in refused}
+    return [s for s in specs if id(s) not in taken], refused
+
+
+def _name_collision(spec: JobSpec, same: list[JobSpec]) -> str:
+    others = ", ".join(str(s.dataset_path) for s in same if s is not spec)
+    return (
+        f"Not prepared: {spec.dataset_path} and {others} would both be named {spec.name!r} (a "
+        "job's name comes from its folder's name, made safe for paths). Rename one of the "
+        "folders, or queue it on its own with --dataset-name; the other datasets of the batch go on."
+    )
 
 
 def prepare_batch(
@@ -154,7 +169,11 @@ def prepare_batch(
     """Phases 1-3 for every dataset of a batch; a failing dataset does not stop the others."""
     settings = settings or load_settings()
     result = BatchResult(batch_id=None)
-    for spec in batch_specs(profile, **selection):
+    specs, refused = batch_specs(profile, **selection)
+    for spec, why in refused:
+        log.error("%s: %s", spec.dataset_path, why)
+        result.prepared.append(PrepareResult(spec=spec, error=why, dry_run=dry_run))
+    for spec in specs:
         try:
             result.prepared.append(_prepare(spec, settings, dry_run, progress))
         except AutotrainError as exc:
@@ -260,7 +279,7 @@ def run_batch_pipeline(
         raise AutotrainError(f"--max-concurrent must be at least 1 (got {max_concurrent}).")
     profile_for(JobSpec(dataset_path=Path("."), name="x", profile=profile), settings)
     batch_id = f"b{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    specs = batch_specs(
+    specs, refused = batch_specs(
         profile,
         datasets_dir=datasets_dir,
         dataset_paths=dataset_paths,
@@ -272,6 +291,7 @@ def run_batch_pipeline(
     name = batch_name or (Path(datasets_dir).name if datasets_dir else "batch")
     create_batch(store.redis, batch_id, max_concurrent, name)
     result = BatchResult(batch_id=batch_id, name=name)
+    result.rejected += [(str(spec.dataset_path), why) for spec, why in refused]
     for spec in specs:
         try:
             check_before_queueing(spec, settings)

@@ -366,3 +366,28 @@ def test_help_loads_none_of_the_heavy_libraries():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_batch_refuses_only_the_datasets_whose_names_collide(workspace, tmp_path):
+    """`My Cat` and `My_Cat` slugify to one name: both are named, the third is prepared."""
+    root = tmp_path / "datasets"
+    root.mkdir()
+    for folder in ("My Cat", "My_Cat", "dogs"):
+        copy_example(root, folder)
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "batch",
+        "--datasets-dir",
+        str(root),
+        "--profile",
+        "Tiny",
+        "--prepare-only",
+    )
+    assert result.returncode == 1
+    stderr = " ".join(result.stderr.split())
+    assert f"{root / 'My Cat'} and {root / 'My_Cat'} would both be named 'My_Cat'" in stderr
+    assert f"{root / 'My_Cat'} and {root / 'My Cat'} would both be named" in stderr
+    assert "1 prepared, 2 failed" in result.stdout
+    assert (workspace / "BatchConfig" / "Tiny" / "dogs.toml").is_file()
+    assert not (workspace / "input" / "My_Cat").exists()
