@@ -55,6 +55,7 @@ class PrepareResult:
     error: str | None = None
     dry_run: bool = False
     profile: Any = None  # the Profile used (its VRAM estimate and leaner variants)
+    problems: list[str] = field(default_factory=list)  # dry run: host setup still missing
 
     @property
     def ok(self) -> bool:
@@ -105,7 +106,10 @@ def _prepare(
     result = PrepareResult(spec=spec, dry_run=dry_run)
     if not dry_run:
         log.info("prepare %s (%s) from %s", spec.name, spec.profile, spec.dataset_path)
-    result.report = phases.validate_phase(spec, settings, progress)
+    result.report = phases.validate_phase(spec, settings, progress, dry_run=dry_run)
+    if dry_run and result.report.setup_problems:
+        result.problems = list(result.report.setup_problems)
+        settings = _with_placeholders(settings, profile_for(spec, settings))
     result.stage = phases.prepare_phase(
         spec, result.report, settings, dry_run=dry_run, progress=progress
     )
@@ -113,6 +117,21 @@ def _prepare(
     result.command = phases.trainer_command(spec, result.plan, settings)
     result.profile = profile_for(spec, settings)
     return result
+
+
+def _with_placeholders(settings: Settings, profile: Any) -> Settings:
+    """Settings whose missing sd-scripts folder and model files read `<setting>`, so that a
+    dry run on a laptop prints the whole plan and trainer command; never used to train."""
+    missing: dict[str, Path] = {}
+    for setting in profile.models.values():
+        value = getattr(settings, setting, None)
+        if value is None or not Path(value).is_file():
+            missing[setting] = Path(f"<{setting}>")
+    if profile.backend == "kohya" and (
+        settings.sd_scripts_dir is None or not Path(settings.sd_scripts_dir).is_dir()
+    ):
+        missing["sd_scripts_dir"] = Path("<sd_scripts_dir>")
+    return settings.model_copy(update=missing)
 
 
 def batch_specs(

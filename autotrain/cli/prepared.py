@@ -52,6 +52,10 @@ def print_prepared(result: PrepareResult) -> None:
         console.print("[bold]GPU memory:[/]")
         for line in needs:
             console.print(f"  {line}", soft_wrap=True, markup=False)
+    if result.problems:  # a dry run planned with <placeholders> for these
+        err_console.print(f"[bold red]Problems before this can train ({len(result.problems)}):[/]")
+        for problem in result.problems:
+            err_console.print(f"  - {problem}", soft_wrap=True, markup=False)
 
 
 @contextmanager

@@ -83,6 +83,9 @@ class ValidationReport(BaseModel):
     subsets: list[Subset] = Field(default_factory=list, description="counting valid images only")
     problems: list[Problem] = Field(default_factory=list, description="per file")
     fatal: list[str] = Field(default_factory=list, description="why the dataset cannot be used")
+    setup_problems: list[str] = Field(
+        default_factory=list, description="of `fatal`: the trainer's host setup (model files...)"
+    )
     junk_skipped: list[str] = Field(default_factory=list)
     ignored_files: list[str] = Field(default_factory=list, description="not images or captions")
     missing_captions: list[str] = Field(default_factory=list, description="image relpaths")
@@ -176,7 +179,8 @@ def validate_dataset(
             f"({name_list([p.path for p in report.errors])}). Replace or remove them."
         )
     report.fatal += _disk_problems(settings, profile, report, spec)
-    report.fatal += _backend_problems(profile, settings)
+    report.setup_problems = _backend_problems(profile, settings)
+    report.fatal += report.setup_problems
     return report
 
 
