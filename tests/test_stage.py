@@ -256,3 +256,18 @@ def test_an_exif_rotated_photo_is_staged_upright_and_reused(tmp_path, ws, profil
     assert (ds / "photo.jpg").read_bytes() == source  # the user's file is untouched
     again = stage_dataset(validate(ds, ws, profile, "phone"), ws)
     assert again.action == "reused", again.notes
+
+
+def test_rotated_photos_are_named_in_a_dry_run_and_refused_in_place(tmp_path, ws, profile):
+    from tests.helpers_datasets import write_exif_rotated
+
+    ds = make_dataset(tmp_path / "phone", 1)
+    write_exif_rotated(ds / "photo.jpg", (96, 48), orientation=8)
+    dry = stage_dataset(validate(ds, ws, profile, "phone"), ws, dry_run=True)
+    assert "photo.jpg: would stage upright (EXIF orientation 8, which sd-scripts ignores)" in (
+        dry.notes
+    )
+    in_place = ws.input_dir("phone")
+    shutil.copytree(ds, in_place)
+    with pytest.raises(StagingError, match=r"cannot be turned upright.*photo\.jpg"):
+        stage_dataset(validate(in_place, ws, profile, "phone"), ws)
