@@ -378,10 +378,12 @@ def test_kohya_folder_conventions_zero_repeats_mistyped_and_passed_directly(
     ds = make_dataset(tmp_path / "ds", 1)
     make_dataset(ds / "0_ohwx cat", 2, prefix="skipped")
     make_dataset(ds / "10-ohwx dog", 2, prefix="dog")
+    make_dataset(ds / "2024 trip", 1, prefix="trip")
     report = validate(ds, settings, profile)
+    assert not [p for p in report.problems if p.path == "2024 trip/"]
     assert not [i for i in report.images if i.relpath.startswith("0_")]
     assert "0 repeats, so kohya skips it" in problem(report, "0_ohwx cat/")
-    assert [s.relpath for s in report.subsets] == [".", "10-ohwx dog"]
+    assert [s.relpath for s in report.subsets] == [".", "10-ohwx dog", "2024 trip"]
     hint = problem(report, "10-ohwx dog/")
     assert "is not spelled <n>_<name>" in hint and "Rename it to 10_ohwx dog" in hint
 

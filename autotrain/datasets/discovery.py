@@ -237,8 +237,8 @@ def _mistyped_repeats(name: str) -> str | None:
     """A hint for `10-name` and the like, which kohya does not read as repeats (sd-scripts
     config_util.py:608, extract_dreambooth_params: int() of the part before the first `_`)."""
     match = _MISTYPED_REPEAT_DIR.fullmatch(name)
-    if not match or _REPEAT_DIR.fullmatch(name):
-        return None
+    if not match or _REPEAT_DIR.fullmatch(name) or not 1 <= int(match.group(1)) <= 100:
+        return None  # beyond 100 it is more likely a year ("2024 trip") than repeats
     right = f"{int(match.group(1))}_{match.group(2)}"
     return (
         f"folder {name} looks like a kohya repeat folder but is not spelled <n>_<name>: it "
