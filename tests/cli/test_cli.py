@@ -330,7 +330,7 @@ def test_a_monitor_keeps_saying_that_no_worker_will_take_the_job(cluster, tmp_pa
 
 
 def test_the_readme_lists_the_exit_codes_these_tests_check():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     table = readme.split("Exit codes, the same for every command:")[1].split("\n\n")[1]
     codes = [row.split("|")[1].strip() for row in table.splitlines()[2:]]
     assert codes == ["0", "1", "2", "130"]
