@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Failure", "FailureReader"]
+__all__ = ["Failure", "FailureReader", "killed_by_sigkill", "sigkill_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +49,25 @@ class FailureReader:
             self._in_traceback = False
             return Failure("the trainer failed")
         return None
+
+
+def killed_by_sigkill(returncode: int) -> bool:
+    """The trainer died of SIGKILL: its guard reports 128 + 9, a trainer run bare reports -9."""
+    return returncode in (-9, 137)
+
+
+def sigkill_message(returncode: int, profile: str, host_memory_gb: float | None) -> str:
+    """What a SIGKILLed trainer usually means, and what to do: nothing in its output says why,
+    since SIGKILL cannot be caught; the kernel's out-of-memory killer (host RAM, not the GPU's)
+    is the usual sender (`dmesg | grep -i 'killed process'` names it)."""
+    need = (f"the {profile} profile peaks at about {host_memory_gb:g} GiB of host memory"
+            if host_memory_gb else f"the {profile} profile's host memory need is not measured")  # fmt: skip
+    return (
+        f"Trainer was killed by SIGKILL (exit code {returncode}): usually the kernel's "
+        f"out-of-memory killer, for lack of host RAM ({need}; `dmesg | grep -i 'killed process'` "
+        "says whether it was). Use fewer dataloader workers (max_data_loader_n_workers), add RAM "
+        "or swap, run fewer jobs on this host at once, or choose a leaner variant."
+    )
 
 
 _TRACEBACK = re.compile(r"^Traceback \(most recent call last\):")

@@ -19,6 +19,7 @@ from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers import get_backend
+from autotrain.trainers.failures import killed_by_sigkill, sigkill_message
 from autotrain.trainers.plan import TrainPlan
 from autotrain.trainers.progress import ProgressEvent
 from autotrain.trainers.resume import (
@@ -287,6 +288,9 @@ def raise_for_trainer(run: TrainerRun, plan: TrainPlan) -> None:
             f"{message}\n  > {run.error_event.get('line', '').strip()}\n  (log: {log})"
         )
     last = "\n  > ".join(run.tail[-5:]) or "(no output)"
+    if killed_by_sigkill(run.returncode):
+        why = sigkill_message(run.returncode, plan.profile, plan.host_memory_gb)
+        raise TrainingError(f"{why} Last output:\n  > {last}\n  (log: {log})")
     raise TrainingError(
         f"Trainer exited with code {run.returncode}. Last output:\n  > {last}\n  (log: {log})"
     )
