@@ -152,6 +152,25 @@ def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     assert json.loads(listing.stdout)[0]["state"] == "failed"
 
 
+def test_a_sigkilled_trainer_says_it_is_usually_the_out_of_memory_killer(kohya, tmp_path):
+    """The trainer (not its guard) dies of SIGKILL, as under the kernel's OOM killer: nothing in
+    its output says why, so the job's error says what it usually is and what the profile needs."""
+    profile = kohya.root / "templates" / "LoraQuick" / "profile.toml"
+    profile.write_text("host_memory_gb = 7\n" + profile.read_text())
+    kohya.env["STANDIN_CRASH_AT_STEP"] = "5"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to fail")
+    job = store.get(job_id)
+    assert job.state == JobState.FAILED and job.attempt == 1, job.error
+    assert job.error.startswith("The trainer was killed by SIGKILL (exit code 1)")
+    assert "died with <Signals.SIGKILL: 9>" in job.error  # accelerate's line, quoted
+    assert "out-of-memory killer" in job.error and "host RAM" in job.error
+    assert "LoraQuick profile peaks at about 7 GiB of host memory" in job.error
+    assert "max_data_loader_n_workers" in job.error and "leaner variant" in job.error
+
+
 def test_a_bad_model_file_fails_at_once_quoting_the_trainer_and_is_not_retried(kohya, tmp_path):
     """The Flux checkpoint is a Git LFS pointer, not weights: sd-scripts (here its stand-in)
     fails reading its header. Bad data fails the same way on every GPU, so no attempt follows."""

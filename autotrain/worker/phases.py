@@ -282,15 +282,17 @@ def raise_for_trainer(run: TrainerRun, plan: TrainPlan) -> None:
     if run.succeeded or run.cancelled:
         return
     log = plan.log_dir / "trainer.log"
+    error = run.error_event or {}
+    if killed_by_sigkill(run.returncode, error.get("cause")):
+        why = sigkill_message(run.returncode, plan.profile, plan.host_memory_gb)
+        quoted = error.get("line", "").strip() or "\n  > ".join(run.tail[-5:]) or "(no output)"
+        raise TrainingError(f"{why}\n  > {quoted}\n  (log: {log})")
     if run.error_event:
         message = run.error_event.get("message") or "trainer error"
         raise TrainingError(
             f"{message}\n  > {run.error_event.get('line', '').strip()}\n  (log: {log})"
         )
     last = "\n  > ".join(run.tail[-5:]) or "(no output)"
-    if killed_by_sigkill(run.returncode):
-        why = sigkill_message(run.returncode, plan.profile, plan.host_memory_gb)
-        raise TrainingError(f"{why} Last output:\n  > {last}\n  (log: {log})")
     raise TrainingError(
         f"Trainer exited with code {run.returncode}. Last output:\n  > {last}\n  (log: {log})"
     )
