@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from autotrain.cli.common import INTERRUPTED, console, settings_of
+from autotrain.cli.common import INTERRUPTED, console, literal, settings_of
 from autotrain.jobs.states import JobState
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     _print_jobs_table(rows)
     for j in jobs:
         if j.id in reasons:
-            console.print(f"[yellow]{j.id}[/] {j.name} {reasons[j.id]}", soft_wrap=True)
+            console.print(f"[yellow]{j.id}[/] {literal(j.name)} {literal(reasons[j.id])}",
+                          soft_wrap=True)  # fmt: skip
     if len(jobs) == limit:
         console.print(f"[dim]Newest {offset + 1}-{offset + limit} shown; --offset "
                       f"{offset + limit} for the next page.[/]")  # fmt: skip
@@ -87,7 +88,7 @@ def _print_jobs_table(rows: list[dict]) -> None:
     for column in _LIST_COLUMNS:
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(*(str(row[field]) for field in _LIST_COLUMNS.values()))
+        table.add_row(*(literal(row[field]) for field in _LIST_COLUMNS.values()))
     console.print(table)
 
 
@@ -133,17 +134,17 @@ def cancel_cmd(ctx, job_id, batch_id) -> None:
     if batch_id:
         open_jobs = cancel_batch(batch_id, settings=settings)
         console.print(
-            f"Cancelling {len(open_jobs)} job(s) of batch {batch_id}; the others had ended."
+            f"Cancelling {len(open_jobs)} job(s) of batch {literal(batch_id)}; the others had ended."
         )
         return
     job = cancel_job(job_id, settings=settings)
     if job.state == JobState.CANCELLED:
-        console.print(f"Job {job.id} ({job.name}) is cancelled.")
+        console.print(f"Job {job.id} ({literal(job.name)}) is cancelled.")
     elif job.is_final:
-        console.print(f"Job {job.id} ({job.name}) had already ended: {job.state.value}.")
+        console.print(f"Job {job.id} ({literal(job.name)}) had already ended: {job.state.value}.")
     else:
         console.print(
-            f"Cancelling job {job.id} ({job.name}); its worker stops the trainer within seconds."
+            f"Cancelling job {job.id} ({literal(job.name)}); its worker stops the trainer within seconds."
         )
 
 
@@ -163,13 +164,13 @@ def logs_cmd(ctx, job_id, follow) -> None:
     settings = settings_of(ctx)
     job = get_job(job_id, settings=settings)
     if job.error:
-        console.print(f"[red]Error:[/] {job.error}", soft_wrap=True)
+        console.print(f"[red]Error:[/] {literal(job.error)}", soft_wrap=True)
     for chunk in job_logs(job.id, follow=follow, settings=settings):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     samples = get_job(job.id, settings=settings).samples
     if samples:
-        console.print("Newest samples:\n  " + "\n  ".join(samples))
+        console.print("Newest samples:\n  " + literal("\n  ".join(samples)))
 
 
 def monitor_job(settings: Settings, job_id: str) -> int:
@@ -243,15 +244,15 @@ def print_batch_summary(jobs: list) -> None:
     for j in jobs:
         training = j.training_seconds(now)
         weights = (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else None
-        table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
+        table.add_row(literal(j.name), j.state.value, f"{j.step}/{j.total or '?'}",
                       format_loss(j.loss),
                       format_eta(j.queued_seconds(now)),
                       format_eta(training) if training is not None else "-",
-                      str(weights or "-"))  # fmt: skip
+                      literal(weights or "-"))  # fmt: skip
     console.print(table, soft_wrap=True)
     for j in jobs:
         if j.error and j.state != JobState.SUCCEEDED:
-            console.print(f"[red]{j.name}[/] ({j.id}) {j.state.value}:", end=" ")
+            console.print(f"[red]{literal(j.name)}[/] ({j.id}) {j.state.value}:", end=" ")
             console.print(j.error, markup=False, soft_wrap=True)
 
 
@@ -273,10 +274,10 @@ def _minute_if(waiting: object) -> int | None:
 
 def _final_message(job) -> int:
     if job.state == JobState.SUCCEEDED:
-        console.print(f"[green]Succeeded.[/] Weights: {(job.result or {}).get('weights')}")
-        console.print(f"Run manifest: {(job.result or {}).get('run_json')}")
+        console.print(f"[green]Succeeded.[/] Weights: {literal((job.result or {}).get('weights'))}")
+        console.print(f"Run manifest: {literal((job.result or {}).get('run_json'))}")
         return 0
-    console.print(f"[red]{job.state.value}:[/] {job.error or ''}", soft_wrap=True)
+    console.print(f"[red]{job.state.value}:[/] {literal(job.error or '')}", soft_wrap=True)
     return 1
 
 
