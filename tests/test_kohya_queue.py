@@ -118,6 +118,16 @@ def test_worker_killed_mid_run_resumes_without_repeating_saved_steps(kohya, tmp_
     attempts = manifest["trainer"]["attempts_log"]
     assert attempts[-1]["resume"]["saved_step"] == saved
     assert manifest["trainer"]["version"]["accelerate"]
+    assert [a["attempt"] for a in attempts] == [1, 2]  # the killed worker's attempt too
+    # checkpoints and samples are shown under their final names, each once
+    shown = [e["path"] for _id, e in store.read_events(job_id)
+             if e.get("kind") in ("checkpoint", "sample") and e.get("path")]  # fmt: skip
+    samples = [p for _id, e in store.read_events(job_id) if e.get("kind") == "sample"
+               for p in [e.get("path")] if p]  # fmt: skip
+    assert shown and not [p for p in shown if ".r2" in p]
+    assert len(samples) == len(set(samples))
+    assert all(Path(p).exists() for p in samples)
+    assert set(samples) <= set(manifest["samples"])
 
 
 def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
