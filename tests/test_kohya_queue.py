@@ -146,6 +146,30 @@ def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
     wait_for(lambda: not trainers(), 10, "no trainer process left after the worker died")
 
 
+def test_a_killed_guard_takes_the_whole_trainer_tree_and_the_job_resumes(kohya, tmp_path):
+    """`kill -9` of the guard under `accelerate launch` and its training script: the worker
+    kills both within seconds, and the job resumes from its newest state as attempt 2."""
+    kohya.env["STANDIN_SLEEP_PER_STEP"] = "0.15"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    model_dir = kohya.root / "output" / "cat" / "model"
+    wait_for(lambda: list(model_dir.glob("cat-step*-state")), 120, "the first saved state")
+    (guard,) = pids_of("autotrain.trainers.guard", kohya.root)
+    tree = pids_of(str(STANDIN), kohya.root)
+    assert len(tree) >= 2, "accelerate launch and its training script"
+    os.kill(guard, signal.SIGKILL)
+    wait_for(lambda: not pids_of(str(STANDIN), kohya.root), 5, "the trainer's tree to be killed")
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 180, "the job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED and job.attempt == 2, job.error
+    assert (job.step, job.total) == (30, 30)
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    attempts = manifest["trainer"]["attempts_log"]
+    assert [a["cause"] for a in attempts] == ["guard lost", None]
+    assert attempts[1]["resume"]["saved_step"] >= 10
+
+
 def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     """A 4 GB GPU: no variant of the ladder fits (the leanest needs 8 GB)."""
     kohya.env["STANDIN_GPU_MEMORY_GB"] = "4"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ from tests.conftest import (
     copy_example,
     free_port,
     job_id_in,
+    pids_of,
     redis_answers,
     redis_server_command,
     wait_for,
@@ -190,19 +190,6 @@ def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
     assert logged[0]["last_step"] >= saved_step and logged[0]["started_at"]
 
 
-def _guard_pids(workspace: Path) -> list[int]:
-    """The trainer guards of this workspace's jobs, found by their command line."""
-    out = subprocess.run(
-        ["pgrep", "-f", "autotrain.trainers.guard"], capture_output=True, text=True
-    ).stdout
-    pids = []
-    for pid in map(int, out.split()):
-        with contextlib.suppress(OSError):
-            if str(workspace).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                pids.append(pid)
-    return pids
-
-
 def test_guard_killed_mid_training_is_not_the_trainers_failure(cluster, tmp_path):
     """A stray `kill -9` of the guard: its worker kills the trainer at once and the job goes on
     as the next attempt, from its newest saved state, instead of failing with the guard's -9."""
@@ -213,7 +200,7 @@ def test_guard_killed_mid_training_is_not_the_trainers_failure(cluster, tmp_path
     store = cluster.store()
     model_dir = cluster.root / "output" / "tiny_shapes" / "model"
     wait_for(lambda: list(model_dir.glob("*-state")), 120, "a saved training state")
-    guards = _guard_pids(cluster.root)
+    guards = pids_of("autotrain.trainers.guard", cluster.root)
     assert len(guards) == 1, guards
     assert _trainer_pids(cluster.root)
     os.kill(guards[0], signal.SIGKILL)
