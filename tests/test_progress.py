@@ -329,3 +329,9 @@ def test_a_sigkilled_trainer_error_names_the_oom_killer_and_the_need(tmp_path: P
     with pytest.raises(TrainingError) as measured:
         raise_for_trainer(run, plan.model_copy(update={"host_memory_gb": 10.6}))
     assert "peaks at about 10.6 GiB of host memory" in str(measured.value)
+    lost = run.__class__(returncode=-9, cancelled=False, started_at=0, finished_at=1,
+                         last_step=4, guard_lost=True)  # fmt: skip
+    with pytest.raises(TrainingError) as guard:
+        raise_for_trainer(lost, plan)
+    assert str(guard.value).startswith("The trainer's guard process was killed at step 4")
+    assert "out-of-memory" not in str(guard.value)  # the guard's -9 is not the trainer's

@@ -283,6 +283,12 @@ def raise_for_trainer(run: TrainerRun, plan: TrainPlan) -> None:
         return
     log = plan.log_dir / "trainer.log"
     error = run.error_event or {}
+    if run.guard_lost:  # queued jobs resume (autotrain.worker.recovery); here, say so
+        raise TrainingError(
+            f"The trainer's guard process was killed at step {run.last_step}, and the trainer "
+            f"was stopped with it; run the job again to resume from its newest saved state. "
+            f"(log: {log})"
+        )
     if killed_by_sigkill(run.returncode, error.get("cause")):
         why = sigkill_message(run.returncode, plan.profile, plan.host_memory_gb)
         quoted = error.get("line", "").strip() or "\n  > ".join(run.tail[-5:]) or "(no output)"
