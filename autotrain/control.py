@@ -157,10 +157,10 @@ def list_jobs(*, state: JobState | str | Iterable[JobState | str] | None = None,
     wanted = {JobState(s) for s in state or ()} or None
 
     def where(job: Job) -> bool:
-        return (profile is None or job.profile == profile) and (name is None or name in job.name)
+        return name is None or name in job.name
 
-    return _store(settings).page(states=wanted, batch_id=batch, where=where, offset=offset,
-                                 limit=limit)  # fmt: skip
+    return _store(settings).page(states=wanted, batch_id=batch, profile=profile, where=where,
+                                 offset=offset, limit=limit)  # fmt: skip
 
 
 def get_job(job_id: str, *, settings: Settings | None = None) -> Job:

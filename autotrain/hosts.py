@@ -26,6 +26,7 @@ __all__ = [
     "ensure_local_cluster",
     "start_local_dashboard",
     "shown_url",
+    "dashboard_page",
     "this_host",
     "host_gpus",
     "run_host_workers",
@@ -58,10 +59,19 @@ def stop_local_cluster(*, settings: Settings | None = None) -> list[str]:
 
 def ensure_local_cluster(*, settings: Settings | None = None, say: Callable[[str], None] = print,
                          ) -> bool:  # fmt: skip
-    """Start the local cluster unless Redis is shared or it runs; True when it started one."""
-    from autotrain.fleet.cluster import ensure_up
+    """Start the local cluster unless Redis is shared or it runs; True when it started one.
 
-    return ensure_up(settings or load_settings(), say=say)
+    Jobs waiting meanwhile say that workers are starting (not that the user should start one)."""
+    from autotrain.fleet.cluster import ensure_up
+    from autotrain.worker.launch import plan_workers
+
+    settings = settings or load_settings()
+    if not ensure_up(settings, say=say):
+        return False
+    gpus, _ = host_gpus()
+    planned = plan_workers(settings, this_host(), gpus, use_cpu=not gpus)
+    _announce_starting(settings, this_host(), [w.name for w in planned], say)
+    return True
 
 
 def start_local_dashboard(*, settings: Settings | None = None) -> int | None:
@@ -69,6 +79,17 @@ def start_local_dashboard(*, settings: Settings | None = None) -> int | None:
     from autotrain.fleet.cluster import start_local_dashboard as start
 
     return start(settings or load_settings())
+
+
+def dashboard_page(path: str, *, settings: Settings | None = None) -> str | None:
+    """The URL of `path` (e.g. `/jobs/<id>`) on this workspace's local dashboard, None when no
+    dashboard runs here (its link with the token was printed when it started)."""
+    from autotrain.fleet.cluster import local_dashboard_running
+
+    settings = settings or load_settings()
+    if not local_dashboard_running(settings):
+        return None
+    return f"http://{settings.dashboard_address}:{settings.dashboard_port}{path}"
 
 
 def shown_url(url: str | None) -> str:
@@ -109,9 +130,24 @@ def run_host_workers(host: str, gpus: list[Gpu], *, consume_prep: bool = True,
     from autotrain.worker.launch import plan_workers, run_workers
 
     os.environ["AUTOTRAIN_HOST"] = host
-    workers = plan_workers(settings or load_settings(), host, gpus, use_cpu=not gpus,
-                           consume_prep=consume_prep)  # fmt: skip
+    settings = settings or load_settings()
+    workers = plan_workers(settings, host, gpus, use_cpu=not gpus, consume_prep=consume_prep)
+    _announce_starting(settings, host, [w.name for w in workers], say)
     return run_workers(workers, say=say)
+
+
+def _announce_starting(settings: Settings, host: str, names: list[str],
+                       say: Callable[[str], None]) -> None:  # fmt: skip
+    """Tell waiting jobs (and their monitors) that these workers are on their way."""
+    import redis
+
+    from autotrain.fleet.registry import announce_starting
+    from autotrain.jobs.connection import get_redis
+
+    try:
+        announce_starting(get_redis(settings), host, names)
+    except redis.RedisError as exc:  # the workers start all the same; only the message waits
+        say(f"could not announce the starting workers ({exc})")
 
 
 def check_host(*, settings: Settings | None = None) -> list[Check]:

@@ -55,6 +55,7 @@ class PrepareResult:
     error: str | None = None
     dry_run: bool = False
     profile: Any = None  # the Profile used (its VRAM estimate and leaner variants)
+    problems: list[str] = field(default_factory=list)  # dry run: host setup still missing
 
     @property
     def ok(self) -> bool:
@@ -105,7 +106,10 @@ def _prepare(
     result = PrepareResult(spec=spec, dry_run=dry_run)
     if not dry_run:
         log.info("prepare %s (%s) from %s", spec.name, spec.profile, spec.dataset_path)
-    result.report = phases.validate_phase(spec, settings, progress)
+    result.report = phases.validate_phase(spec, settings, progress, dry_run=dry_run)
+    if dry_run and result.report.setup_problems:
+        result.problems = list(result.report.setup_problems)
+        settings = _with_placeholders(settings, profile_for(spec, settings))
     result.stage = phases.prepare_phase(
         spec, result.report, settings, dry_run=dry_run, progress=progress
     )
@@ -115,14 +119,33 @@ def _prepare(
     return result
 
 
+def _with_placeholders(settings: Settings, profile: Any) -> Settings:
+    """Settings whose missing sd-scripts folder and model files read `<setting>`, so that a
+    dry run on a laptop prints the whole plan and trainer command; never used to train."""
+    missing: dict[str, Path] = {}
+    for setting in profile.models.values():
+        value = getattr(settings, setting, None)
+        if value is None or not Path(value).is_file():
+            missing[setting] = Path(f"<{setting}>")
+    if profile.backend == "kohya" and (
+        settings.sd_scripts_dir is None or not Path(settings.sd_scripts_dir).is_dir()
+    ):
+        missing["sd_scripts_dir"] = Path("<sd_scripts_dir>")
+    return settings.model_copy(update=missing)
+
+
 def batch_specs(
     profile: str,
     *,
     datasets_dir: Path | str | None = None,
     dataset_paths: str | list[str] | None = None,
     **options: Any,
-) -> list[JobSpec]:
-    """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both)."""
+) -> tuple[list[JobSpec], list[tuple[JobSpec, str]]]:
+    """One spec per dataset of a batch (`--datasets-dir` or `--dataset-paths`, not both).
+
+    Returns the specs to prepare and those refused with why: datasets whose folders slugify to
+    one name (`My Cat`, `My_Cat`) are refused, each naming the others, and only they.
+    """
     from autotrain.datasets.discovery import find_datasets, parse_dataset_paths
 
     if bool(datasets_dir) == bool(dataset_paths):
@@ -134,13 +157,24 @@ def batch_specs(
     else:
         paths = [Path(p) for p in dataset_paths or []]
     specs = [JobSpec.for_dataset(p, profile, **options) for p in paths]
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise AutotrainError(
-            f"Two datasets in the batch would be named {', '.join(duplicates)}; rename a folder."
-        )
-    return specs
+    by_name: dict[str, list[JobSpec]] = {}
+    for spec in specs:
+        by_name.setdefault(spec.name, []).append(spec)
+    refused = [
+        (spec, _name_collision(spec, same)) for same in by_name.values() if len(same) > 1
+        for spec in same
+    ]  # fmt: skip
+    taken = {id(spec) for spec, _ in refused}
+    return [s for s in specs if id(s) not in taken], refused
+
+
+def _name_collision(spec: JobSpec, same: list[JobSpec]) -> str:
+    others = ", ".join(str(s.dataset_path) for s in same if s is not spec)
+    return (
+        f"Not prepared: {spec.dataset_path} and {others} would both be named {spec.name!r} (a "
+        "job's name comes from its folder's name, made safe for paths). Rename one of the "
+        "folders, or queue it on its own with --dataset-name; the other datasets of the batch go on."
+    )
 
 
 def prepare_batch(
@@ -154,7 +188,11 @@ def prepare_batch(
     """Phases 1-3 for every dataset of a batch; a failing dataset does not stop the others."""
     settings = settings or load_settings()
     result = BatchResult(batch_id=None)
-    for spec in batch_specs(profile, **selection):
+    specs, refused = batch_specs(profile, **selection)
+    for spec, why in refused:
+        log.error("%s: %s", spec.dataset_path, why)
+        result.prepared.append(PrepareResult(spec=spec, error=why, dry_run=dry_run))
+    for spec in specs:
         try:
             result.prepared.append(_prepare(spec, settings, dry_run, progress))
         except AutotrainError as exc:
@@ -199,7 +237,7 @@ def run_pipeline(
 
     if precheck:
         check_before_queueing(spec, settings)
-    store = job_store(settings)
+    store = _store_of_a_running_cluster(settings)
     configure_app(settings)
     job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings))
     log.info("queued %s as job %s", spec.name, job.id)
@@ -236,6 +274,16 @@ def _fitting_variant(store: JobStore, spec: JobSpec, settings: Settings) -> int:
     return variant
 
 
+def _store_of_a_running_cluster(settings: Settings) -> JobStore:
+    """The job store; with no shared Redis configured, the workspace's local cluster (embedded
+    Redis and this host's workers) is started first when it does not run, as `autotrain pipeline
+    run` does, and the log says so."""
+    from autotrain.hosts import ensure_local_cluster
+
+    ensure_local_cluster(settings=settings, say=log.info)
+    return job_store(settings)
+
+
 def run_batch_pipeline(
     profile: str,
     *,
@@ -260,18 +308,19 @@ def run_batch_pipeline(
         raise AutotrainError(f"--max-concurrent must be at least 1 (got {max_concurrent}).")
     profile_for(JobSpec(dataset_path=Path("."), name="x", profile=profile), settings)
     batch_id = f"b{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    specs = batch_specs(
+    specs, refused = batch_specs(
         profile,
         datasets_dir=datasets_dir,
         dataset_paths=dataset_paths,
         batch_id=batch_id,
         **options,
     )
-    store = job_store(settings)
+    store = _store_of_a_running_cluster(settings)
     configure_app(settings)
     name = batch_name or (Path(datasets_dir).name if datasets_dir else "batch")
     create_batch(store.redis, batch_id, max_concurrent, name)
     result = BatchResult(batch_id=batch_id, name=name)
+    result.rejected += [(str(spec.dataset_path), why) for spec, why in refused]
     for spec in specs:
         try:
             check_before_queueing(spec, settings)

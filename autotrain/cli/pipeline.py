@@ -78,6 +78,8 @@ def prepare_cmd(
             skip_copy=skip_copy, force=force, dry_run=dry_run, settings=settings, progress=progress,
         )  # fmt: skip
     print_prepared(result)
+    if result.problems:
+        sys.exit(1)
 
 
 @pipeline_group.command("run")
@@ -137,7 +139,7 @@ def run_cmd(
             skip_copy=skip_copy, force=force, dry_run=True, settings=settings,
         )  # fmt: skip
         print_prepared(result)
-        return
+        sys.exit(1 if result.problems else 0)
     _logging(settings, False)
     if immediate:
         try:
@@ -239,7 +241,7 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
                 print_prepared(prepared)
             else:
                 err_console.print(f"[bold red]Error:[/] {literal(prepared.error)}", soft_wrap=True)
-        failed = [p for p in result.prepared if not p.ok]
+        failed = [p for p in result.prepared if not p.ok or p.problems]
         console.print(f"{len(result.prepared) - len(failed)} prepared, {len(failed)} failed.")
         sys.exit(1 if failed else 0)
     _logging(settings, False)

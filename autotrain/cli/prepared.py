@@ -19,7 +19,7 @@ def print_prepared(result: PrepareResult) -> None:
     """The validation table, staging decision, files and trainer command of phases 1-3."""
     import tomli_w
 
-    from autotrain.datasets.validate import report_table
+    from autotrain.datasets.report_view import report_table
     from autotrain.fleet.placement import describe_needs
 
     console.print(report_table(result.report))
@@ -52,6 +52,10 @@ def print_prepared(result: PrepareResult) -> None:
         console.print("[bold]GPU memory:[/]")
         for line in needs:
             console.print(f"  {line}", soft_wrap=True, markup=False)
+    if result.problems:  # a dry run planned with <placeholders> for these
+        err_console.print(f"[bold red]Problems before this can train ({len(result.problems)}):[/]")
+        for problem in result.problems:
+            err_console.print(f"  - {problem}", soft_wrap=True, markup=False)
 
 
 @contextmanager

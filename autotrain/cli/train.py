@@ -181,7 +181,7 @@ def monitor_job(settings: Settings, job_id: str) -> int:
 
     job = get_job(job_id, settings=settings)
     job_id = job.id  # a prefix was resolved
-    depth, depth_at, reason = 0, 0.0, None
+    depth, depth_at, reason, shown_state = 0, 0.0, None, None
     try:
         with LiveView(console.rich()) as view:
             for job, events in watch_job(job_id, settings=settings):  # noqa: B020 - the newest
@@ -190,9 +190,10 @@ def monitor_job(settings: Settings, job_id: str) -> int:
                         event.get("path") or event.get("kind") == "error"
                     ):
                         view.note(f"  {event['kind']}: {event.get('path') or event.get('message')}")
-                if time.monotonic() - depth_at > 2:
+                if time.monotonic() - depth_at > 2 or job.state != shown_state:
                     depth, depth_at = queue_depth(settings=settings), time.monotonic()
                     reason = waiting_reasons([job], settings=settings).get(job.id)
+                    shown_state = job.state
                 line = job_line(job, depth) + (f" | {reason}" if reason else "")
                 view.update(line, key=(*_change_key(job), reason, _minute_if(reason)))
     except KeyboardInterrupt:
@@ -200,7 +201,7 @@ def monitor_job(settings: Settings, job_id: str) -> int:
             f"\nDetached; the job goes on. Re-attach: autotrain train monitor --job {job.id}"
         )
         return INTERRUPTED
-    return _final_message(job)
+    return _final_message(job, settings)
 
 
 def monitor_batch(settings: Settings, batch_id: str) -> int:
@@ -229,7 +230,21 @@ def monitor_batch(settings: Settings, batch_id: str) -> int:
         console.print("\nDetached; the jobs go on. Watch them: autotrain train list")
         return INTERRUPTED
     print_batch_summary(jobs)
+    _name_contact_sheets(settings, batch_id, jobs)
     return 0 if all(j.state == JobState.SUCCEEDED for j in jobs) else 1
+
+
+def _name_contact_sheets(settings: Settings, batch_id: str, jobs: list) -> None:
+    """Where to see what the batch learned: its jobs side by side on the dashboard, and each
+    job's samples.png."""
+    from autotrain.hosts import dashboard_page
+
+    page = dashboard_page(f"/batches/{batch_id}", settings=settings)
+    console.print(f"The batch side by side (a contact sheet per prompt): "
+                  f"{literal(page or f'autotrain dashboard, then /batches/{batch_id}')}")  # fmt: skip
+    for job in jobs:
+        if sheet := (job.result or {}).get("samples_sheet"):
+            console.print(f"  {literal(job.name)}: {literal(sheet)}")
 
 
 def print_batch_summary(jobs: list) -> None:
@@ -272,10 +287,18 @@ def _minute_if(waiting: object) -> int | None:
     return int(time.monotonic() // 60) if waiting else None
 
 
-def _final_message(job) -> int:
+def _final_message(job, settings: Settings) -> int:
+    from autotrain.hosts import dashboard_page
+
     if job.state == JobState.SUCCEEDED:
-        console.print(f"[green]Succeeded.[/] Weights: {literal((job.result or {}).get('weights'))}")
-        console.print(f"Run manifest: {literal((job.result or {}).get('run_json'))}")
+        result = job.result or {}
+        console.print(f"[green]Succeeded.[/] Weights: {literal(result.get('weights'))}")
+        console.print(f"Run manifest: {literal(result.get('run_json'))}")
+        if result.get("samples_sheet"):  # what the model learned, as one picture
+            console.print(f"Samples, one row per prompt and one column per step: "
+                          f"{literal(result['samples_sheet'])}")  # fmt: skip
+        if page := dashboard_page(f"/jobs/{job.id}", settings=settings):
+            console.print(f"Dashboard: {literal(page)}")
         return 0
     console.print(f"[red]{job.state.value}:[/] {literal(job.error or '')}", soft_wrap=True)
     return 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from autotrain.jobs.job import Job
-from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner
+from autotrain.trainers.outputs import RUNS_DIR, SAMPLE_SUFFIXES, output_owner, sample_position
 from autotrain.workspace import Workspace, check_dataset_name
 
 __all__ = [
@@ -34,9 +34,6 @@ __all__ = [
     "manifest_of",
 ]
 
-# kohya and the Tiny trainer name samples `<output_name>_<step:06d>_<prompt:02d>[_<time>].png`
-# (`e<epoch:06d>` instead of the step for samples made at the end of an epoch).
-_SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})(?:_[^.]*)?\.[A-Za-z]+$")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a planted FIFO returns at once (and is then refused as not a regular file)
@@ -128,8 +125,8 @@ def samples_of(workspace: Workspace, job: Job) -> list[Sample]:
                     continue
                 if not entry.is_file(follow_symlinks=False):
                     continue
-                match = _SAMPLE_NAME.search(entry.name)
-                step, prompt = (int(match[2]), int(match[3])) if match else (0, 0)
+                position = sample_position(entry.name)
+                step, prompt = (position.step, position.prompt) if position else (0, 0)
                 mtime = entry.stat(follow_symlinks=False).st_mtime
                 found.append(Sample(job.id, entry.name, step, prompt, mtime))
     except OSError:

@@ -24,7 +24,7 @@ from autotrain.datasets.diskspace import (
     is_disk_full,
     mount_point,
 )
-from autotrain.datasets.imagecheck import cpu_count, read_nofollow
+from autotrain.datasets.imagecheck import cpu_count, read_nofollow, upright_bytes
 from autotrain.datasets.manifest import write_manifest
 from autotrain.datasets.validate import FileRecord, ValidationReport
 from autotrain.errors import StagingError
@@ -48,8 +48,8 @@ def copy_into_place(
     tmp = staged.parent / f".{staged.name}.tmp-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
-        _copy_all(Path(report.dataset_path), tmp, files, progress, workers)
-        write_manifest(tmp, report, files)
+        staged_sizes = _copy_all(Path(report.dataset_path), tmp, files, progress, workers)
+        write_manifest(tmp, report, files, staged_sizes)
         if replace:
             _swap(tmp, staged)
         else:
@@ -97,32 +97,40 @@ def _copy_all(
     files: list[FileRecord],
     progress: Callable[[int, int], None] | None,
     workers: int | None,
-) -> None:
+) -> dict[str, int]:
     """Copy in chunks on a few threads: the work is system calls and hashing, which free the GIL.
 
     Chunks rather than one task per file keep the pool's own overhead below the copying.
+    Returns the size of each file staged changed (turned upright), by relpath.
     """
     for folder in sorted({Path(f.relpath).parent for f in files}):
         (tmp / folder).mkdir(parents=True, exist_ok=True)
     chunks = [files[i : i + _COPY_CHUNK] for i in range(0, len(files), _COPY_CHUNK)]
-    done = 0
+    done, changed = 0, {}
     with ThreadPoolExecutor(workers or cpu_count()) as pool:
         futures = [pool.submit(_copy_chunk, source, tmp, chunk) for chunk in chunks]
         try:
             for future in as_completed(futures):
-                done += future.result()
+                sizes = future.result()
+                done += len(sizes)
+                changed |= {path: size for path, size in sizes.items() if size >= 0}
                 if progress:
                     progress(done, len(files))
         finally:
             for pending in futures:
                 pending.cancel()
+    return changed
 
 
-def _copy_chunk(source: Path, tmp: Path, chunk: list[FileRecord]) -> int:
-    """Copy each file; an unexpected failure becomes a StagingError naming the file."""
+def _copy_chunk(source: Path, tmp: Path, chunk: list[FileRecord]) -> dict[str, int]:
+    """Copy each file; an unexpected failure becomes a StagingError naming the file.
+
+    Returns relpath -> staged size for files written changed, -1 for those copied as they are.
+    """
+    sizes: dict[str, int] = {}
     for record in chunk:
         try:
-            _copy_file(source, tmp, record)
+            sizes[record.relpath] = _copy_file(source, tmp, record)
         except StagingError:
             raise
         except Exception as exc:
@@ -132,17 +140,22 @@ def _copy_chunk(source: Path, tmp: Path, chunk: list[FileRecord]) -> int:
                 f"Copying {record.relpath} from {source} failed ({exc}); nothing was staged. "
                 "Fix the cause and re-run."
             ) from exc
-    return len(chunk)
+    return sizes
 
 
-def _copy_file(source: Path, tmp: Path, record: FileRecord) -> None:
-    """Read once without following links, check it is the validated content, write it."""
+def _copy_file(source: Path, tmp: Path, record: FileRecord) -> int:
+    """Read once without following links, check it is the validated content, write it (turned
+    upright when its EXIF orientation says so). Returns the size written when it changed the
+    bytes, else -1."""
     data = read_nofollow(str(source / record.relpath))
     if len(data) != record.size or hashlib.sha256(data).hexdigest() != record.sha256:
         raise StagingError(
             f"{source / record.relpath} changed after validation; nothing was staged. Re-run "
             "once the dataset is no longer being modified."
         )
+    changed = record.orientation != 1
+    if changed:
+        data = upright_bytes(data)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(tmp / record.relpath, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
@@ -151,6 +164,7 @@ def _copy_file(source: Path, tmp: Path, record: FileRecord) -> None:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+    return len(data) if changed else -1
 
 
 def _swap(tmp: Path, staged: Path) -> None:

@@ -2,8 +2,10 @@
 
 A dataset is a folder of images with optional `<stem>.txt` captions next to them. Each folder
 that directly holds images is one subset (kohya reads subsets folder by folder, not recursively):
-a folder named like kohya's `10_name/` carries its repeat count and class tokens, any other
-folder (the root included) takes the profile's default repeats. OS clutter (`__MACOSX`, `._*`, `.DS_Store`, `Thumbs.db`, hidden
+a folder named like kohya's `10_name/` carries its repeat count and class tokens (the dataset
+folder itself too, when a repeat folder is passed directly), any other folder takes the
+profile's default repeats. A `0_name/` folder is skipped, as kohya skips it, and a mistyped
+`10-name/` gets a hint. OS clutter (`__MACOSX`, `._*`, `.DS_Store`, `Thumbs.db`, hidden
 files) is skipped and counted, and symbolic links are never followed, so nothing outside the
 dataset folder can be read or staged through it.
 """
@@ -39,6 +41,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tiff", "
 CAPTION_EXTENSION = ".txt"
 _JUNK_NAMES = {"__macosx", ".ds_store", "thumbs.db", "desktop.ini", "@eadir", "$recycle.bin"}
 _REPEAT_DIR = re.compile(r"(\d+)_(.+)")
+_ZERO_REPEATS_DIR = re.compile(r"0+_(.+)")
+_MISTYPED_REPEAT_DIR = re.compile(r"(\d+)\s*[-.,\s]\s*([^\d\s].*)")
 
 
 class DatasetImage(BaseModel):
@@ -150,7 +154,17 @@ def scan_dataset(path: Path | str) -> DatasetScan:
     scan.images.sort(key=lambda image: image.relpath)
     scan.junk.sort()
     scan.ignored.sort()
-    scan.subsets = [_subset(relpath, counts[relpath]) for relpath in sorted(counts)]
+    scan.subsets = [_subset(root, relpath, counts[relpath]) for relpath in sorted(counts)]
+    repeats, tokens = repeats_of(root.name)
+    if repeats is not None and counts["."]:
+        scan.problems.append(
+            Problem(
+                path=".",
+                reason=f"the dataset folder {root.name} is a kohya repeat folder: its images "
+                f"train with {repeats} repeats and class tokens {tokens!r}, as kohya reads the "
+                "folder inside its parent",
+            )
+        )
     return scan
 
 
@@ -170,8 +184,12 @@ def _walk(root: Path, rel: str, scan: DatasetScan, counts: Counter[str]) -> None
             scan.junk.append(relpath + ("/" if stat.S_ISDIR(st.st_mode) else ""))
         elif stat.S_ISLNK(st.st_mode):
             scan.problems.append(Problem(path=relpath, reason=_SYMLINK_REASON))
+        elif stat.S_ISDIR(st.st_mode) and _ZERO_REPEATS_DIR.fullmatch(entry.name):
+            scan.problems.append(Problem(path=relpath + "/", reason=_zero_repeats(entry.name)))
         elif stat.S_ISDIR(st.st_mode):
             _walk(root, relpath, scan, counts)
+            if counts[relpath] and (hint := _mistyped_repeats(entry.name)):
+                scan.problems.append(Problem(path=relpath + "/", reason=hint))
         elif stat.S_ISREG(st.st_mode):
             regular[entry.name] = st.st_size
         else:
@@ -206,8 +224,34 @@ _SYMLINK_REASON = (
 )
 
 
-def _subset(relpath: str, count: int) -> Subset:
-    repeats, tokens = repeats_of(Path(relpath).name) if relpath != "." else (None, None)
+def _zero_repeats(name: str) -> str:
+    """kohya ignores a subset with num_repeats < 1 (sd-scripts library/train_util.py:2118)."""
+    return (
+        f"folder {name}: 0 repeats, so kohya skips it ('ignore subset ... num_repeats is less "
+        "than 1'); its images are not staged or trained. Rename it to N_name (N >= 1) to "
+        "train them"
+    )
+
+
+def _mistyped_repeats(name: str) -> str | None:
+    """A hint for `10-name` and the like, which kohya does not read as repeats (sd-scripts
+    config_util.py:608, extract_dreambooth_params: int() of the part before the first `_`)."""
+    match = _MISTYPED_REPEAT_DIR.fullmatch(name)
+    if not match or _REPEAT_DIR.fullmatch(name) or not 1 <= int(match.group(1)) <= 100:
+        return None  # beyond 100 it is more likely a year ("2024 trip") than repeats
+    right = f"{int(match.group(1))}_{match.group(2)}"
+    return (
+        f"folder {name} looks like a kohya repeat folder but is not spelled <n>_<name>: it "
+        f"trains at the profile's default repeats with the default class tokens. Rename it to "
+        f"{right} for {int(match.group(1))} repeats and class tokens {match.group(2)!r}"
+    )
+
+
+def _subset(root: Path, relpath: str, count: int) -> Subset:
+    """A folder's repeats and class tokens; the root's own name counts too (a repeat folder
+    passed directly as the dataset keeps what kohya would read from it inside its parent)."""
+    name = root.name if relpath == "." else Path(relpath).name
+    repeats, tokens = repeats_of(name)
     return Subset(relpath=relpath, repeats=repeats, class_tokens=tokens, image_count=count)
 
 

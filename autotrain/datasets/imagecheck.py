@@ -24,7 +24,15 @@ from PIL import Image, ImageFile, ImageOps
 
 from autotrain.errors import ValidationError
 
-__all__ = ["FileCheck", "check_files", "check_file", "read_nofollow", "INLINE_LIMIT", "cpu_count"]
+__all__ = [
+    "FileCheck",
+    "check_files",
+    "check_file",
+    "read_nofollow",
+    "upright_bytes",
+    "INLINE_LIMIT",
+    "cpu_count",
+]
 
 INLINE_LIMIT = 32  # below this many files a pool costs more than it saves
 _CHUNK_MAX = 64
@@ -41,6 +49,9 @@ class FileCheck(NamedTuple):
     error: str | None = None  # images: why it cannot be used
     empty: bool = False  # captions: only whitespace
     bad_utf8: bool = False  # captions: not valid UTF-8
+    orientation: int = 1  # images: the EXIF orientation tag (1 = upright)
+    mode: str = ""  # images: Pillow's mode, e.g. "I;16" for 16-bit greyscale
+    multi_line: bool = False  # captions: text after the first line, which sd-scripts drops
 
 
 def cpu_count() -> int:
@@ -76,12 +87,47 @@ def check_file(root: str, relpath: str, is_caption: bool) -> FileCheck:
             bad = False
         except UnicodeDecodeError:
             bad = True
-        return FileCheck(relpath, len(data), digest, empty=not text.strip(), bad_utf8=bad)
+        return FileCheck(
+            relpath,
+            len(data),
+            digest,
+            empty=not text.strip(),
+            bad_utf8=bad,
+            multi_line=_multi_line(text),
+        )
     try:
-        width, height = _decode(data)
+        width, height, orientation, mode = _decode(data)
     except Exception as exc:  # Pillow raises many types for corrupt data; each is a bad file
         return FileCheck(relpath, len(data), digest, error=_describe(exc, data))
-    return FileCheck(relpath, len(data), digest, width, height)
+    return FileCheck(relpath, len(data), digest, width, height, orientation=orientation, mode=mode)
+
+
+def upright_bytes(data: bytes) -> bytes:
+    """The image turned as its EXIF orientation says, the tag dropped, in the same format.
+
+    sd-scripts opens images with PIL and converts them to RGB, never applying the EXIF
+    orientation (library/train_util.py:2948, load_image), so a phone photo would train sideways.
+    PNG and WebP are written losslessly; JPEG at quality 95 without chroma subsampling.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        fmt = image.format or "PNG"
+        icc = image.info.get("icc_profile")
+        turned = ImageOps.exif_transpose(image)
+    options: dict[str, object] = {"icc_profile": icc} if icc else {}
+    if fmt == "JPEG":
+        options |= {"quality": 95, "subsampling": 0}
+    elif fmt == "WEBP":
+        options |= {"lossless": True}
+    out = io.BytesIO()
+    turned.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+def _multi_line(text: str) -> bool:
+    """Whether the trainer's first line (sd-scripts keeps `lines[0].strip()`, train_util.py:1968)
+    differs from the whole caption: more text follows it, or it is blank before text."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return bool(text.strip()) and lines[0].strip() != text.strip()
 
 
 def check_files(
@@ -175,8 +221,9 @@ def _init_worker() -> None:
     ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, whatever the parent set
 
 
-def _decode(data: bytes) -> tuple[int, int]:
-    """Full decode from memory; returns the size as displayed (after EXIF orientation)."""
+def _decode(data: bytes) -> tuple[int, int, int, str]:
+    """Full decode from memory: the size as displayed (after EXIF orientation), the EXIF
+    orientation tag and the mode."""
     with Image.open(io.BytesIO(data)) as image:
         pixels = image.width * image.height
         if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
@@ -185,9 +232,14 @@ def _decode(data: bytes) -> tuple[int, int]:
                 f"{Image.MAX_IMAGE_PIXELS} pixel safety limit"
             )
         image.load()
+        mode, orientation = image.mode, 1
         with contextlib.suppress(Exception):  # broken EXIF does not stop a trainer reading pixels
+            orientation = int(image.getexif().get(_ORIENTATION, 1))
             ImageOps.exif_transpose(image, in_place=True)
-        return image.size
+        return image.width, image.height, orientation if 2 <= orientation <= 8 else 1, mode
+
+
+_ORIENTATION = 0x0112
 
 
 def _describe(exc: Exception, data: bytes) -> str:

@@ -31,19 +31,36 @@ def read_manifest(staged_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
 
-def write_manifest(folder: Path, report: ValidationReport, files: list[FileRecord]) -> None:
-    """Write the manifest of `files` into `folder`, whole or not at all (renamed into place)."""
+def write_manifest(
+    folder: Path,
+    report: ValidationReport,
+    files: list[FileRecord],
+    staged_sizes: dict[str, int] | None = None,
+) -> None:
+    """Write the manifest of `files` into `folder`, whole or not at all (renamed into place).
+
+    Each entry names the source's size and sha256; `staged_size` is added for a file staging
+    changed (an image turned upright), so a reused copy is checked against what was written.
+    """
+    staged_sizes = staged_sizes or {}
     manifest = {
         "format": MANIFEST_FORMAT,
         "name": report.name,
         "source": str(report.dataset_path),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": [{"path": f.relpath, "size": f.size, "sha256": f.sha256} for f in files],
+        "files": [_entry(f, staged_sizes.get(f.relpath)) for f in files],
     }
     target = folder / MANIFEST_NAME
     partial = folder / f"{MANIFEST_NAME}.partial"
     partial.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     os.replace(partial, target)
+
+
+def _entry(record: FileRecord, staged_size: int | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": record.relpath, "size": record.size, "sha256": record.sha256}
+    if staged_size is not None:
+        entry["staged_size"] = staged_size
+    return entry
 
 
 def manifest_difference(staged: Path, files: list[FileRecord]) -> str | None:
@@ -63,10 +80,11 @@ def manifest_difference(staged: Path, files: list[FileRecord]) -> str | None:
     ]
     if parts:
         return "; ".join(parts)
+    written = {e.get("path"): e.get("staged_size", e.get("size")) for e in manifest["files"]}
     on_disk = _listing(staged)
-    if on_disk != {p: size for p, (size, _) in wanted.items()}:
-        odd = sorted(set(on_disk) ^ set(wanted)) or [
-            p for p in wanted if on_disk.get(p) != wanted[p][0]
+    if on_disk != written:
+        odd = sorted(set(on_disk) ^ set(written)) or [
+            p for p in written if on_disk.get(p) != written[p]
         ]
         return f"its files were changed after staging: {name_list(odd)}"
     return None

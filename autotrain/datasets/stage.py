@@ -96,6 +96,7 @@ def stage_dataset(
     copies = action in ("copied", "replaced")
     if copies:
         result.files_copied, result.bytes_copied = len(files), sum(f.size for f in files)
+        result.notes += _turned_upright(files, dry_run)
     if dry_run:
         result.action = _DRY[action]  # type: ignore[assignment]
         return result
@@ -166,8 +167,25 @@ def _decide(
     )
 
 
+def _turned_upright(files: list[FileRecord], dry_run: bool) -> list[str]:
+    """One note per image staging turns upright: sd-scripts never applies EXIF orientation."""
+    verb = "would stage" if dry_run else "staged"
+    return [
+        f"{f.relpath}: {verb} upright (EXIF orientation {f.orientation}, which sd-scripts ignores)"
+        for f in files
+        if f.orientation != 1
+    ]
+
+
 def _in_place(report: ValidationReport, force: bool, notes: list[str]) -> str:
     """The dataset is input/<name> itself: nothing to copy, and never anything to delete."""
+    turned = [i.relpath for i in report.images if i.orientation != 1]
+    if turned:
+        raise StagingError(
+            f"Dataset {report.dataset_path} is its own staging folder, so its images cannot be "
+            f"turned upright, and sd-scripts ignores EXIF orientation: {name_list(turned)} would "
+            "train rotated. Stage from a folder outside input/, or save them upright."
+        )
     if report.errors:
         raise StagingError(
             f"Dataset {report.dataset_path} is its own staging folder and holds unusable files "
@@ -191,7 +209,11 @@ def _check_relpaths(files: list[FileRecord]) -> None:
 
 def _skipped(report: ValidationReport) -> list[tuple[str, str]]:
     skipped = [(p.path, p.reason) for p in report.errors]
-    skipped += [(p.path, p.reason) for p in report.warnings if "symbolic link" in p.reason]
+    skipped += [
+        (p.path, p.reason)
+        for p in report.warnings
+        if "symbolic link" in p.reason or "kohya skips it" in p.reason
+    ]
     skipped += [(path, "caption of an unusable image") for path in report.excluded_captions]
     skipped += [(path, "OS or hidden junk") for path in report.junk_skipped]
     skipped += [(path, "not an image or an image's caption") for path in report.ignored_files]

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, Field
-from rich.table import Table
-from rich.text import Text
 
 from autotrain.datasets.discovery import (
     IMAGE_EXTENSIONS,
@@ -25,6 +23,17 @@ from autotrain.datasets.discovery import (
 )
 from autotrain.datasets.diskspace import allocated_bytes, free_bytes, human_size, mount_point
 from autotrain.datasets.imagecheck import FileCheck, check_files
+from autotrain.datasets.readings import (
+    blank_captions_reason,
+    bucket_settings,
+    caption_reason,
+    high_depth_reason,
+    placement_problem,
+    small_image_reason,
+    stem_clash_reason,
+    stem_of,
+    upright_reason,
+)
 from autotrain.errors import AutotrainError, ValidationError
 from autotrain.profile import Profile
 from autotrain.settings import Settings
@@ -37,7 +46,6 @@ __all__ = [
     "ValidationReport",
     "validate_dataset",
     "dataset_root",
-    "report_table",
     "name_list",
     "GB",
 ]
@@ -52,14 +60,16 @@ class ValidImage(DatasetImage):
     width: int
     height: int
     sha256: str
+    orientation: int = Field(1, description="EXIF orientation; not 1: staged upright")
 
 
 class FileRecord(BaseModel):
-    """One staged file as the manifest records it."""
+    """One staged file as the manifest records it (size and sha256 of the source's bytes)."""
 
     relpath: str
     size: int
     sha256: str
+    orientation: int = Field(1, description="images: EXIF orientation staging turns upright")
 
 
 class ValidationReport(BaseModel):
@@ -73,6 +83,9 @@ class ValidationReport(BaseModel):
     subsets: list[Subset] = Field(default_factory=list, description="counting valid images only")
     problems: list[Problem] = Field(default_factory=list, description="per file")
     fatal: list[str] = Field(default_factory=list, description="why the dataset cannot be used")
+    setup_problems: list[str] = Field(
+        default_factory=list, description="of `fatal`: the trainer's host setup (model files...)"
+    )
     junk_skipped: list[str] = Field(default_factory=list)
     ignored_files: list[str] = Field(default_factory=list, description="not images or captions")
     missing_captions: list[str] = Field(default_factory=list, description="image relpaths")
@@ -110,7 +123,10 @@ class ValidationReport(BaseModel):
 
     def manifest_files(self) -> list[FileRecord]:
         """The files staging copies (valid images and their captions), sorted by path."""
-        records = [FileRecord(relpath=i.relpath, size=i.size, sha256=i.sha256) for i in self.images]
+        records = [
+            FileRecord(relpath=i.relpath, size=i.size, sha256=i.sha256, orientation=i.orientation)
+            for i in self.images
+        ]
         return sorted(records + self.captions, key=lambda r: r.relpath)
 
 
@@ -147,7 +163,7 @@ def validate_dataset(
         c.relpath: c for c in check_files(str(root), items, progress=progress, workers=workers)
     }
     _judge_images(report, scan.images, checks, profile)
-    _judge_captions(report, checks)
+    _judge_captions(report, checks, profile.backend)
     _find_duplicates(report)
     report.subsets = _valid_subsets(scan.subsets, report.images)
     staged_captions = {c.relpath for c in report.captions}
@@ -163,7 +179,8 @@ def validate_dataset(
             f"({name_list([p.path for p in report.errors])}). Replace or remove them."
         )
     report.fatal += _disk_problems(settings, profile, report, spec)
-    report.fatal += _backend_problems(profile, settings)
+    report.setup_problems = _backend_problems(profile, settings)
+    report.fatal += report.setup_problems
     return report
 
 
@@ -189,58 +206,76 @@ def _judge_images(
     checks: dict[str, FileCheck],
     profile: Profile,
 ) -> None:
+    buckets = bucket_settings(profile)
+    stems: dict[str, str] = {}  # stem -> the first image with it
     for image in images:
         check = checks[image.relpath]
-        if check.error:
-            report.problems.append(Problem(path=image.relpath, reason=check.error, level="error"))
-            continue
-        suffix = Path(image.relpath).suffix
-        if profile.backend == "kohya" and suffix not in KOHYA_IMAGE_EXTENSIONS:
-            reason = (
-                f"sd-scripts does not read '{suffix}' files (only {', '.join(sorted(set(KOHYA_IMAGE_EXTENSIONS)))}, "
-                "in lower or upper case): convert it to PNG or rename it"
-            )
+        reason = check.error or _unreadable_by_trainer(image.relpath, check, profile, stems)
+        placement = None if reason else placement_problem(
+            image.relpath, check.width, check.height, profile, buckets
+        )  # fmt: skip
+        if placement and placement.level == "error":
+            reason = placement.reason
+        if reason:
             report.problems.append(Problem(path=image.relpath, reason=reason, level="error"))
             continue
+        stems[stem_of(image.relpath)] = image.relpath
         # the bytes read are the bytes staged, so their size wins over the folder listing's
         fields = {**image.model_dump(), "size": check.size}
         report.images.append(
-            ValidImage(**fields, width=check.width, height=check.height, sha256=check.sha256)
-        )
-        if min(check.width, check.height) < profile.min_resolution:
-            report.problems.append(
-                Problem(
-                    path=image.relpath,
-                    reason=f"small image {check.width}x{check.height}: below the profile's "
-                    f"min_resolution {profile.min_resolution} on a side (it will be upscaled)",
-                )
+            ValidImage(
+                **fields,
+                width=check.width,
+                height=check.height,
+                sha256=check.sha256,
+                orientation=check.orientation,
             )
+        )
+        notes = [placement.reason] if placement else []
+        if check.orientation != 1:
+            notes.append(upright_reason(check.orientation))
+        if min(check.width, check.height) < profile.min_resolution:
+            notes.append(small_image_reason(check.width, check.height, profile, buckets))
+        report.problems += [Problem(path=image.relpath, reason=note) for note in notes]
         if image.caption_relpath is None:
             report.missing_captions.append(image.relpath)
 
 
-def _judge_captions(report: ValidationReport, checks: dict[str, FileCheck]) -> None:
+def _unreadable_by_trainer(
+    relpath: str, check: FileCheck, profile: Profile, stems: dict[str, str]
+) -> str | None:
+    """Why the trainer would not read this decodable image as it is, or None."""
+    suffix = Path(relpath).suffix
+    if profile.backend == "kohya" and suffix not in KOHYA_IMAGE_EXTENSIONS:
+        return (
+            f"sd-scripts does not read '{suffix}' files (only "
+            f"{', '.join(sorted(set(KOHYA_IMAGE_EXTENSIONS)))}, in lower or upper case): "
+            "convert it to PNG or rename it"
+        )
+    if first := stems.get(stem_of(relpath)):
+        return stem_clash_reason(first)
+    return high_depth_reason(check.mode)
+
+
+def _judge_captions(report: ValidationReport, checks: dict[str, FileCheck], backend: str) -> None:
+    """Each caption as the trainer will read it; for kohya profiles the trainer check
+    (trainers/trainer_check.py) then refuses what sd-scripts would stop on."""
     wanted = sorted({i.caption_relpath for i in report.images if i.caption_relpath})
+    blank: list[str] = []
     for relpath in wanted:
         check = checks[relpath]
         if check.error:  # unreadable caption: stage the image without it
             report.problems.append(Problem(path=relpath, reason=check.error))
-            for image in report.images:
-                if image.caption_relpath == relpath:
-                    image.caption_relpath = None
-                    report.missing_captions.append(image.relpath)
+            _unpair(report, relpath)
             continue
         report.captions.append(FileRecord(relpath=relpath, size=check.size, sha256=check.sha256))
+        reason = caption_reason(check, backend)
         if check.empty:
             report.empty_captions.append(relpath)
-        if check.bad_utf8:
-            report.problems.append(
-                Problem(
-                    path=relpath,
-                    reason="caption is not valid UTF-8; unreadable bytes become U+FFFD "
-                    "(re-save it as UTF-8)",
-                )
-            )
+            if not reason:
+                blank.append(relpath)
+        if reason:
+            report.problems.append(Problem(path=relpath, reason=reason))
     report.missing_captions.sort()
     if report.missing_captions:
         report.problems.append(
@@ -250,14 +285,16 @@ def _judge_captions(report: ValidationReport, checks: dict[str, FileCheck]) -> N
                 f"({name_list(report.missing_captions)}); the trainer uses the class tokens",
             )
         )
-    if report.empty_captions:
-        report.problems.append(
-            Problem(
-                path=".",
-                reason=f"{len(report.empty_captions)} captions are empty "
-                f"({name_list(report.empty_captions)}); the trainer uses the class tokens",
-            )
-        )
+    if blank:
+        report.problems.append(Problem(path=".", reason=blank_captions_reason(blank, name_list)))
+
+
+def _unpair(report: ValidationReport, caption: str) -> None:
+    """Stage the images of `caption` without it."""
+    for image in report.images:
+        if image.caption_relpath == caption:
+            image.caption_relpath = None
+            report.missing_captions.append(image.relpath)
 
 
 def _find_duplicates(report: ValidationReport) -> None:
@@ -345,42 +382,3 @@ def name_list(paths: list[str]) -> str:
     """The first few paths, then "and N more": a message stays readable for any dataset size."""
     shown = ", ".join(paths[:_LIST_LIMIT])
     return shown + (f" and {len(paths) - _LIST_LIMIT} more" if len(paths) > _LIST_LIMIT else "")
-
-
-def report_table(report: ValidationReport, max_problems: int = 50) -> Table:
-    """A summary for the CLI: counts first, then each problem with the file it names.
-
-    File names go in as plain Text, so brackets in them are never read as rich markup.
-    """
-    status = Text("ok", style="green") if report.ok else Text("failed", style="red")
-    title = Text.assemble(f"Dataset {report.name} ({report.profile}): ", status)
-    table = Table(title=title, show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("detail", overflow="fold")
-
-    def row(label: str, detail: str, style: str = "") -> None:
-        table.add_row(Text(label, style=style), Text(detail))
-
-    row("Path", str(report.dataset_path))
-    row("Images", f"{len(report.images)} usable of {report.images_found} found")
-    for subset in report.subsets:
-        repeats = "profile default" if subset.repeats is None else str(subset.repeats)
-        row("  subset", f"{subset.relpath}: {subset.image_count} images, repeats {repeats}")
-    row(
-        "Captions",
-        f"{len(report.captions)} ({len(report.missing_captions)} missing, "
-        f"{len(report.empty_captions)} empty)",
-    )
-    row("Size", human_size(report.total_bytes))
-    if report.junk_skipped:
-        row("Junk skipped", name_list(report.junk_skipped))
-    if report.ignored_files:
-        row("Ignored", name_list(report.ignored_files))
-    for reason in report.fatal:
-        row("FATAL", reason, "red")
-    for problem in report.problems[:max_problems]:
-        label, style = ("excluded", "red") if problem.level == "error" else ("warning", "yellow")
-        row(label, f"{problem.path}: {problem.reason}", style)
-    if len(report.problems) > max_problems:
-        row("", f"... and {len(report.problems) - max_problems} more problems")
-    return table

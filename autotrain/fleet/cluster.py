@@ -44,6 +44,7 @@ __all__ = [
     "find_redis_server",
     "start_embedded_redis",
     "start_local_workers",
+    "local_dashboard_running",
 ]
 
 
@@ -237,6 +238,12 @@ def _start_in_background(settings: Settings, args: list[str], log_name: str, sta
     log.close()
     _write_json(state, {"pid": proc.pid})
     return proc.pid
+
+
+def local_dashboard_running(settings: Settings) -> bool:
+    """Whether `autotrain up --dashboard` (or `autotrain dashboard` started by it) serves here."""
+    state = read_json(_dashboard_state_file(settings))
+    return bool(state and _pid_alive(state["pid"]))
 
 
 def _dashboard_state_file(settings: Settings) -> Path:

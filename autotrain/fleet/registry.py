@@ -15,7 +15,13 @@ import redis
 
 from autotrain.jobs import keys
 
-__all__ = ["WorkerRecord", "live_workers", "gpu_failure_counts"]
+__all__ = [
+    "announce_starting",
+    "starting_workers",
+    "WorkerRecord",
+    "live_workers",
+    "gpu_failure_counts",
+]
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,24 @@ def live_workers(client: redis.Redis, within: float = 90.0) -> list[WorkerRecord
     replies = pipe.execute()
     return [WorkerRecord.from_heartbeat(json.loads(raw), busy, seen[name])
             for name, raw, busy in zip(names, replies[::2], replies[1::2], strict=True) if raw]  # fmt: skip
+
+
+def announce_starting(client: redis.Redis, host: str, names: list[str], seconds: float = 120.0,
+                      ) -> None:  # fmt: skip
+    """`host` is starting these workers: until they announce themselves (or `seconds` pass), a
+    job waiting for a worker says so, instead of telling the user to start one."""
+    entry = {"names": names, "until": time.time() + seconds}
+    client.hset(keys.WORKERS_STARTING, host, json.dumps(entry))
+
+
+def starting_workers(client: redis.Redis) -> list[str]:
+    """The workers some host said it is starting, not yet due (names)."""
+    now, names = time.time(), []
+    for raw in client.hvals(keys.WORKERS_STARTING):
+        entry = json.loads(raw)
+        if entry.get("until", 0) > now:
+            names += entry.get("names", [])
+    return sorted(names)
 
 
 def gpu_failure_counts(client: redis.Redis, workers: list[WorkerRecord]) -> dict[str, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import redis
 
-from autotrain.fleet.registry import WorkerRecord, live_workers
+from autotrain.fleet.registry import WorkerRecord, live_workers, starting_workers
 from autotrain.jobs import keys
 from autotrain.jobs.job import Job
 from autotrain.jobs.owners import HELD, PARKED, is_queue_owner
@@ -29,20 +29,23 @@ def waiting_reasons(client: redis.Redis, jobs: list[Job]) -> dict[str, str]:
     if not open_jobs:
         return {}
     workers = live_workers(client)
+    starting = [] if workers else starting_workers(client)
     limits = batch_limits(client, {j.spec.batch_id for j in open_jobs if j.owner == PARKED})
     reasons = {}
     for job in open_jobs:
-        reason = why_waiting(job, workers, limits.get(job.spec.batch_id or ""))
+        reason = why_waiting(job, workers, limits.get(job.spec.batch_id or ""), starting)
         if reason:
             reasons[job.id] = reason
     return reasons
 
 
 def why_waiting(job: Job, workers: list[WorkerRecord], batch_limit: int | None = None,
-                ) -> str | None:  # fmt: skip
+                starting: list[str] = ()) -> str | None:  # fmt: skip
     """The reason `job` makes no progress, in words with the fix; None when it is not waiting.
 
-    `workers` is `registry.live_workers()`; `batch_limit` the `--max-concurrent` of its batch.
+    `workers` is `registry.live_workers()`; `batch_limit` the `--max-concurrent` of its batch;
+    `starting` the workers a host is starting now (`registry.starting_workers`): while someone
+    starts workers, the wait says so rather than telling the user to start one.
     """
     if job.is_final:
         return None
@@ -53,6 +56,9 @@ def why_waiting(job: Job, workers: list[WorkerRecord], batch_limit: int | None =
         return f"waits for a slot of its batch{limit}: it trains when one of the batch ends"
     if _queued(job):
         queue = (job.next_task or {}).get("queue")
+        if not workers and starting:
+            plural = "s" if len(starting) > 1 else ""
+            return f"starting {len(starting)} worker{plural} ({', '.join(starting)})"
         if not workers:
             return NO_WORKER
         takers = [w for w in workers if queue in w.queues]

@@ -9,6 +9,9 @@
 | autotrain:jobs                       | zset   | -              | every job by creation time      |
 | autotrain:jobs:active                | zset   | -              | jobs not final, by creation     |
 | autotrain:batch:<b>:jobs             | zset   | -              | a batch's jobs, by creation     |
+| autotrain:profile:<p>:jobs           | zset   | -              | a profile's jobs, by creation   |
+| autotrain:jobs:<final state>         | zset   | -              | jobs that ended so, by creation |
+| autotrain:jobs:indexed               | string | -              | the two above cover every job   |
 | autotrain:batch:<b>                  | hash   | -              | batch settings (max_concurrent) |
 | autotrain:batch:<b>:training/parked  | set/zset | -            | batch slots                     |
 | autotrain:batch:<b>:notified         | string | -              | the batch's end was announced   |
@@ -17,6 +20,7 @@
 | autotrain:dispatch                   | zset   | -              | job -> deadline to confirm a sent message |
 | autotrain:workers                    | zset   | -              | worker name -> last heartbeat   |
 | autotrain:worker:<name>              | string | 3 heartbeats   | the worker's description        |
+| autotrain:workers:starting           | hash   | -              | host -> workers it is starting, until when |
 | autotrain:worker:<name>:jobs         | zset   | a lease        | the jobs a worker trains -> until |
 | autotrain:queues                     | set    | -              | broker queues workers consume   |
 | autotrain:gpu:<host>:<index>         | hash   | a lease        | jobs' memory reservations on a GPU |
@@ -53,6 +57,10 @@ __all__ = [
     "LEASES",
     "DISPATCH",
     "WORKERS",
+    "INDEXED",
+    "profile_jobs",
+    "state_jobs",
+    "WORKERS_STARTING",
     "worker",
     "worker_jobs",
     "QUEUES",
@@ -92,6 +100,8 @@ ACTIVE = f"{PREFIX}jobs:active"
 LEASES = f"{PREFIX}leases"
 DISPATCH = f"{PREFIX}dispatch"
 WORKERS = f"{PREFIX}workers"
+INDEXED = f"{PREFIX}jobs:indexed"  # set once the profile and final-state indexes are complete
+WORKERS_STARTING = f"{PREFIX}workers:starting"  # host -> the workers it starts (registry)
 QUEUES = f"{PREFIX}queues"
 REAPER = f"{PREFIX}reaper"
 PACE = f"{PREFIX}pace"  # profile and GPU model -> measured pace (autotrain.fleet.pace)
@@ -128,6 +138,16 @@ def batch_jobs(batch_id: str) -> str:
 
 def name(dataset_name: str) -> str:
     return f"{PREFIX}name:{dataset_name}"
+
+
+def profile_jobs(profile: str) -> str:
+    """A profile's jobs by creation time: a filter by profile reads only these."""
+    return f"{PREFIX}profile:{profile}:jobs"
+
+
+def state_jobs(state: str) -> str:
+    """The jobs that ended in final `state`, by creation time (JobStore.move keeps it)."""
+    return f"{PREFIX}jobs:{state}"
 
 
 def worker(worker_name: str) -> str:

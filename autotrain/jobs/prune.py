@@ -68,6 +68,8 @@ def _delete(store: JobStore, job: Job) -> None:
     pipe.delete(*(f"celery-task-meta-{task_id}" for task_id in job.task_ids or ["-"]))
     pipe.zrem(keys.JOBS, job.id)
     pipe.zrem(keys.ACTIVE, job.id)
+    pipe.zrem(keys.profile_jobs(job.profile), job.id)
+    pipe.zrem(keys.state_jobs(str(job.state)), job.id)
     if job.spec.batch_id:
         pipe.zrem(keys.batch_jobs(job.spec.batch_id), job.id)
     pipe.execute()

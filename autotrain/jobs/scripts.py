@@ -77,7 +77,8 @@ ALLOWED_LUA = (
 )
 
 # KEYS: job hash, all-jobs index, name key, active index, batch index (or the all-jobs index),
-# dispatch. ARGV: job id, created_at, dispatch deadline or '', then field/value pairs.
+# dispatch, profile index, the 'indexes complete' marker (set with the store's first job: a new
+# store needs no backfill, autotrain.jobs.store.JobStore._ensure_indexes). ARGV: job id, created_at, dispatch deadline or '', then field/value pairs.
 # Refuses an id that exists (never merge two jobs) and a name a job in progress holds.
 # Returns {1} when created, {0} on an id collision, {-1, holder} when the name is taken.
 CREATE = Lua(
@@ -91,17 +92,19 @@ if holder and holder ~= ARGV[1] then
   if state and not final[state] then return {-1, holder} end
 end
 redis.call('SET', KEYS[3], ARGV[1])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if redis.call('ZCARD', KEYS[2]) == 0 then redis.call('SET', KEYS[8], '1') end
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
 if ARGV[3] ~= '' then redis.call('ZADD', KEYS[6], ARGV[3], ARGV[1]) end
+redis.call('ZADD', KEYS[7], ARGV[2], ARGV[1])
 return {1}
 """
 )
 
-# KEYS: job hash, leases, dispatch, active index, name key, then the keys to expire once final
-# (events stream, bulky data).
+# KEYS: job hash, leases, dispatch, active index, name key, the index of the final state it moves
+# to (or any key), the all-jobs index, then the keys to expire once final (events, bulky data).
 # ARGV: [1] job id, [2] expected owner (JSON, or '*' for any), [3] new owner (JSON, or '*' to
 # keep), [4] lease deadline or '', [5] dispatch deadline or '', [6] '' or a time: move only if
 # the lease deadline is older (the reaper), [7] retention seconds, [8] new state (JSON) or '',
@@ -119,11 +122,9 @@ MOVE = Lua(
     + "\nlocal allowed = "
     + ALLOWED_LUA
     + """
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if not owner then
-  if redis.call('EXISTS', KEYS[1]) == 0 then return -2 end
-  owner = '""'
-end
+local got = redis.call('HMGET', KEYS[1], 'owner', 'state')
+local owner, state = got[1] or '""', got[2]
+if not state then return -2 end
 if ARGV[2] ~= '*' and owner ~= ARGV[2] then
   if owner == ARGV[3] and (owner:find('^"queue:') or owner:find('^"worker:')) then return 1 end
   return 0
@@ -132,31 +133,35 @@ if ARGV[6] ~= '' then
   local deadline = redis.call('ZSCORE', KEYS[2], ARGV[1])
   if not deadline or tonumber(deadline) > tonumber(ARGV[6]) then return 0 end
 end
-local state = redis.call('HGET', KEYS[1], 'state')
 if final[state] then return -1 end
+local set = {}
 if ARGV[8] ~= '' then
   if not (allowed[state] and allowed[state][ARGV[8]]) then return -3 end
-  redis.call('HSET', KEYS[1], 'state', ARGV[8])
+  set[#set + 1] = 'state'; set[#set + 1] = ARGV[8]
 end
-if ARGV[3] ~= '*' then redis.call('HSET', KEYS[1], 'owner', ARGV[3]) end
-for i = 9, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if ARGV[3] ~= '*' and ARGV[3] ~= owner then set[#set + 1] = 'owner'; set[#set + 1] = ARGV[3] end
+for i = 9, #ARGV do set[#set + 1] = ARGV[i] end
+if #set > 0 then redis.call('HSET', KEYS[1], unpack(set)) end
+-- only a worker holds a lease and only the queue a dispatch deadline: each goes when its owner
+-- lets go of the job (the reaper drops entries left stale any other way)
+local letting_go = ARGV[3] ~= '*' or final[ARGV[8]]
 if ARGV[4] ~= '' then redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-elseif ARGV[3] ~= '*' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+elseif letting_go and owner:find('^"worker:') then redis.call('ZREM', KEYS[2], ARGV[1]) end
 if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[1])
-elseif ARGV[3] ~= '*' then redis.call('ZREM', KEYS[3], ARGV[1]) end
+elseif letting_go and owner:find('^"queue:') then redis.call('ZREM', KEYS[3], ARGV[1]) end
 if final[ARGV[8]] then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZADD', KEYS[6], redis.call('ZSCORE', KEYS[7], ARGV[1]) or 0, ARGV[1])
   if redis.call('GET', KEYS[5]) == ARGV[1] then redis.call('DEL', KEYS[5]) end
-  for i = 6, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
+  for i = 8, #KEYS do redis.call('EXPIRE', KEYS[i], ARGV[7]) end
   redis.call('HDEL', KEYS[1], 'plan')
 end
 return 1
 """
 )
 
-# KEYS: job hash, active index, name key, dispatch, then the keys that expire once final.
+# KEYS: job hash, active index, name key, dispatch, the three final-state indexes, then the keys
+# that expire once final.
 # ARGV: [1] job id, [2] created_at, [3] dispatch deadline, [4] new owner (JSON), [5] new state
 # (JSON), then field/value pairs.
 # A user's retry: a final job becomes the queue's again, takes its name back (refused, as at
@@ -178,11 +183,11 @@ if holder and holder ~= ARGV[1] then
   if other and not final[other] then return {-1, holder} end
 end
 redis.call('SET', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'state', ARGV[5])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'state', ARGV[5], unpack(ARGV, 6))
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
-for i = 5, #KEYS do redis.call('PERSIST', KEYS[i]) end
+for i = 5, 7 do redis.call('ZREM', KEYS[i], ARGV[1]) end
+for i = 8, #KEYS do redis.call('PERSIST', KEYS[i]) end
 return {1}
 """
 )

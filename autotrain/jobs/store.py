@@ -65,7 +65,9 @@ class JobStore:
                 args += [name, value]
             batch_index = keys.batch_jobs(spec.batch_id) if spec.batch_id else keys.JOBS
             index_keys = [self.key(job.id), keys.JOBS, keys.name(spec.name), keys.ACTIVE]
-            outcome = scripts.CREATE(self.redis, [*index_keys, batch_index, keys.DISPATCH], args)
+            outcome = scripts.CREATE(self.redis, [*index_keys, batch_index, keys.DISPATCH,
+                                                  keys.profile_jobs(spec.profile), keys.INDEXED],
+                                     args)  # fmt: skip
             if outcome[0] == 1:
                 return job
             if outcome[0] == -1:
@@ -102,21 +104,19 @@ class JobStore:
         *,
         states: set[JobState] | None = None,
         batch_id: str | None = None,
+        profile: str | None = None,
         where: Callable[[Job], bool] | None = None,
         offset: int = 0,
         limit: int = 50,
     ) -> list[Job]:
         """Jobs newest first, one page; reads only the index that can hold them.
 
-        Jobs in progress come from the active index (its size follows live work, not history);
-        a batch from its own index; everything else from the full index, a page at a time.
+        A batch from its own index, a profile from its own, jobs in progress from the active
+        index, the jobs that ended one way from that state's index (their sizes follow what is
+        asked for, not history: a filter that matches nothing costs what one that matches does);
+        everything else from the full index, a page at a time.
         """
-        if batch_id:
-            index = keys.batch_jobs(batch_id)
-        elif states and not states & FINAL_STATES:
-            index = keys.ACTIVE
-        else:
-            index = keys.JOBS
+        index = self._index_for(states, batch_id, profile)
         found: list[Job] = []
         skipped, start, chunk = 0, 0, max(limit, 100)
         while len(found) < limit:
@@ -125,7 +125,11 @@ class JobStore:
                 break
             start += chunk
             for job in self.many(ids):
-                if (states is None or job.state in states) and (where is None or where(job)):
+                if (
+                    (states is None or job.state in states)
+                    and (profile is None or job.profile == profile)
+                    and (where is None or where(job))
+                ):
                     if skipped < offset:
                         skipped += 1
                         continue
@@ -133,6 +137,37 @@ class JobStore:
                     if len(found) == limit:
                         break
         return found
+
+    def _index_for(self, states: set[JobState] | None, batch_id: str | None,
+                   profile: str | None) -> str:  # fmt: skip
+        if batch_id:
+            return keys.batch_jobs(batch_id)
+        if profile is not None:
+            self._ensure_indexes()
+            return keys.profile_jobs(profile)
+        if states and not states & FINAL_STATES:
+            return keys.ACTIVE
+        if states and len(states) == 1:
+            self._ensure_indexes()
+            return keys.state_jobs(str(next(iter(states))))
+        return keys.JOBS
+
+    def _ensure_indexes(self) -> None:
+        """Jobs made before the profile and final-state indexes existed are added to them, once:
+        a store upgraded in place answers those filters in full."""
+        if self.redis.exists(keys.INDEXED):
+            return
+        start, chunk = 0, 1000
+        while ids := self.redis.zrange(keys.JOBS, start, start + chunk - 1, withscores=True):
+            start += chunk
+            pipe = self.redis.pipeline(transaction=False)
+            for job in self.many([job_id for job_id, _ in ids]):
+                created = {job.id: job.created_at}
+                pipe.zadd(keys.profile_jobs(job.profile), created)
+                if job.is_final:
+                    pipe.zadd(keys.state_jobs(str(job.state)), created)
+            pipe.execute()
+        self.redis.set(keys.INDEXED, "1")
 
     def list(self, states: set[JobState] | None = None, batch_id: str | None = None) -> list[Job]:
         """Every matching job, newest first (a batch or the active jobs are cheap; all is not)."""
@@ -194,8 +229,9 @@ class JobStore:
         name_key = keys.name("-")  # used only by a move to a final state (it frees the name)
         if state in FINAL_STATES and (spec := self.redis.hget(self.key(job_id), "spec")):
             name_key = keys.name(json.loads(spec)["name"])
+        state_index = keys.state_jobs(str(state) if state in FINAL_STATES else "-")
         job_keys = [self.key(job_id), keys.LEASES, keys.DISPATCH, keys.ACTIVE, name_key,
-                    *_bulky_keys(job_id)]  # fmt: skip
+                    state_index, keys.JOBS, *_bulky_keys(job_id)]  # fmt: skip
         moved = int(scripts.MOVE(self.redis, job_keys, args))
         if moved == -3:
             raise AutotrainError(
@@ -218,7 +254,7 @@ class JobStore:
         for name, value in encode_fields(fields).items():
             args += [name, value]
         job_keys = [self.key(job.id), keys.ACTIVE, keys.name(job.spec.name), keys.DISPATCH,
-                    *_bulky_keys(job.id)]  # fmt: skip
+                    *_final_indexes(), *_bulky_keys(job.id)]  # fmt: skip
         outcome = scripts.REOPEN(self.redis, job_keys, args)
         if outcome[0] == -1:
             raise NameInUse(job.spec.name, outcome[1])
@@ -313,6 +349,10 @@ class JobStore:
         """The stream id of the job's newest event ("0-0" when it has none): where to follow on."""
         newest = self.redis.xrevrange(self.events_key(job_id), count=1)
         return newest[0][0] if newest else "0-0"
+
+
+def _final_indexes() -> list[str]:
+    return [keys.state_jobs(str(state)) for state in sorted(FINAL_STATES)]
 
 
 def _bulky_keys(job_id: str) -> list[str]:

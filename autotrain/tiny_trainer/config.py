@@ -47,6 +47,9 @@ class TinyConfig(BaseModel):
     )
     learning_rate: float = Field(1e-2, gt=0, description="AdamW learning rate of the LoRA")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping; 0 turns it off")
+    discrete_flow_shift: float = Field(
+        1.0, gt=0, le=100, description="as in kohya: shifts the training timesteps towards noise"
+    )
     seed: int = Field(42, ge=0, description="data order, noise and timesteps")
     network_dim: int = Field(8, ge=1, le=256, description="LoRA rank")
     network_alpha: float = Field(8.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
@@ -66,6 +69,9 @@ class TinyConfig(BaseModel):
         description="as in kohya: keep only the states of the last N steps (None: keep all)",
     )
     sample_every_n_steps: int | None = Field(None, ge=1, description="sample images every N steps")
+    sample_captions: int = Field(
+        0, ge=0, le=64, description="also sample the first N distinct captions of the dataset"
+    )
 
     # The tiny model (a diffusers FluxTransformer2DModel built from tiny_model_seed).
     tiny_num_layers: int = Field(1, ge=0, le=8, description="double-stream (MMDiT) blocks")
@@ -74,7 +80,17 @@ class TinyConfig(BaseModel):
     tiny_attention_head_dim: int = Field(16, ge=8, le=128, description="multiple of 8 (RoPE)")
     tiny_joint_attention_dim: int = Field(32, ge=4, le=1024, description="caption embedding width")
     tiny_caption_tokens: int = Field(16, ge=1, le=256, description="caption length in tokens")
-    tiny_model_seed: int = Field(0, ge=0, description="the base model's weights come from it")
+    tiny_patch_size: int = Field(
+        4, ge=1, le=16, description="pixels per token side: an image token packs p x p RGB pixels"
+    )
+    tiny_base: Literal["shapes", "random"] = Field(
+        "shapes",
+        description="shapes: the pretrained base shipped with the package; random: initialised "
+        "from tiny_model_seed",
+    )
+    tiny_model_seed: int = Field(
+        0, ge=0, description="the caption table, and the base model's weights when random"
+    )
     tiny_num_threads: int = Field(
         1, ge=0, le=256, description="torch CPU threads; 0 = torch's default (all cores)"
     )
@@ -102,6 +118,11 @@ class TinyConfig(BaseModel):
     def _layers(self) -> TinyConfig:
         if self.tiny_num_layers + self.tiny_num_single_layers == 0:
             raise ValueError("tiny_num_layers and tiny_num_single_layers cannot both be 0")
+        if self.resolution % self.tiny_patch_size:
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of "
+                f"tiny_patch_size {self.tiny_patch_size}"
+            )
         return self
 
     def total_steps(self, items: int) -> int:

@@ -1,8 +1,8 @@
 """Images and captions as the tiny Flux transformer sees them.
 
 Flux trains on VAE latents; Tiny has no VAE, so the "latent" of an image is the image itself,
-pixel-unshuffled 2x2 (RGB at R x R becomes 12 channels at R/2 x R/2) and packed into a token
-sequence with 2-D positions, exactly the shapes a Flux latent has. Captions go through a fixed
+pixel-unshuffled p x p (`tiny_patch_size`: RGB at R x R becomes 3 p^2 channels at R/p x R/p) and
+packed into a token sequence with 2-D positions, exactly the shapes a Flux latent has. Captions go through a fixed
 hashing "text encoder": each word picks a row of a random table seeded by the model seed, so the
 same caption always gives the same embedding and different captions give different conditioning.
 """
@@ -87,6 +87,7 @@ def load_train_set(
     encoder: CaptionEncoder,
     caption_extension: str = ".txt",
     num_repeats: int = 1,
+    patch: int = 2,
 ) -> TrainSet:
     """Load every image under `root`; a folder `N_name/` repeats its images N times (kohya)."""
     if not root.is_dir():
@@ -100,7 +101,9 @@ def load_train_set(
         raise ValidationError(
             f"No images in {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    tokens = torch.stack([image_to_tokens(_load_image(e.path, resolution)) for e in examples])
+    tokens = torch.stack(
+        [image_to_tokens(_load_image(e.path, resolution), patch) for e in examples]
+    )
     encoded = [encoder.encode(e.caption) for e in examples]
     order = [i for i, e in enumerate(examples) for _ in range(e.repeats)]
     return TrainSet(
@@ -112,25 +115,25 @@ def load_train_set(
     )
 
 
-def image_to_tokens(image: torch.Tensor) -> torch.Tensor:
-    """[3, R, R] in [-1, 1] -> [(R/2)^2, 12] packed tokens, row-major like Flux's latents."""
-    packed = F.pixel_unshuffle(image.unsqueeze(0), 2)[0]  # [12, R/2, R/2]
+def image_to_tokens(image: torch.Tensor, patch: int) -> torch.Tensor:
+    """[3, R, R] in [-1, 1] -> [(R/p)^2, 3 p^2] packed tokens, row-major like Flux's latents."""
+    packed = F.pixel_unshuffle(image.unsqueeze(0), patch)[0]  # [3 p^2, R/p, R/p]
     return packed.flatten(1).transpose(0, 1).contiguous()
 
 
-def tokens_to_image(tokens: torch.Tensor, height: int, width: int) -> Image.Image:
+def tokens_to_image(tokens: torch.Tensor, height: int, width: int, patch: int) -> Image.Image:
     """Inverse of image_to_tokens, to an RGB picture (values clamped to [-1, 1])."""
-    packed = tokens.transpose(0, 1).reshape(12, height // 2, width // 2)
-    pixels = F.pixel_shuffle(packed.unsqueeze(0), 2)[0].clamp(-1, 1)
+    packed = tokens.transpose(0, 1).reshape(3 * patch * patch, height // patch, width // patch)
+    pixels = F.pixel_shuffle(packed.unsqueeze(0), patch)[0].clamp(-1, 1)
     array = ((pixels + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).contiguous()
     return Image.fromarray(array.numpy())
 
 
-def image_ids(height: int, width: int) -> torch.Tensor:
+def image_ids(height: int, width: int, patch: int) -> torch.Tensor:
     """Flux's img_ids: (0, row, column) for every packed token."""
-    ids = torch.zeros(height // 2, width // 2, 3)
-    ids[..., 1] = torch.arange(height // 2).unsqueeze(1)
-    ids[..., 2] = torch.arange(width // 2).unsqueeze(0)
+    ids = torch.zeros(height // patch, width // patch, 3)
+    ids[..., 1] = torch.arange(height // patch).unsqueeze(1)
+    ids[..., 2] = torch.arange(width // patch).unsqueeze(0)
     return ids.reshape(-1, 3)
 
 

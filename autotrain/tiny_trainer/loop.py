@@ -1,8 +1,11 @@
 """The training loop: rectified-flow matching of a LoRA on the tiny Flux transformer.
 
-x_t = (1 - t) x_0 + t noise with t = sigmoid(normal) (Flux's default sampling), and the model
-learns the velocity noise - x_0 under an MSE loss, as kohya's Flux trainers do. Output follows
-kohya's shape line for line so that one parser serves both.
+x_t = (1 - t) x_0 + t noise with t = sigmoid(normal), shifted towards noise by
+`discrete_flow_shift` (kohya's `--timestep_sampling shift`), as in kohya's Flux trainers. The model
+predicts the clean image x_0 under an MSE loss: the same flow (its velocity is (x_t - x_0) / t),
+parametrised so that a model narrower than its tokens need not reproduce the noise, which it could
+not, and its samples come out clean. Output follows kohya's shape line for line so that one parser
+serves both.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ def train(config: TinyConfig, resume: Path | None = None) -> int:
         encoder,
         config.caption_extension,
         config.num_repeats,
+        config.tiny_patch_size,
     )
     model = build_model(config, device)
     optimizer = torch.optim.AdamW(lora_parameters(model), lr=config.learning_rate)
@@ -87,8 +91,8 @@ def train(config: TinyConfig, resume: Path | None = None) -> int:
     if start >= total:
         _say(f"the state is at step {start} of {total}: nothing left to train")
 
-    prompts = _read_prompts(config.sample_prompts) if config.sample_every_n_steps else []
-    ids = image_ids(config.resolution, config.resolution).to(device)
+    prompts = _sample_prompts(config, data) if config.sample_every_n_steps else []
+    ids = image_ids(config.resolution, config.resolution, config.tiny_patch_size).to(device)
     losses: deque[float] = deque(maxlen=max(per_epoch, 10))
     bar = tqdm(
         total=total,
@@ -158,11 +162,11 @@ def _train_step(
     device = ids.device
     x0 = data.tokens[index]
     noise = torch.randn(x0.shape, generator=generator)
-    t = torch.sigmoid(torch.randn(len(index), generator=generator))
+    t = _shifted(torch.sigmoid(torch.randn(len(index), generator=generator)), config)
     noisy = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-    target = (noise - x0).to(device)
+    target = x0.to(device)
     with _autocast(config, device):
-        velocity = predict(
+        predicted = predict(
             model,
             noisy.to(device),
             data.captions[index].to(device),
@@ -170,7 +174,7 @@ def _train_step(
             t.to(device),
             ids,
         )
-    loss = F.mse_loss(velocity.float(), target)
+    loss = F.mse_loss(predicted.float(), target)
     scaler.scale(loss).backward()
     if config.max_grad_norm > 0:
         scaler.unscale_(optimizer)
@@ -179,6 +183,12 @@ def _train_step(
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
+
+def _shifted(t: torch.Tensor, config: TinyConfig) -> torch.Tensor:
+    """kohya's `discrete_flow_shift`: more of the steps at high noise, where layout is decided."""
+    shift = config.discrete_flow_shift
+    return t * shift / (1 + (shift - 1) * t)
 
 
 def _checkpoint(
@@ -220,6 +230,7 @@ def _samples(
             height=spec.get("h", config.resolution),
             steps=spec.get("s", 8),
             seed=spec.get("d", config.seed + index),
+            patch=config.tiny_patch_size,
             device=device,
         )
         path = folder / f"{config.output_name}_{step:06d}_{index:02d}.png"
@@ -228,6 +239,18 @@ def _samples(
         partial.replace(path)
         _say(f"saving sample image: {path}")
     model.train()
+
+
+def _sample_prompts(config: TinyConfig, data: TrainSet) -> list[dict[str, Any]]:
+    """The first `sample_captions` distinct training captions, then the prompt file's prompts.
+
+    The captions take the options (size, steps, seed) of the file's first line, so a sample of a
+    caption can be set beside the image it describes.
+    """
+    listed = _read_prompts(config.sample_prompts)
+    options = {key: value for key, value in listed[0].items() if key != "prompt"} if listed else {}
+    captions = list(dict.fromkeys(e.caption for e in data.examples if e.caption))
+    return [{"prompt": c, **options} for c in captions[: config.sample_captions]] + listed
 
 
 def _read_prompts(path: Path | None) -> list[dict[str, Any]]:

@@ -67,6 +67,7 @@ def save_state(
         "network_alpha": config.network_alpha,
         "base_model_config": base_model_config(config),
         "tiny_model_seed": config.tiny_model_seed,
+        "tiny_base": config.tiny_base,
     }
     (partial / _INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     if directory.exists():
@@ -134,6 +135,7 @@ def _check_compatible(directory: Path, info: dict[str, Any], config: TinyConfig)
         "network_dim": config.network_dim,
         "base_model_config": base_model_config(config),
         "tiny_model_seed": config.tiny_model_seed,
+        "tiny_base": config.tiny_base,
     }
     saved_model = info.get("base_model_config", {})
     if isinstance(saved_model, dict) and "axes_dims_rope" in saved_model:

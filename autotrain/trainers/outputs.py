@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from autotrain.workspace import Workspace
@@ -24,12 +26,43 @@ __all__ = [
     "OWNER_FILE",
     "RUNS_DIR",
     "SAMPLE_SUFFIXES",
+    "SamplePosition",
+    "sample_position",
 ]
 
 OWNER_FILE = "job.json"
 RUNS_DIR = "runs"
 # The image types a trainer writes its samples as (kohya: png; PIL could write any of these).
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True, order=True)
+class SamplePosition:
+    """Where a sample sits in a run: the step (or epoch) it was made at and its prompt's line."""
+
+    step: int
+    prompt: int
+    epoch: bool = False  # made at the end of epoch `step`, not at a step
+
+    @property
+    def label(self) -> str:
+        return f"epoch {self.step}" if self.epoch else f"step {self.step}"
+
+
+# kohya and the Tiny trainer name samples `<output_name>_<step:06d>_<prompt:02d>[_<time>].<ext>`
+# (`e<epoch:06d>` instead of the step for samples made at the end of an epoch).
+_SAMPLE_NAME = re.compile(r"_(e?)(\d{6})_(\d{2})(?:_[^.]*)?\.[A-Za-z]+$")
+
+
+def sample_position(name: str, output_name: str | None = None) -> SamplePosition | None:
+    """The step and prompt a sample's file name says; None for a name of another shape (or of
+    another output name, when one is given)."""
+    if output_name is not None and not name.startswith(f"{output_name}_"):
+        return None
+    match = _SAMPLE_NAME.search(name)
+    if not match or Path(name).suffix.lower() not in SAMPLE_SUFFIXES:
+        return None
+    return SamplePosition(int(match[2]), int(match[3]), epoch=bool(match[1]))
 
 
 def sample_images(folder: Path) -> list[Path]:

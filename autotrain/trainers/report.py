@@ -17,6 +17,7 @@ from autotrain.errors import TrainingError
 from autotrain.formatting import iso_time
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
+from autotrain.trainers.contact_sheet import SHEET_NAME, write_contact_sheet
 from autotrain.trainers.outputs import sample_images
 from autotrain.trainers.plan import TrainPlan
 from autotrain.workspace import MANIFEST_NAME, Workspace
@@ -34,7 +35,7 @@ __all__ = [
 def write_run_report(
     spec: JobSpec, plan: TrainPlan, settings: Settings, run_info: dict[str, Any]
 ) -> dict[str, Any]:
-    """Verify the final weights exist, then write run.json and loss.png; returns the manifest."""
+    """Verify the final weights exist, then write run.json, loss.png and samples.png."""
     workspace = Workspace(settings.workspace)
     weights = find_weights(plan)
     if not weights:
@@ -79,6 +80,13 @@ def write_run_report(
         "final_loss": losses[-1][1] if losses else run_info.get("last_loss"),
         "weights": [_file_entry(p) for p in weights],
         "samples": [str(p) for p in find_samples(plan)],
+        "samples_sheet": _str_or_none(
+            write_contact_sheet(
+                plan.model_dir / "sample",
+                plan.output_name,
+                workspace.output_dir(spec.name) / SHEET_NAME,
+            )
+        ),
         "loss_curve": str(curve) if curve else None,
         "written_at": iso_time(time.time()),
     }
@@ -158,6 +166,10 @@ def write_loss_curve(losses: list[tuple[int, float]], target: Path, title: str) 
     fig.savefig(target)
     plt.close(fig)
     return target
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _mean(values: list[float]) -> float:

@@ -47,13 +47,25 @@ __all__ = [
 PhaseProgress = Callable[[str, int, int], None]
 
 
-def validate_phase(spec: JobSpec, settings: Settings, progress: PhaseProgress | None = None):
-    """Phase 1: the dataset, profile and host checked; raises ValidationError on anything fatal."""
+def validate_phase(
+    spec: JobSpec,
+    settings: Settings,
+    progress: PhaseProgress | None = None,
+    *,
+    dry_run: bool = False,
+):
+    """Phase 1: the dataset, profile and host checked; raises ValidationError on anything fatal.
+
+    A dry run goes on past the host's setup problems (a model file not configured, no
+    sd-scripts): it plans with placeholders and lists them (`report.setup_problems`).
+    """
     from autotrain.datasets.validate import validate_dataset
 
     profile = profile_for(spec, settings)
     profile.load_template()  # "Configuration file not found" belongs to validation
     report = validate_dataset(spec, settings, profile, progress=_for_phase(progress, "validate"))
+    if dry_run:
+        report.fatal = [f for f in report.fatal if f not in report.setup_problems]
     report.raise_for_errors()
     return report
 

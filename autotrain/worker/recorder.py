@@ -4,6 +4,7 @@ its summary, and (throttled) Celery's PROGRESS state for Flower. Used in queued 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,6 +23,7 @@ __all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]
 
 PROGRESS_FILE = "progress.jsonl"
 
+SUMMARY_INTERVAL = 0.5  # seconds between step summaries on the job record
 log = logging.getLogger(__name__)
 
 
@@ -56,6 +58,8 @@ class ProgressRecorder:
         self._seen_samples = set(map(self._final, _images_in(sample_dir)))
         self._last_scan = 0.0
         self._redis_down = False
+        self._pending: dict[str, Any] = {}  # summary fields not yet on the job record
+        self._last_summary = 0.0
 
     def __call__(self, event: ProgressEvent) -> None:
         self._record(event)
@@ -88,7 +92,7 @@ class ProgressRecorder:
         # Redis may be restarting: the trainer must go on; progress.jsonl keeps every event.
         try:
             if self.store and self.job_id:
-                self.store.add_event(self.job_id, data, summary)
+                self.store.add_event(self.job_id, data, self._summary_due(event, summary))
             if self.flower_update and event.kind == "step":
                 now = time.monotonic()
                 if now - self._last_flower >= self.flower_interval:
@@ -101,9 +105,24 @@ class ProgressRecorder:
         else:
             self._redis_down = False
 
+    def _summary_due(self, event: ProgressEvent, summary: dict[str, Any]) -> dict[str, Any]:
+        """The summary fields to write on the job record with this event: a step's numbers at
+        most every SUMMARY_INTERVAL seconds (the stream has every step; `train list` needs
+        no more), anything else and the last step at once."""
+        self._pending.update(summary)
+        now = time.monotonic()
+        last_step = event.kind == "step" and event.total is not None and event.step == event.total
+        if event.kind == "step" and not last_step and now - self._last_summary < SUMMARY_INTERVAL:
+            return {}
+        due, self._pending, self._last_summary = self._pending, {}, now
+        return due
+
     def close(self) -> None:
         if self.sample_dir:
             self.scan_samples()
+        if self._pending and self.store and self.job_id:
+            with contextlib.suppress(redis.RedisError):
+                self.store.update(self.job_id, **self._pending)
         self._file.close()
 
 

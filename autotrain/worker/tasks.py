@@ -81,9 +81,6 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
     fields = {"worker": worker, "phase": name, "next_task": None}
     fields["host" if name == "train" else "prep_host"] = current_host()
     outage = outage_seconds(settings)  # the message is consumed: wait for Redis, never drop it
-    job = until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}")
-    if job.started_at is None:
-        fields["started_at"] = time.time()
     moved = until_redis_back(
         lambda: store.move(
             job_id, expected=queue_owner(task.request.id), owner=owner, state=state,
@@ -100,6 +97,9 @@ def phase(task: Task, job_id: str, name: str, state: JobState) -> Iterator[Phase
     try:
         ctx = PhaseContext(until_redis_back(lambda: store.get(job_id), outage, f"reading {job_id}"),
                            store, settings, lease)  # fmt: skip
+        if ctx.job.started_at is None:  # its first phase: when the job started, once
+            ctx.job.started_at = time.time()
+            ctx.store.update(job_id, started_at=ctx.job.started_at)
         log.info("%s %s: %s on %s", ctx.job.name, job_id, state.value, worker)
         if ctx.job.cancel_requested:
             ctx.finish(JobState.CANCELLED, error="cancelled by user")
@@ -292,6 +292,7 @@ def report(self: Task, job_id: str) -> None:
         manifest = phases.report_phase(job.spec, plan, ctx.settings, info)
         result = {"weights": manifest["weights"][0]["path"],
                   "run_json": str(plan.model_dir.parent / "run.json"),
+                  "samples_sheet": manifest.get("samples_sheet"),
                   "final_loss": manifest["final_loss"]}  # fmt: skip
         if ctx.finish(JobState.SUCCEEDED, result=result):
             log.info("%s %s: succeeded", job.name, job_id)

@@ -91,7 +91,7 @@ def test_small_jobs_pack_onto_one_gpu_while_they_fit_and_a_third_waits(cluster, 
     assert spans[2][0] >= min(spans[0][1], spans[1][1]), f"the third did not wait: {spans}"
 
 
-STANDIN_NVML = Path(__file__).parent / "standins" / "nvml"
+STANDIN_NVML = Path(__file__).parent.parent / "standins" / "nvml"
 
 
 def _nvml(path: Path, used_gib: list[float]) -> None:

@@ -57,7 +57,7 @@ def test_prepare_dry_run_prints_the_plan_and_changes_nothing(workspace, tmp_path
     assert result.returncode == 0, result.stderr
     assert snapshot(workspace) == before
     assert "autotrain.tiny_trainer" in result.stdout and "--config_file" in result.stdout
-    assert "Total training steps: 200" in result.stdout
+    assert "Total training steps: 400" in result.stdout
     assert "would-copy" in result.stdout
     assert "train_data_dir" in result.stdout  # the config that would be written
 
@@ -350,7 +350,7 @@ def test_a_monitor_keeps_saying_that_no_worker_will_take_the_job(cluster, tmp_pa
 
 
 def test_the_readme_lists_the_exit_codes_these_tests_check():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
     table = readme.split("Exit codes, the same for every command:")[1].split("\n\n")[1]
     codes = [row.split("|")[1].strip() for row in table.splitlines()[2:]]
     assert codes == ["0", "1", "2", "130"]
@@ -386,3 +386,54 @@ def test_help_loads_none_of_the_heavy_libraries():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout + done.stderr
+
+
+def test_batch_refuses_only_the_datasets_whose_names_collide(workspace, tmp_path):
+    """`My Cat` and `My_Cat` slugify to one name: both are named, the third is prepared."""
+    root = tmp_path / "datasets"
+    root.mkdir()
+    for folder in ("My Cat", "My_Cat", "dogs"):
+        copy_example(root, folder)
+    result = autotrain(
+        workspace,
+        "pipeline",
+        "batch",
+        "--datasets-dir",
+        str(root),
+        "--profile",
+        "Tiny",
+        "--prepare-only",
+    )
+    assert result.returncode == 1
+    stderr = " ".join(result.stderr.split())
+    assert f"{root / 'My Cat'} and {root / 'My_Cat'} would both be named 'My_Cat'" in stderr
+    assert f"{root / 'My_Cat'} and {root / 'My Cat'} would both be named" in stderr
+    assert "1 prepared, 2 failed" in result.stdout
+    assert (workspace / "BatchConfig" / "Tiny" / "dogs.toml").is_file()
+    assert not (workspace / "input" / "My_Cat").exists()
+
+
+def test_kohya_dry_run_without_model_files_prints_the_plan_and_lists_them(
+    workspace, tmp_path, monkeypatch
+):
+    """A laptop with no sd-scripts and no weights still gets the whole plan, then exit 1."""
+    for setting in ("SD_SCRIPTS_DIR", "SD_SCRIPTS_PYTHON", "FLUX_MODEL", "CLIP_L", "T5XXL", "AE"):
+        monkeypatch.delenv(f"AUTOTRAIN_{setting}", raising=False)
+    dataset = copy_example(tmp_path)
+    before = snapshot(workspace)
+    for command in ("prepare", "run"):
+        result = autotrain(
+            workspace, "pipeline", command, "--dataset-path", str(dataset),
+            "--profile", "FluxLORA", "--dry-run",
+        )  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert snapshot(workspace) == before
+        assert "would-copy" in result.stdout and "Total training steps" in result.stdout
+        assert "<sd_scripts_dir>/flux_train_network.py" in result.stdout
+        assert 'pretrained_model_name_or_path = "<flux_model>"' in result.stdout
+        problems = " ".join(result.stderr.split())
+        assert "Problems before this can train" in problems
+        assert "Problems before this can train (5)" in problems
+        assert "sd_scripts_dir is not set" in problems
+        for setting in ("flux_model", "clip_l", "t5xxl", "ae"):
+            assert f"{setting} (AUTOTRAIN_{setting.upper()}) is not set" in problems

@@ -1,7 +1,7 @@
 """The trainer as the judge: sd-scripts' own dataset code checks what phase 3 wrote.
 
 Here sd-scripts is the stand-in (tests/standins/sd_scripts/library/, its dataset code copied from
-sd-scripts 48d368fa); tests/test_real_sd_scripts.py runs the same check on the real one. Every
+sd-scripts 48d368fa); tests/trainers/test_real_sd_scripts.py runs the same check on the real one. Every
 dataset is made of real files, staged and configured by autotrain's own phases 1-3.
 """
 

@@ -281,3 +281,27 @@ def test_backend_command_and_check(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(tiny_backend, "TINY_REQUIREMENTS", ("torch", "no_such_module_for_tiny"))
     (problem,) = TinyBackend().check(profile, settings)
     assert "pip install 'autotrain[tiny]'" in problem and "no_such_module_for_tiny" in problem
+
+
+def test_the_built_in_base_fixes_the_model_settings(tmp_path: Path) -> None:
+    plan = write_job(tmp_path, "wide", make_dataset(tmp_path / "d"), tiny_num_attention_heads=4)
+    returncode, output = run(command_for(plan, tmp_path), tmp_path, timeout=60)
+    assert returncode == 2, output[-2000:]
+    assert "tiny_num_attention_heads" in output and 'tiny_base = "random"' in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.slow
+def test_a_random_base_takes_any_model_settings(tmp_path: Path) -> None:
+    plan = write_job(
+        tmp_path, "random", make_dataset(tmp_path / "d"), tiny_base="random",
+        tiny_num_attention_heads=4, tiny_patch_size=2, max_train_steps=4, save_every_n_steps=2,
+    )  # fmt: skip
+    returncode, output = run(command_for(plan, tmp_path), tmp_path, timeout=60)
+    assert returncode == 0, output[-2000:]
+    from safetensors import safe_open
+
+    with safe_open(str(plan.model_dir / "random.safetensors"), "pt") as weights:
+        metadata = weights.metadata()
+    assert metadata["base_weights"] == "random"
+    assert json.loads(metadata["base_model_config"])["in_channels"] == 12  # 3 x 2 x 2

@@ -268,7 +268,7 @@ def test_pinned_jobs_hold_every_gpu_they_use(cluster, tmp_path):
     cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
     log = open(cluster.root / "gpu-host.log", "ab")  # noqa: SIM115
     host = subprocess.Popen(
-        [sys.executable, str(Path(__file__).parent / "standins" / "gpu_host.py"), "g1", "2"],
+        [sys.executable, str(Path(__file__).parent.parent / "standins" / "gpu_host.py"), "g1", "2"],
         env=cluster.env, cwd=cluster.root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     cluster.workers.append(host)

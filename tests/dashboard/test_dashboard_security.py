@@ -22,7 +22,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import copy_example, free_port, wait_for
-from tests.test_dashboard import CHROMIUM, Board
+from tests.dashboard.test_dashboard import CHROMIUM, Board
 
 PAYLOAD = "</script><script>window.__pwned=1</script><img src=x onerror=window.__pwned=2>"
 SECRET = "SECRET-d41d8cd9-never-shown"

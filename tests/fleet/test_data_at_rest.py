@@ -109,7 +109,7 @@ def test_doctor_warns_about_a_redis_without_password(tmp_path):
 
 
 def test_the_procfile_redis_has_a_password_and_no_config_command(shared_host_workspace):
-    procfile = (Path(__file__).resolve().parent.parent / "Procfile").read_text()
+    procfile = (Path(__file__).resolve().parent.parent.parent / "Procfile").read_text()
     line = next(x for x in procfile.splitlines() if x.startswith("redis:"))
     assert line.split(":", 1)[1].split()[:2] == ["autotrain", "redis"]
     port = free_port()

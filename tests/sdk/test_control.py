@@ -138,7 +138,7 @@ def _positions(cluster) -> dict[str, str]:
 
 
 def test_priorities_move_hold_and_release_decide_who_starts_next(cluster, tmp_path):
-    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.05"
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.2"  # busy trains while the queue is steered
     cluster.start_worker("h1")
     store = cluster.store()
     quick = cluster.short_profile("TinyQuick", 8)

@@ -37,8 +37,8 @@ from tests.conftest import (
 )
 
 TOKEN = "board-test-token"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-STANDIN_NVML = Path(__file__).resolve().parent / "standins" / "nvml"
+SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+STANDIN_NVML = Path(__file__).resolve().parent.parent / "standins" / "nvml"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -235,3 +235,39 @@ def test_force_replaces_a_stray_file_and_reports_progress(dataset, ws, profile):
     assert result.action == "replaced" and ws.input_dir("cats").is_dir()
     assert seen[-1] == (len(STAGED), len(STAGED))
     assert [p.name for p in ws.input_root.iterdir()] == ["cats"]
+
+
+def test_an_exif_rotated_photo_is_staged_upright_and_reused(tmp_path, ws, profile):
+    """sd-scripts never applies EXIF orientation: the staged copy holds the turned pixels."""
+    from PIL import Image
+
+    from tests.helpers_datasets import write_exif_rotated
+
+    ds = make_dataset(tmp_path / "phone", 1)
+    write_exif_rotated(ds / "photo.jpg", (96, 48), orientation=6)
+    source = (ds / "photo.jpg").read_bytes()
+    result = stage_dataset(validate(ds, ws, profile, "phone"), ws)
+    assert "photo.jpg: staged upright (EXIF orientation 6, which sd-scripts ignores)" in (
+        result.notes
+    )
+    with Image.open(ws.input_dir("phone") / "photo.jpg") as staged:
+        assert staged.size == (48, 96) and staged.format == "JPEG"
+        assert staged.getexif().get(0x0112) in (None, 1)
+    assert (ds / "photo.jpg").read_bytes() == source  # the user's file is untouched
+    again = stage_dataset(validate(ds, ws, profile, "phone"), ws)
+    assert again.action == "reused", again.notes
+
+
+def test_rotated_photos_are_named_in_a_dry_run_and_refused_in_place(tmp_path, ws, profile):
+    from tests.helpers_datasets import write_exif_rotated
+
+    ds = make_dataset(tmp_path / "phone", 1)
+    write_exif_rotated(ds / "photo.jpg", (96, 48), orientation=8)
+    dry = stage_dataset(validate(ds, ws, profile, "phone"), ws, dry_run=True)
+    assert "photo.jpg: would stage upright (EXIF orientation 8, which sd-scripts ignores)" in (
+        dry.notes
+    )
+    in_place = ws.input_dir("phone")
+    shutil.copytree(ds, in_place)
+    with pytest.raises(StagingError, match=r"cannot be turned upright.*photo\.jpg"):
+        stage_dataset(validate(in_place, ws, profile, "phone"), ws)

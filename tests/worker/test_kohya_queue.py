@@ -28,7 +28,7 @@ from tests.helpers_kohya import write_placeholder_weights
 
 pytestmark = pytest.mark.slow
 
-STANDIN = Path(__file__).parent / "standins" / "sd_scripts"
+STANDIN = Path(__file__).parent.parent / "standins" / "sd_scripts"
 
 
 @pytest.fixture

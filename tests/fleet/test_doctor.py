@@ -9,7 +9,7 @@ from pathlib import Path
 from autotrain.fleet.doctor import check_gpus, run_checks
 from autotrain.settings import load_settings
 
-STANDIN = Path(__file__).parent / "standins" / "sd_scripts"
+STANDIN = Path(__file__).parent.parent / "standins" / "sd_scripts"
 MODEL_FIELDS = ("flux_model", "clip_l", "t5xxl", "ae", "sdxl_model")
 
 

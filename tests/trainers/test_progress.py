@@ -11,7 +11,7 @@ import pytest
 
 from autotrain.trainers.progress import ProgressEvent, TrainerOutputParser, parse_text
 
-SAMPLES = Path(__file__).parent / "data" / "trainer_output"
+SAMPLES = Path(__file__).parent.parent / "data" / "trainer_output"
 SAMPLE_FILES = sorted(SAMPLES.glob("*.txt"))
 
 

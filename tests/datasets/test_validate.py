@@ -13,7 +13,8 @@ from rich.console import Console
 
 from autotrain.datasets.discovery import find_datasets, parse_dataset_paths, scan_dataset
 from autotrain.datasets.imagecheck import INLINE_LIMIT, check_files
-from autotrain.datasets.validate import ValidationReport, report_table, validate_dataset
+from autotrain.datasets.report_view import report_table
+from autotrain.datasets.validate import ValidationReport, validate_dataset
 from autotrain.errors import AutotrainError, ValidationError
 from autotrain.profile import load_profile
 from autotrain.spec import JobSpec
@@ -158,16 +159,40 @@ def test_decompression_bombs_are_refused_without_decoding(tmp_path, settings, pr
 def test_unusual_modes_and_exif_rotation_are_accepted(tmp_path, settings, profile):
     ds = tmp_path / "ds"
     write_image(ds / "cmyk.jpg", mode="CMYK")
-    write_image(ds / "sixteen.png", mode="I;16", seed=1)
     write_image(ds / "palette.png", mode="P", seed=2)
     write_image(ds / "alpha.png", mode="LA", seed=3)
-    write_image(ds / "alpha.webp", mode="RGBA", seed=4)
+    write_image(ds / "alpha_rgba.webp", mode="RGBA", seed=4)
     write_exif_rotated(ds / "rotated.jpg", (96, 48), orientation=6)
     report = validate(ds, settings, profile)
     assert not report.errors, report.errors
     sizes = {i.relpath: (i.width, i.height) for i in report.images}
-    assert len(sizes) == 6
+    assert len(sizes) == 5
     assert sizes["rotated.jpg"] == (48, 96)  # as displayed
+    assert "staged upright" in problem(report, "rotated.jpg")
+
+
+def test_sixteen_bit_greyscale_is_refused_with_the_fix(tmp_path, settings, profile):
+    """convert("RGB") clips 16-bit greyscale at 255: it would train almost all white."""
+    ds = make_dataset(tmp_path / "ds", 2)
+    write_image(ds / "scan.png", mode="I;16", seed=1)
+    report = validate(ds, settings, profile)
+    assert report.ok and [i.relpath for i in report.images] == ["img_000.png", "img_001.png"]
+    reason = problem(report, "scan.png")
+    assert "high bit depth (Pillow mode I;16)" in reason and "almost all white" in reason
+    assert "8-bit" in reason and [p.path for p in report.errors] == ["scan.png"]
+
+
+def test_two_images_with_one_stem_keep_the_first_and_name_both(tmp_path, settings, profile):
+    ds = make_dataset(tmp_path / "ds", 1)
+    write_image(ds / "a.jpg", seed=3)
+    write_image(ds / "a.png", seed=4)
+    (ds / "a.txt").write_text("a caption\n")
+    report = validate(ds, settings, profile)
+    assert "a.jpg" in [i.relpath for i in report.images]
+    assert "a.png" not in [i.relpath for i in report.images]
+    reason = problem(report, "a.png")
+    assert reason.startswith("shares its name stem with a.jpg") and "one caption" in reason
+    assert "Rename one of them" in reason
 
 
 def test_caption_problems_are_warnings(tmp_path, settings, profile):
@@ -345,3 +370,25 @@ def test_parse_dataset_paths(tmp_path):
     assert parse_dataset_paths(" a, b ,,a") == [Path("a"), Path("b")]
     with pytest.raises(ValidationError, match="No dataset paths"):
         parse_dataset_paths(" , ")
+
+
+def test_kohya_folder_conventions_zero_repeats_mistyped_and_passed_directly(
+    tmp_path, settings, profile
+):
+    ds = make_dataset(tmp_path / "ds", 1)
+    make_dataset(ds / "0_ohwx cat", 2, prefix="skipped")
+    make_dataset(ds / "10-ohwx dog", 2, prefix="dog")
+    make_dataset(ds / "2024 trip", 1, prefix="trip")
+    report = validate(ds, settings, profile)
+    assert not [p for p in report.problems if p.path == "2024 trip/"]
+    assert not [i for i in report.images if i.relpath.startswith("0_")]
+    assert "0 repeats, so kohya skips it" in problem(report, "0_ohwx cat/")
+    assert [s.relpath for s in report.subsets] == [".", "10-ohwx dog", "2024 trip"]
+    hint = problem(report, "10-ohwx dog/")
+    assert "is not spelled <n>_<name>" in hint and "Rename it to 10_ohwx dog" in hint
+
+    direct = make_dataset(tmp_path / "20_ohwx_woman", 2, prefix="w")
+    report = validate(direct, settings, profile, name="woman")
+    (root,) = report.subsets
+    assert (root.relpath, root.repeats, root.class_tokens) == (".", 20, "ohwx_woman")
+    assert "train with 20 repeats and class tokens 'ohwx_woman'" in problem(report, ".")
