@@ -101,6 +101,12 @@ class Profile(BaseModel):
     min_resolution: int = Field(256, ge=1, description="smaller images get a warning")
     disk_gb: float = Field(1.0, ge=0, description="space for weights and checkpoints")
     vram_gb: float = Field(0.0, ge=0)
+    host_memory_gb: float | None = Field(
+        None,
+        ge=0,
+        description="host RAM one run peaks at (None: not measured); the message "
+        "for a trainer the kernel's out-of-memory killer ended quotes it",
+    )
     seconds_per_step: float = Field(
         1.0, gt=0, description="the queue ETA's pace until a run of this profile was measured"
     )

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from autotrain.cli.common import console, err_console, settings_of
+from autotrain.cli.common import console, err_console, literal, settings_of
 from autotrain.errors import AutotrainError
 
 __all__ = ["COMMANDS"]
@@ -32,11 +32,13 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
     settings = settings_of(ctx)
     status = start_local_cluster(workers=not no_workers, cpu=cpu, settings=settings)
     console.print(
-        f"Redis: {shown_url(status.redis_url)} (pid {status.redis_pid}); data in {settings.workspace / '.autotrain'}"
+        f"Redis: {literal(shown_url(status.redis_url))} (pid {status.redis_pid}); "
+        f"data in {literal(settings.workspace / '.autotrain')}"
     )
     if status.workers_pid:
         console.print(
-            f"Workers: supervisor pid {status.workers_pid}; log {settings.workspace / '.autotrain' / 'worker.log'}"
+            f"Workers: supervisor pid {status.workers_pid}; "
+            f"log {literal(settings.workspace / '.autotrain' / 'worker.log')}"
         )
     if dashboard:
         from autotrain.dashboard.access import needs_credential, open_url
@@ -46,8 +48,8 @@ def up_cmd(ctx, no_workers, cpu, dashboard) -> None:
         url = open_url(settings, settings.dashboard_address, settings.dashboard_port)
         pid = start_local_dashboard(settings=settings)
         running = f"pid {pid}" if pid else "already running"
-        console.print(f"Dashboard: {url} ({running}); log "
-                      f"{settings.workspace / '.autotrain' / 'dashboard.log'}", soft_wrap=True)  # fmt: skip
+        console.print(f"Dashboard: {literal(url)} ({running}); log "
+                      f"{literal(settings.workspace / '.autotrain' / 'dashboard.log')}", soft_wrap=True)  # fmt: skip
 
 
 @click.command("down")
@@ -76,7 +78,7 @@ def down_cmd(ctx, force) -> None:
             "run `autotrain down --force`."
         )
     stopped = stop_local_cluster(settings=settings)
-    console.print("Stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    console.print("Stopped: " + (literal(", ".join(stopped)) if stopped else "nothing was running"))
 
 
 def _training_jobs(settings) -> list:
@@ -118,7 +120,7 @@ def status_cmd(ctx, as_json) -> None:
         click.echo(json.dumps({"redis": info}, indent=2))
         sys.exit(1)
     state = "[green]up[/]" if redis_info.running else "[red]down[/]"
-    console.print(f"Redis ({redis_info.kind}): {state} {redis_info.url}")
+    console.print(f"Redis ({redis_info.kind}): {state} {literal(redis_info.url)}")
     if not redis_info.running:
         embedded = redis_info.kind == "embedded"
         console.print("Start it with `autotrain up`." if embedded else "Check AUTOTRAIN_REDIS_URL.")
@@ -135,12 +137,15 @@ def _print_fleet(status) -> None:
     table = Table("worker", "host", "GPU", "queues", "busy with", "GPU failures (1 day)")
     for row in map(worker_row, status.workers):
         failures = str(row["failures"]) + (" [red]suspect[/]" if row["suspect"] else "")
-        table.add_row(row["name"], row["host"], row["gpu"], row["queues"], row["job"], failures)
+        cells = (row["name"], row["host"], row["gpu"], row["queues"], row["job"])
+        table.add_row(*map(literal, cells), failures)
     console.print(
         table if status.workers
         else "No live workers. Start them with `autotrain up` or `autotrain worker`."
     )  # fmt: skip
-    console.print("Queues: " + ", ".join(f"{q}={n}" for q, n in sorted(status.queues.items())))
+    console.print(
+        "Queues: " + ", ".join(f"{literal(q)}={n}" for q, n in sorted(status.queues.items()))
+    )
     used, limit = status.redis.used_memory, status.redis.maxmemory
     line = f"Redis memory: {used / 2**20:.1f} MiB"
     if limit:
@@ -183,14 +188,14 @@ def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
     found, why_none = host_gpus(gpus, cpu=cpu)
     if not found and not cpu:
         err_console.print(
-            f"No GPU workers: {why_none}. Starting one CPU worker (it can train Tiny)."
+            f"No GPU workers: {literal(why_none)}. Starting one CPU worker (it can train Tiny)."
         )
     for gpu in found:
         console.print(
-            f"GPU {gpu.index}: {gpu.name} {gpu.uuid} ({gpu.memory_free / 2**30:.1f} GiB free)"
+            f"GPU {gpu.index}: {literal(gpu.name)} {gpu.uuid} ({gpu.memory_free / 2**30:.1f} GiB free)"
         )
     sys.exit(run_host_workers(host, found, consume_prep=not no_prep, settings=settings,
-                              say=lambda m: console.print(m)))  # fmt: skip
+                              say=lambda m: console.print(m, markup=False)))  # fmt: skip
 
 
 @click.command("flower", context_settings={"ignore_unknown_options": True})
@@ -217,7 +222,7 @@ def flower_cmd(ctx, flower_args) -> None:
             f"Flower on {address} (beyond loopback) needs a password: set "
             "AUTOTRAIN_FLOWER_PASSWORD."
         )
-    console.print(f"Flower on http://{address}:{port}")
+    console.print(f"Flower on http://{literal(address)}:{port}")
     # Replace this process, so that signals (Ctrl+C, a service manager's SIGTERM) reach Flower.
     os.execve(sys.executable, argv, env)
 
@@ -263,7 +268,7 @@ def doctor_cmd(ctx) -> None:
             if check.ok
             else ("[red]error[/]" if check.fatal else "[yellow]warning[/]")
         )
-        table.add_row(check.name, status, check.detail, check.fix or "")
+        table.add_row(literal(check.name), status, literal(check.detail), literal(check.fix or ""))
     console.print(table)
     fatal = [c for c in checks if c.fatal]
     if fatal:

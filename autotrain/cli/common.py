@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "console",
+    "literal",
     "err_console",
     "settings_of",
     "CommandGroup",
@@ -65,6 +66,15 @@ console: Console = _LazyConsole(stderr=False)  # type: ignore[assignment]
 err_console: Console = _LazyConsole(stderr=True)  # type: ignore[assignment]
 
 
+def literal(value: object) -> str:
+    """User text (a path, a dataset or job name, a caption, a job error, a worker or queue name)
+    as rich prints it verbatim: `[red]` or `v2[/]` in it is text, never markup. Every value that
+    goes into a string rich reads as markup (print, a table cell) passes through here."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 # Exit codes, as the README lists them: 0 success; 1 an error, a refused input or a job that did
 # not succeed; 2 a usage error (click's own); 130 interrupted (Ctrl+C).
 FAILED, USAGE, INTERRUPTED = 1, 2, 130
@@ -101,7 +111,7 @@ class CommandGroup(click.Group):
             err_console.print("\nInterrupted.")
             sys.exit(INTERRUPTED)
         except AutotrainError as exc:
-            err_console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+            err_console.print(f"[bold red]Error:[/] {literal(exc)}", soft_wrap=True)
             # Into logs/autotrain_errors.log when this command writes logs (a dry run does not).
             if logging.getLogger("autotrain").handlers:
                 logging.getLogger("autotrain.errors").error("%s", exc)

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from autotrain.cli.common import FAILED, console, err_console, settings_of
+from autotrain.cli.common import FAILED, console, err_console, literal, settings_of
 
 __all__ = ["COMMANDS"]
 
@@ -53,20 +53,22 @@ def retry_cmd(ctx, job_id, batch_id, only_failed, from_scratch) -> None:
     if job_id:
         retried = retry_job(job_id, from_scratch=from_scratch, settings=settings)
         console.print(
-            f"Queued {retried.id} ({retried.name}) again as attempt {retried.attempt}, {how}."
+            f"Queued {retried.id} ({literal(retried.name)}) again as attempt {retried.attempt}, {how}."
         )
         console.print(f"Watch it: autotrain train monitor --job {retried.id}")
         return
     outcome = retry_batch(batch_id, only_failed=only_failed, from_scratch=from_scratch,
                           settings=settings)  # fmt: skip
     if not outcome.retried and not outcome.refused:
-        console.print(f"Batch {batch_id} has no job to retry.")
+        console.print(f"Batch {literal(batch_id)} has no job to retry.")
         return
     for job, exc in outcome.refused:
-        err_console.print(f"[red]Not retried[/] {job.id} ({job.name}): {exc}", soft_wrap=True)
+        err_console.print(
+            f"[red]Not retried[/] {job.id} ({literal(job.name)}): {literal(exc)}", soft_wrap=True
+        )
     for retried in outcome.retried:
         console.print(
-            f"Queued {retried.id} ({retried.name}) again as attempt {retried.attempt}, {how}."
+            f"Queued {retried.id} ({literal(retried.name)}) again as attempt {retried.attempt}, {how}."
         )
     if outcome.refused:
         sys.exit(FAILED)
@@ -111,17 +113,18 @@ def show_cmd(ctx, job_id, as_json) -> None:
     table = Table(box=None, pad_edge=False, show_header=False)
     for field, value in record.items():
         if field not in ("history", "forecast") and value not in (None, [], ""):
-            table.add_row(f"[bold]{field}[/]", str(value))
+            table.add_row(f"[bold]{field}[/]", literal(value))
     if details.forecast is not None:
-        table.add_row("[bold]forecast[/]", forecast_text(details.forecast))
+        table.add_row("[bold]forecast[/]", literal(forecast_text(details.forecast)))
     if details.needs:
-        table.add_row("[bold]GPU memory[/]", "\n".join(details.needs))
+        table.add_row("[bold]GPU memory[/]", literal("\n".join(details.needs)))
     console.print(table)
     history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
     for entry in record["history"]:
         step = f"{entry.get('step', '')}/{entry.get('total') or '?'}" if "step" in entry else ""
-        history.add_row(entry["at"], str(entry.get("attempt", "")), entry.get("event", ""),
-                        entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
+        cells = (entry["at"], entry.get("attempt", ""), entry.get("event", ""),
+                 entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
+        history.add_row(*map(literal, cells))
     console.print(history)
 
 
@@ -159,10 +162,10 @@ def prune_cmd(ctx, older_than, states, outputs, dry_run) -> None:
                         settings=settings_of(ctx))  # fmt: skip
     verb = "Would remove" if dry_run else "Removed"
     for job in result.removed:
-        console.print(f"  {job.id}  {job.name}  {job.state.value}")
+        console.print(f"  {job.id}  {literal(job.name)}  {job.state.value}")
     console.print(f"{verb} {len(result.removed)} job(s) that ended over {older_than} ago.")
     for path in result.outputs_removed:
-        console.print(f"  {verb.lower()} {path}")
+        console.print(f"  {verb.lower()} {literal(path)}")
 
 
 @click.command("move")
@@ -188,7 +191,9 @@ def move_cmd(ctx, job_id, where, other_id) -> None:
     if bool(where) == bool(other_id):
         raise click.UsageError("Give one of --top, --bottom or --before JOB.")
     job = move_job(job_id, where or "before", other_id, settings=settings_of(ctx))
-    console.print(f"Moved {job.id} ({job.name}); see `autotrain train list --state waiting_gpu`.")
+    console.print(
+        f"Moved {job.id} ({literal(job.name)}); see `autotrain train list --state waiting_gpu`."
+    )
 
 
 @click.command("hold")
@@ -205,7 +210,7 @@ def hold_cmd(ctx, job_id) -> None:
 
     job = hold_job(job_id, settings=settings_of(ctx))
     console.print(
-        f"Held {job.id} ({job.name}); it starts after: autotrain train release --job {job.id}"
+        f"Held {job.id} ({literal(job.name)}); it starts after: autotrain train release --job {job.id}"
     )
 
 
@@ -222,7 +227,7 @@ def release_cmd(ctx, job_id) -> None:
     from autotrain.control import release_job
 
     job = release_job(job_id, settings=settings_of(ctx))
-    console.print(f"Released {job.id} ({job.name}).")
+    console.print(f"Released {job.id} ({literal(job.name)}).")
 
 
 COMMANDS = [retry_cmd, resume_cmd, show_cmd, prune_cmd, move_cmd, hold_cmd, release_cmd]

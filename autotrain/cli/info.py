@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from autotrain.cli.common import console, settings_of
+from autotrain.cli.common import console, literal, settings_of
 
 __all__ = ["COMMANDS"]
 
@@ -31,8 +31,9 @@ def profiles_list(ctx) -> None:
     settings = settings_of(ctx)
     table = Table("profile", "backend", "script", "VRAM GB", "disk GB", "source", "description")
     for profile in list_profiles(Workspace(settings.workspace).templates_dir).values():
-        table.add_row(profile.name, profile.backend, profile.script or "-", f"{profile.vram_gb:g}",
-                      f"{profile.disk_gb:g}", profile.source, profile.description)  # fmt: skip
+        cells = (profile.name, profile.backend, profile.script or "-", f"{profile.vram_gb:g}",
+                 f"{profile.disk_gb:g}", profile.source, profile.description)  # fmt: skip
+        table.add_row(*map(literal, cells))
     console.print(table)
 
 
@@ -53,7 +54,9 @@ def profiles_show(ctx, name) -> None:
 
     settings = settings_of(ctx)
     profile = load_profile(name, Workspace(settings.workspace).templates_dir)
-    console.print(f"[bold]{profile.name}[/] ({profile.source}: {profile.directory})")
+    console.print(
+        f"[bold]{literal(profile.name)}[/] ({profile.source}: {literal(profile.directory)})"
+    )
     console.print(
         tomli_w.dumps(
             profile.model_dump(
@@ -89,9 +92,8 @@ def config_show(ctx) -> None:
     table = Table("setting", "value", "source", "env var")
     for name, _field in type(settings).model_fields.items():
         value = getattr(settings, name)
-        table.add_row(
-            name, "-" if value is None else str(value), sources[name], f"AUTOTRAIN_{name.upper()}"
-        )
+        shown = "-" if value is None else value
+        table.add_row(name, literal(shown), literal(sources[name]), f"AUTOTRAIN_{name.upper()}")
     console.print(table)
 
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from autotrain.cli.common import INTERRUPTED, console, err_console, settings_of
+from autotrain.cli.common import INTERRUPTED, console, err_console, literal, settings_of
 from autotrain.cli.prepared import phase_progress, print_prepared
 
 __all__ = ["COMMANDS"]
@@ -149,10 +149,11 @@ def run_cmd(
         except KeyboardInterrupt:
             err_console.print("\nInterrupted: the trainer was stopped; nothing is left running.")
             sys.exit(INTERRUPTED)
-        console.print(f"\n[green]Succeeded.[/] Weights: {result.manifest['weights'][0]['path']}")
         console.print(
-            f"Run manifest: {settings.workspace / 'output' / result.spec.name / 'run.json'}"
+            f"\n[green]Succeeded.[/] Weights: {literal(result.manifest['weights'][0]['path'])}"
         )
+        manifest = settings.workspace / "output" / result.spec.name / "run.json"
+        console.print(f"Run manifest: {literal(manifest)}")
         return
     sdk.check_dataset(dataset_path, profile, dataset_name=dataset_name, gpu_ids=ids or [],
                       host=host, notify_urls=list(notify), priority=priority,
@@ -163,10 +164,10 @@ def run_cmd(
         host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
         notify_urls=list(notify), priority=priority,
     )  # fmt: skip
-    console.print(f"Queued job [bold]{job.id}[/] ({job.name}, {job.profile}).")
+    console.print(f"Queued job [bold]{job.id}[/] ({literal(job.name)}, {literal(job.profile)}).")
     if variant := sdk.starting_variant(job, settings):
-        err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {job.profile} as is; it "
-                          f"starts with {variant.name} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
+        err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {literal(job.profile)} as is; "
+                          f"it starts with {literal(variant.name)} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
     _warn_if_nobody_consumes(settings, job.queue, just_started=started)
     if monitor:
         from autotrain.cli.train import monitor_job
@@ -235,11 +236,11 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
                 **options,
             )
         for prepared in result.prepared:
-            console.rule(prepared.spec.name)
+            console.rule(literal(prepared.spec.name))
             if prepared.ok:
                 print_prepared(prepared)
             else:
-                err_console.print(f"[bold red]Error:[/] {prepared.error}", soft_wrap=True)
+                err_console.print(f"[bold red]Error:[/] {literal(prepared.error)}", soft_wrap=True)
         failed = [p for p in result.prepared if not p.ok or p.problems]
         console.print(f"{len(result.prepared) - len(failed)} prepared, {len(failed)} failed.")
         sys.exit(1 if failed else 0)
@@ -257,10 +258,11 @@ def batch_cmd(ctx, datasets_dir, dataset_paths, profile, min_images, skip_copy, 
         **options,
     )
     console.print(
-        f"Queued batch [bold]{result.batch_id}[/] ({result.name}): {len(result.jobs)} jobs, at most {max_concurrent} training at once."
+        f"Queued batch [bold]{result.batch_id}[/] ({literal(result.name)}): {len(result.jobs)} "
+        f"jobs, at most {max_concurrent} training at once."
     )
     for job in result.jobs:
-        console.print(f"  {job.id}  {job.name}")
+        console.print(f"  {job.id}  {literal(job.name)}")
     for dataset, why in result.rejected:
         err_console.print("[red]Not queued[/]", end=" ")
         err_console.print(f"{dataset}: {why}", markup=False, soft_wrap=True)
@@ -293,7 +295,9 @@ def _ensure_up(settings) -> bool:
     """Start the local cluster unless Redis is shared or it runs; True when it started one."""
     from autotrain.hosts import ensure_local_cluster
 
-    return ensure_local_cluster(settings=settings, say=lambda m: err_console.print(f"[dim]{m}[/]"))
+    return ensure_local_cluster(
+        settings=settings, say=lambda m: err_console.print(f"[dim]{literal(m)}[/]")
+    )
 
 
 def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = False) -> None:
@@ -314,7 +318,7 @@ def _warn_if_nobody_consumes(settings, queue: str | None, just_started: bool = F
         )
     elif queue and workers and not any(queue in w.queues for w in workers):
         err_console.print(
-            f"[yellow]Note:[/] no live worker consumes queue {queue!r} yet; the job waits until "
+            f"[yellow]Note:[/] no live worker consumes queue {literal(repr(queue))} yet; the job waits until "
             "`autotrain worker` runs there (see `autotrain status`)."
         )
 

@@ -7,7 +7,7 @@ import shlex
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from autotrain.cli.common import console, err_console
+from autotrain.cli.common import console, err_console, literal
 
 if TYPE_CHECKING:
     from autotrain.pipeline import PrepareResult
@@ -26,21 +26,21 @@ def print_prepared(result: PrepareResult) -> None:
     stage, plan = result.stage, result.plan
     verb = "Would" if result.dry_run else "Did"
     console.print(
-        f"[bold]Stage:[/] {stage.action} -> {stage.staged_dir} ({stage.files_copied} files)"
+        f"[bold]Stage:[/] {stage.action} -> {literal(stage.staged_dir)} ({stage.files_copied} files)"
     )
     for path, reason in stage.skipped[:20]:
-        console.print(f"  skip {path}: {reason}")
+        console.print(f"  skip {literal(path)}: {literal(reason)}")
     if len(stage.skipped) > 20:
         console.print(f"  ... and {len(stage.skipped) - 20} more skipped")
     files = [plan.config_path, plan.dataset_config_path, plan.sample_prompts_path]
     console.print(f"[bold]{verb} write:[/]")
     for path in filter(None, files):
-        console.print(f"  {path}")
+        console.print(f"  {literal(path)}")
     if result.dry_run:
-        console.rule(str(plan.config_path.name))
+        console.rule(literal(plan.config_path.name))
         console.print(tomli_w.dumps(plan.config), markup=False)
         if plan.dataset_config:
-            console.rule(str(plan.dataset_config_path.name))
+            console.rule(literal(plan.dataset_config_path.name))
             console.print(tomli_w.dumps(plan.dataset_config), markup=False)
         console.rule("sample_prompts.txt")
         console.print(plan.sample_prompts, markup=False)

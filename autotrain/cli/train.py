@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from autotrain.cli.common import INTERRUPTED, console, settings_of
+from autotrain.cli.common import INTERRUPTED, console, literal, settings_of
 from autotrain.jobs.states import JobState
 
 if TYPE_CHECKING:
@@ -65,7 +65,8 @@ def list_cmd(ctx, states, limit, offset, batch_id, profile, name, as_json) -> No
     _print_jobs_table(rows)
     for j in jobs:
         if j.id in reasons:
-            console.print(f"[yellow]{j.id}[/] {j.name} {reasons[j.id]}", soft_wrap=True)
+            console.print(f"[yellow]{j.id}[/] {literal(j.name)} {literal(reasons[j.id])}",
+                          soft_wrap=True)  # fmt: skip
     if len(jobs) == limit:
         console.print(f"[dim]Newest {offset + 1}-{offset + limit} shown; --offset "
                       f"{offset + limit} for the next page.[/]")  # fmt: skip
@@ -87,7 +88,7 @@ def _print_jobs_table(rows: list[dict]) -> None:
     for column in _LIST_COLUMNS:
         table.add_column(column, no_wrap=True)
     for row in rows:
-        table.add_row(*(str(row[field]) for field in _LIST_COLUMNS.values()))
+        table.add_row(*(literal(row[field]) for field in _LIST_COLUMNS.values()))
     console.print(table)
 
 
@@ -133,17 +134,17 @@ def cancel_cmd(ctx, job_id, batch_id) -> None:
     if batch_id:
         open_jobs = cancel_batch(batch_id, settings=settings)
         console.print(
-            f"Cancelling {len(open_jobs)} job(s) of batch {batch_id}; the others had ended."
+            f"Cancelling {len(open_jobs)} job(s) of batch {literal(batch_id)}; the others had ended."
         )
         return
     job = cancel_job(job_id, settings=settings)
     if job.state == JobState.CANCELLED:
-        console.print(f"Job {job.id} ({job.name}) is cancelled.")
+        console.print(f"Job {job.id} ({literal(job.name)}) is cancelled.")
     elif job.is_final:
-        console.print(f"Job {job.id} ({job.name}) had already ended: {job.state.value}.")
+        console.print(f"Job {job.id} ({literal(job.name)}) had already ended: {job.state.value}.")
     else:
         console.print(
-            f"Cancelling job {job.id} ({job.name}); its worker stops the trainer within seconds."
+            f"Cancelling job {job.id} ({literal(job.name)}); its worker stops the trainer within seconds."
         )
 
 
@@ -163,13 +164,13 @@ def logs_cmd(ctx, job_id, follow) -> None:
     settings = settings_of(ctx)
     job = get_job(job_id, settings=settings)
     if job.error:
-        console.print(f"[red]Error:[/] {job.error}", soft_wrap=True)
+        console.print(f"[red]Error:[/] {literal(job.error)}", soft_wrap=True)
     for chunk in job_logs(job.id, follow=follow, settings=settings):
         sys.stdout.write(chunk)
         sys.stdout.flush()
     samples = get_job(job.id, settings=settings).samples
     if samples:
-        console.print("Newest samples:\n  " + "\n  ".join(samples))
+        console.print("Newest samples:\n  " + literal("\n  ".join(samples)))
 
 
 def monitor_job(settings: Settings, job_id: str) -> int:
@@ -240,10 +241,10 @@ def _name_contact_sheets(settings: Settings, batch_id: str, jobs: list) -> None:
 
     page = dashboard_page(f"/batches/{batch_id}", settings=settings)
     console.print(f"The batch side by side (a contact sheet per prompt): "
-                  f"{page or f'autotrain dashboard, then /batches/{batch_id}'}")  # fmt: skip
+                  f"{literal(page or f'autotrain dashboard, then /batches/{batch_id}')}")  # fmt: skip
     for job in jobs:
         if sheet := (job.result or {}).get("samples_sheet"):
-            console.print(f"  {job.name}: {sheet}")
+            console.print(f"  {literal(job.name)}: {literal(sheet)}")
 
 
 def print_batch_summary(jobs: list) -> None:
@@ -258,15 +259,15 @@ def print_batch_summary(jobs: list) -> None:
     for j in jobs:
         training = j.training_seconds(now)
         weights = (j.result or {}).get("weights") if j.state == JobState.SUCCEEDED else None
-        table.add_row(j.name, j.state.value, f"{j.step}/{j.total or '?'}",
+        table.add_row(literal(j.name), j.state.value, f"{j.step}/{j.total or '?'}",
                       format_loss(j.loss),
                       format_eta(j.queued_seconds(now)),
                       format_eta(training) if training is not None else "-",
-                      str(weights or "-"))  # fmt: skip
+                      literal(weights or "-"))  # fmt: skip
     console.print(table, soft_wrap=True)
     for j in jobs:
         if j.error and j.state != JobState.SUCCEEDED:
-            console.print(f"[red]{j.name}[/] ({j.id}) {j.state.value}:", end=" ")
+            console.print(f"[red]{literal(j.name)}[/] ({j.id}) {j.state.value}:", end=" ")
             console.print(j.error, markup=False, soft_wrap=True)
 
 
@@ -291,15 +292,15 @@ def _final_message(job, settings: Settings) -> int:
 
     if job.state == JobState.SUCCEEDED:
         result = job.result or {}
-        console.print(f"[green]Succeeded.[/] Weights: {result.get('weights')}")
-        console.print(f"Run manifest: {result.get('run_json')}")
+        console.print(f"[green]Succeeded.[/] Weights: {literal(result.get('weights'))}")
+        console.print(f"Run manifest: {literal(result.get('run_json'))}")
         if result.get("samples_sheet"):  # what the model learned, as one picture
             console.print(f"Samples, one row per prompt and one column per step: "
-                          f"{result['samples_sheet']}")  # fmt: skip
+                          f"{literal(result['samples_sheet'])}")  # fmt: skip
         if page := dashboard_page(f"/jobs/{job.id}", settings=settings):
-            console.print(f"Dashboard: {page}")
+            console.print(f"Dashboard: {literal(page)}")
         return 0
-    console.print(f"[red]{job.state.value}:[/] {job.error or ''}", soft_wrap=True)
+    console.print(f"[red]{job.state.value}:[/] {literal(job.error or '')}", soft_wrap=True)
     return 1
 
 

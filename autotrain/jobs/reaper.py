@@ -75,7 +75,9 @@ def _reap_one(store: JobStore, settings: Settings, job_id: str, before: float, n
             result.failed.append(job_id)
         return
     phase = job.phase or "validate"
+    # what run.json's attempts_log says of this attempt (autotrain.worker.training)
     lost = {"attempt": job.attempt, "event": "worker lost", "phase": phase, "worker": dead,
+            "host": job.host, "gpu": job.gpu, "started_at": job.attempt_started_at,
             "step": job.step, "total": job.total}  # fmt: skip
     if dispatch(store, job, phase, confirm_seconds=settings.lease_seconds, history=lost,
                 attempt=job.attempt + 1, **guard):  # fmt: skip

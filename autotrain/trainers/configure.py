@@ -123,6 +123,7 @@ def render_plan(
         log_dir=workspace.log_dir(name),
         total_steps=total,
         save_every_n_steps=_save_interval(config, subsets, max(1, len(spec.gpu_ids))),
+        host_memory_gb=profile.host_memory_gb,
         config=config,
         dataset_config=dataset_config,
         sample_prompts=sample_prompt_line(profile, name, class_tokens) + "\n",

@@ -1,7 +1,7 @@
 """Tell a trainer's failure from the rest of its output: the line that says why, a hint, a cause.
 
 A known error (CUDA out of memory, NCCL, a GPU fault, a broken model file, a missing module or
-model file) is recognised on any line. Any other exception counts only as the last line of a
+model file, a process SIGKILLed under `accelerate launch`) is recognised on any line. Any other exception counts only as the last line of a
 traceback, so the trainer's harmless mentions of "Error" are not failures. The cause decides what
 a failed run leads to (`autotrain.worker.recovery`): "oom" steps down the profile's ladder,
 "nccl" and "hardware" queue the job again away from that GPU, the others fail it at once.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Failure", "FailureReader"]
+__all__ = ["Failure", "FailureReader", "killed_by_sigkill", "sigkill_message"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,7 @@ class Failure:
     """What a failure line means: `hint` tells the user what to do; `cause` is None for "other"."""
 
     hint: str
-    cause: str | None = None  # oom, nccl, hardware, bad file, setup
+    cause: str | None = None  # oom, nccl, hardware, bad file, setup, killed
 
 
 class FailureReader:
@@ -49,6 +49,26 @@ class FailureReader:
             self._in_traceback = False
             return Failure("the trainer failed")
         return None
+
+
+def killed_by_sigkill(returncode: int, cause: str | None = None) -> bool:
+    """The trainer died of SIGKILL: its guard reports 128 + 9, a trainer run bare -9, and a
+    training script under `accelerate launch` says so in a line the reader marks "killed"."""
+    return returncode in (-9, 137) or cause == "killed"
+
+
+def sigkill_message(returncode: int, profile: str, host_memory_gb: float | None) -> str:
+    """What a SIGKILLed trainer usually means, and what to do: nothing in its output says why,
+    since SIGKILL cannot be caught; the kernel's out-of-memory killer (host RAM, not the GPU's)
+    is the usual sender (`dmesg | grep -i 'killed process'` names it)."""
+    need = (f"the {profile} profile peaks at about {host_memory_gb:g} GiB of host memory"
+            if host_memory_gb else f"the {profile} profile's host memory need is not measured")  # fmt: skip
+    return (
+        f"The trainer was killed by SIGKILL (exit code {returncode}): usually the kernel's "
+        f"out-of-memory killer, for lack of host RAM ({need}; `dmesg | grep -i 'killed process'` "
+        "says whether it was). Use fewer dataloader workers (max_data_loader_n_workers), add RAM "
+        "or swap, run fewer jobs on this host at once, or choose a leaner variant."
+    )
 
 
 _TRACEBACK = re.compile(r"^Traceback \(most recent call last\):")
@@ -122,4 +142,10 @@ _ERRORS: tuple[tuple[re.Pattern[str], str, str], ...] = (
         "bad file",
     ),
     (re.compile(r"ModuleNotFoundError: No module named"), _MODULE_HINT, "setup"),
+    # `accelerate launch` (torch's elastic agent too) reports a rank SIGKILLed under it so.
+    (
+        re.compile(r"died with <Signals\.SIGKILL: 9>|exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\)"),
+        "the trainer was killed by SIGKILL",
+        "killed",
+    ),
 )

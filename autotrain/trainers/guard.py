@@ -12,8 +12,10 @@ So the worker never starts a trainer directly; it starts `python -m autotrain.tr
 - on SIGTERM from a living worker (cancel), passes it on, waits `--grace`, then SIGKILLs the rest;
 - when the trainer exits, SIGKILLs whatever it left behind and exits with its status.
 
-What it cannot cover: SIGKILL of the guard itself (the per-GPU records below are the fallback the
-worker and its supervisor act on) and a host that loses power (which takes its trainers with it).
+What it cannot cover: SIGKILL of the guard itself and a host that loses power (which takes its
+trainers with it). A living worker notices its guard's death at once and kills the session
+(autotrain.trainers.training); the per-GPU records below are the fallback when the worker died
+too, for its supervisor and a restarted worker to act on.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "guarded_command",
     "die_with_parent",
     "kill_tree",
+    "kill_session",
     "record_trainer",
     "kill_recorded_trainers",
     "trainer_record_file",
@@ -77,6 +80,16 @@ def kill_tree(root: int) -> int:
         _reap_children()
         time.sleep(0.02)
     return killed
+
+
+def kill_session(session: int) -> int:
+    """SIGKILL every process whose session or process group is `session` (a guard's pid, which
+    leads both); returns how many were killed. The trainer's tree after its guard was killed."""
+    members = [pid for pid, (pgid, sid) in _groups().items() if session in (pgid, sid)]
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(members)
 
 
 # --- per-GPU records: the fallback when the guard itself was SIGKILLed ---------------------------
@@ -130,16 +143,12 @@ def kill_recorded_trainers(
             continue
         session = int(record.get("session", 0))
         started = _start_time(session)
-        if session > 1 and (started is None or started == record.get("started")):
-            members = [pid for pid, (pgid, sid) in _groups().items() if session in (pgid, sid)]
-            for pid in members:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            if members:
-                done.append(
-                    f"killed {len(members)} leftover trainer process(es) of job "
-                    f"{record.get('job')} (session {session})"
-                )
+        same = session > 1 and (started is None or started == record.get("started"))
+        if same and (killed := kill_session(session)):
+            done.append(
+                f"killed {killed} leftover trainer process(es) of job "
+                f"{record.get('job')} (session {session})"
+            )
         path.unlink(missing_ok=True)
     return done
 

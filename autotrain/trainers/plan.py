@@ -23,6 +23,9 @@ class TrainPlan(BaseModel):
     log_dir: Path
     total_steps: int
     save_every_n_steps: int | None = None
+    host_memory_gb: float | None = Field(
+        None, description="the profile's host RAM need, quoted when the trainer is SIGKILLed"
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="the trainer config as written"
     )

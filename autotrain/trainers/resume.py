@@ -43,6 +43,7 @@ __all__ = [
     "state_step",
     "state_is_complete",
     "fold_resumed_attempts",
+    "final_path",
     "RECORD_FILE",
 ]
 
@@ -248,6 +249,21 @@ def fold_resumed_attempts(model_dir: Path, output_name: str) -> list[tuple[Path,
         del record.attempts[attempt_name]
         record.save(model_dir)
     return moved
+
+
+def final_path(path: str, model_dir: Path) -> str:
+    """The name a file of a resumed attempt (`<name>.r<attempt>...`) has once folded, for what
+    monitors and run.json show while the attempt still writes under its own name; any other
+    path as it is."""
+    name = Path(path).name
+    for attempt_name, offsets in ResumeRecord.load(model_dir).attempts.items():
+        if (
+            name.startswith(attempt_name)
+            and name[len(attempt_name) : len(attempt_name) + 1] in "-_."
+        ):
+            output_name = attempt_name.rpartition(".r")[0]
+            return str(Path(path).with_name(_true_name(name, attempt_name, output_name, offsets)))
+    return path
 
 
 def _attempt_files(model_dir: Path, attempt_name: str) -> list[Path]:

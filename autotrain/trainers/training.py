@@ -2,7 +2,9 @@
 
 The trainer runs under `autotrain.trainers.guard` in a session of its own: cancel reaches every process it
 starts, and when the worker dies the guard kills the trainer's whole tree (PR_SET_PDEATHSIG alone
-would reach only `accelerate launch`, not the training script it starts).
+would reach only `accelerate launch`, not the training script it starts). When the guard itself
+dies (SIGKILL) while the worker lives, the worker kills the session within a second and the run
+says `guard_lost`: its exit status is the guard's, not the trainer's.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from autotrain.trainers.guard import die_with_parent, guarded_command
+from autotrain.trainers.guard import die_with_parent, guarded_command, kill_session
 from autotrain.trainers.progress import ProgressEvent, TrainerOutputParser
 from autotrain.trainers.watchdog import StallWatchdog
 
@@ -48,10 +50,11 @@ class TrainerRun:
     )
     first_step_at: float | None = None
     last_step_at: float | None = None
+    guard_lost: bool = False  # the guard died unsupervised; the trainer's tree was killed
 
     @property
     def succeeded(self) -> bool:
-        return self.returncode == 0 and not self.cancelled
+        return self.returncode == 0 and not self.cancelled and not self.guard_lost
 
 
 def run_trainer(
@@ -124,6 +127,7 @@ def run_trainer(
         first_step=state.get("first_step", 0),
         first_step_at=state.get("first_step_at"),
         last_step_at=state.get("last_step_at"),
+        guard_lost=state.get("guard_lost", False),
     )
 
 
@@ -208,13 +212,19 @@ def _start_cancel_watcher(
     state: dict[str, Any] | None = None,
 ) -> _Watcher:
     def watch(stop: threading.Event) -> None:
-        while (should_cancel or watchdog) and not stop.wait(0.5):
+        while not stop.wait(0.5):
+            if _guard_died(proc) and state is not None:
+                state["guard_lost"] = True
+                kill_session(proc.pid)
+                return
             if watchdog and (silent := watchdog.stalled_for()) is not None and state is not None:
                 state["stalled"] = round(silent, 1)
                 stop_process_group(proc, grace_seconds)
                 return
+            if should_cancel is None:
+                continue
             try:
-                wanted = should_cancel() if should_cancel else False
+                wanted = should_cancel()
             except Exception:  # noqa: BLE001 - a Redis blip must not kill the run
                 continue
             if wanted:
@@ -225,3 +235,10 @@ def _start_cancel_watcher(
     watcher = _Watcher(watch)
     watcher.start()
     return watcher
+
+
+def _guard_died(proc: subprocess.Popen) -> bool:
+    """The guard ended by a signal it could not handle (SIGKILL): it exits by itself only once
+    the trainer's tree is gone, and then with a status of its own (never negative)."""
+    code = proc.poll()
+    return code is not None and code < 0

@@ -19,6 +19,7 @@ from autotrain.profile import Profile, profile_for
 from autotrain.settings import Settings
 from autotrain.spec import JobSpec
 from autotrain.trainers import get_backend
+from autotrain.trainers.failures import killed_by_sigkill, sigkill_message
 from autotrain.trainers.plan import TrainPlan
 from autotrain.trainers.progress import ProgressEvent
 from autotrain.trainers.resume import (
@@ -293,6 +294,17 @@ def raise_for_trainer(run: TrainerRun, plan: TrainPlan) -> None:
     if run.succeeded or run.cancelled:
         return
     log = plan.log_dir / "trainer.log"
+    error = run.error_event or {}
+    if run.guard_lost:  # queued jobs resume (autotrain.worker.recovery); here, say so
+        raise TrainingError(
+            f"The trainer's guard process was killed at step {run.last_step}, and the trainer "
+            f"was stopped with it; run the job again to resume from its newest saved state. "
+            f"(log: {log})"
+        )
+    if killed_by_sigkill(run.returncode, error.get("cause")):
+        why = sigkill_message(run.returncode, plan.profile, plan.host_memory_gb)
+        quoted = error.get("line", "").strip() or "\n  > ".join(run.tail[-5:]) or "(no output)"
+        raise TrainingError(f"{why}\n  > {quoted}\n  (log: {log})")
     if run.error_event:
         message = run.error_event.get("message") or "trainer error"
         raise TrainingError(

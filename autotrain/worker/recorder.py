@@ -17,6 +17,7 @@ import redis
 from autotrain.jobs.store import JobStore
 from autotrain.trainers.outputs import sample_images
 from autotrain.trainers.progress import ProgressEvent
+from autotrain.trainers.resume import final_path
 
 __all__ = ["ProgressRecorder", "read_loss_history", "PROGRESS_FILE"]
 
@@ -32,6 +33,10 @@ class ProgressRecorder:
     Trainers print "generating sample images" before the files exist, so the folder is scanned
     (at most once a second, and at the end) and each new image becomes a `sample` event with
     its path, which monitors list and run.json records.
+
+    A resumed attempt writes under a name of its own (`<name>.r2...`) that is renamed once it
+    ends (autotrain.trainers.resume): checkpoints and samples are recorded under their final
+    names from the start, so each is shown once, under a name that exists afterwards.
     """
 
     def __init__(
@@ -50,7 +55,7 @@ class ProgressRecorder:
         self._last_flower = 0.0
         self.samples: list[str] = []
         self.sample_dir = sample_dir
-        self._seen_samples = set(_images_in(sample_dir))
+        self._seen_samples = set(map(self._final, _images_in(sample_dir)))
         self._last_scan = 0.0
         self._redis_down = False
         self._pending: dict[str, Any] = {}  # summary fields not yet on the job record
@@ -64,12 +69,17 @@ class ProgressRecorder:
     def scan_samples(self) -> None:
         """Emit a `sample` event for each image that appeared in the sample folder."""
         self._last_scan = time.monotonic()
-        for path in _images_in(self.sample_dir):
+        for path in map(self._final, _images_in(self.sample_dir)):
             if path not in self._seen_samples:
                 self._seen_samples.add(path)
                 self._record(ProgressEvent(kind="sample", path=path))
 
+    def _final(self, path: str) -> str:
+        return final_path(path, self.sample_dir.parent) if self.sample_dir else path
+
     def _record(self, event: ProgressEvent) -> None:
+        if event.kind in ("sample", "checkpoint") and event.path:
+            event.path = self._final(event.path)
         if event.kind == "sample" and event.path:
             self._seen_samples.add(event.path)
         data = event.to_dict()

@@ -3,7 +3,7 @@
 Each answer is a new attempt from the newest saved state, elsewhere or leaner: a GPU too small
 (or one the job failed on) sends it to a GPU that fits; out of memory steps down the profile's
 ladder; an NCCL failure moves it off that GPU and counts against the GPU; a stalled trainer is
-retried. Bad data or a broken setup is never retried: it would fail the same way again.
+retried, and so is one whose guard was killed (as for a lost worker). Bad data or a broken setup is never retried: it would fail the same way again.
 
 These functions only decide: each returns a `Requeue` or a `Fail` (or None: go on), and the
 task applies it in one place (autotrain.worker.tasks); they never move the job themselves. They
@@ -32,6 +32,7 @@ __all__ = [
     "move_off_a_failing_gpu",
     "step_down_after_oom",
     "retry_stalled",
+    "resume_after_lost_guard",
 ]
 
 
@@ -212,4 +213,23 @@ def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decisi
         return Fail(f"{why[0].upper()}{why[1:]}; giving up after "
                     f"max_attempts={settings.max_attempts}.", stalled)  # fmt: skip
     return Requeue("train", {"attempt": job.attempt + 1}, stalled,
+                   f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip
+
+
+def resume_after_lost_guard(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decision | None:
+    """The trainer's guard was killed (a stray `kill -9`) while this worker lived: the worker
+    killed the unsupervised trainer, and the job goes on as for a lost worker, as the next
+    attempt from the newest saved state. The guard's exit status is not the trainer's, so the
+    run is never read as the trainer's failure. None when the guard lived."""
+    if not run.guard_lost:
+        return None
+    job, settings = ctx.job, ctx.settings
+    why = (f"the trainer's guard process was killed on {worker} (GPU {gpu_label}) at step "
+           f"{run.last_step}; the trainer was stopped with it")  # fmt: skip
+    lost = {"attempt": job.attempt, "event": "guard lost", "worker": worker, "gpu": gpu_label,
+            "step": run.last_step, "error": why}  # fmt: skip
+    if job.attempts_exhausted(settings.max_attempts):
+        return Fail(f"{why[0].upper()}{why[1:]}; giving up after "
+                    f"max_attempts={settings.max_attempts}.", lost)  # fmt: skip
+    return Requeue("train", {"attempt": job.attempt + 1}, lost,
                    f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip

@@ -54,7 +54,12 @@ from autotrain.worker.context import (
     worker_store,
 )
 from autotrain.worker.recorder import read_loss_history
-from autotrain.worker.training import BusyMark, record_attempt, run_trainer
+from autotrain.worker.training import (
+    BusyMark,
+    record_attempt,
+    record_lost_attempts,
+    run_trainer,
+)
 from autotrain.workspace import Workspace
 
 __all__ = ["validate", "prepare", "configure", "train", "report"]
@@ -212,7 +217,9 @@ def _train(task: Task, ctx: PhaseContext) -> None:
                                gpu_label, host, variant),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
-    if run.stalled_seconds is not None:
+    if run.guard_lost:
+        decision = recovery.resume_after_lost_guard(ctx, run, worker, gpu_label)
+    elif run.stalled_seconds is not None:
         decision = recovery.retry_stalled(ctx, run, worker, gpu_label)
     else:
         decision = recovery.step_down_after_oom(
@@ -269,7 +276,7 @@ def report(self: Task, job_id: str) -> None:
     with phase(self, job_id, "report", JobState.REPORTING) as ctx:
         job = ctx.job
         plan = TrainPlan.model_validate(job.plan)
-        info = ctx.store.get_data(job_id, "run") or {}
+        info = record_lost_attempts(ctx.store, job_id)  # a worker lost after the last run
         info.update(
             attempts=job.attempt,
             loss_history=read_loss_history(plan.log_dir),

@@ -27,7 +27,7 @@ from autotrain.worker.launch import compute_processes, driver_version
 from autotrain.worker.recorder import ProgressRecorder
 from autotrain.workspace import Workspace
 
-__all__ = ["run_trainer", "record_attempt", "BusyMark"]
+__all__ = ["run_trainer", "record_attempt", "record_lost_attempts", "BusyMark"]
 
 log = logging.getLogger("autotrain.pipeline")
 
@@ -112,13 +112,15 @@ def record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run,
                     resumed, gpu_label: str, host: str, variant: str = "as is") -> None:  # fmt: skip
     """What each attempt ran, kept for phase 5's run.json."""
     info = store.get_data(job_id, "run") or {"attempts_log": []}
+    _add_lost_attempts(info, store.history(job_id))
     info["attempts_log"].append(
-        {"attempt": attempt, "worker": worker, "started_at": run.started_at,
+        {"attempt": attempt, "worker": worker, "host": host, "gpu": gpu_label,
+         "started_at": run.started_at,
          "finished_at": run.finished_at, "returncode": run.returncode,
          "resumed_from": str(resumed) if resumed else None, "resume": run.resume,
          "last_step": run.last_step, "trainer_version": run.trainer_versions,
          "stalled_seconds": run.stalled_seconds, "variant": variant,
-         "cause": (run.error_event or {}).get("cause")}
+         "cause": "guard lost" if run.guard_lost else (run.error_event or {}).get("cause")}
     )  # fmt: skip
     info.update(
         command=command,
@@ -130,3 +132,30 @@ def record_attempt(store: JobStore, job_id: str, attempt: int, worker: str, run,
         host=host,
     )
     store.put_data(job_id, "run", info)
+
+
+def record_lost_attempts(store: JobStore, job_id: str) -> dict:
+    """The job's run info with every attempt whose worker died (and so recorded nothing itself)
+    in its attempts_log, from what the reaper wrote in the history; stored and returned."""
+    info = store.get_data(job_id, "run") or {"attempts_log": []}
+    if _add_lost_attempts(info, store.history(job_id)):
+        store.put_data(job_id, "run", info)
+    return info
+
+
+def _add_lost_attempts(info: dict, history: list[dict]) -> bool:
+    """Add to `info["attempts_log"]` the attempts the reaper re-queued that it lacks, in order;
+    True when any was added."""
+    log_ = info.setdefault("attempts_log", [])
+    logged = {entry.get("attempt") for entry in log_}
+    lost = [
+        {"attempt": e["attempt"], "worker": e.get("worker"), "host": e.get("host"),
+         "gpu": e.get("gpu"), "phase": e.get("phase"), "started_at": e.get("started_at"),
+         "finished_at": e.get("at"), "returncode": None, "last_step": e.get("step"),
+         "cause": "worker lost"}
+        for e in history
+        if e.get("event") == "worker lost" and e.get("attempt") not in logged
+    ]  # fmt: skip
+    log_.extend(lost)
+    log_.sort(key=lambda entry: entry.get("attempt") or 0)
+    return bool(lost)

@@ -120,6 +120,26 @@ def test_unsafe_dataset_name_is_refused(workspace, tmp_path):
     assert not (workspace.parent / "x").exists() and not (workspace / "input").exists()
 
 
+def test_user_text_is_printed_as_written_never_as_markup(workspace, tmp_path):
+    """A folder and --dataset-name holding rich markup (`[red]`, a bare closing `[/]`) are
+    printed as the user wrote them, in tables, lines and error messages, with no traceback."""
+    dataset = copy_example(tmp_path, "[red]x[/]")  # the folder `]` inside the folder `[red]x[`
+    assert str(dataset).endswith("/[red]x[/]")
+    prepare = ("pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Tiny")
+    planned = autotrain(workspace, *prepare, "--dry-run", "--dataset-name", "ok")
+    assert planned.returncode == 0, planned.stderr
+    assert f"{dataset}" in planned.stdout  # the validation table's path
+    for name in ("v2[/]", "[red]x[/]"):
+        refused = autotrain(workspace, *prepare, "--dataset-name", name)
+        assert refused.returncode == 1
+        assert f"Error: Invalid dataset name '{name}'" in refused.stderr
+        assert "Traceback" not in refused.stderr and "MarkupError" not in refused.stderr
+    too_few = autotrain(workspace, *prepare, "--min-images", "100")
+    assert too_few.returncode == 1
+    assert f"Only 12 valid images in {dataset}, --min-images is 100" in too_few.stderr
+    assert "Traceback" not in too_few.stderr
+
+
 def test_min_images_failure_names_both_numbers(workspace, tmp_path):
     dataset = copy_example(tmp_path)
     result = autotrain(

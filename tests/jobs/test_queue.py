@@ -19,6 +19,7 @@ from tests.conftest import (
     copy_example,
     free_port,
     job_id_in,
+    pids_of,
     redis_answers,
     redis_server_command,
     wait_for,
@@ -182,6 +183,42 @@ def test_worker_killed_mid_training_is_reaped_and_resumes(cluster, tmp_path):
     )
     assert "--resume" in log
     assert saved_step > 0
+    manifest = json.loads((cluster.root / "output" / "tiny_shapes" / "run.json").read_text())
+    logged = manifest["trainer"]["attempts_log"]
+    assert [a["attempt"] for a in logged] == [1, 2]  # the attempt whose worker died too
+    assert logged[0]["cause"] == "worker lost" and logged[0]["worker"] == "cpu@h1"
+    assert logged[0]["last_step"] >= saved_step and logged[0]["started_at"]
+
+
+def test_guard_killed_mid_training_is_not_the_trainers_failure(cluster, tmp_path):
+    """A stray `kill -9` of the guard: its worker kills the trainer at once and the job goes on
+    as the next attempt, from its newest saved state, instead of failing with the guard's -9."""
+    cluster.env["AUTOTRAIN_TINY_STEP_DELAY"] = "0.1"
+    cluster.start_worker("h1")
+    dataset = copy_example(tmp_path)
+    job_id = cluster.submit(dataset)
+    store = cluster.store()
+    model_dir = cluster.root / "output" / "tiny_shapes" / "model"
+    wait_for(lambda: list(model_dir.glob("*-state")), 120, "a saved training state")
+    guards = pids_of("autotrain.trainers.guard", cluster.root)
+    assert len(guards) == 1, guards
+    trainers = set(_trainer_pids(cluster.root))
+    assert trainers
+    os.kill(guards[0], signal.SIGKILL)
+    killed_at = time.monotonic()
+    # these processes, not the next attempt's, which may start within the same seconds
+    wait_for(lambda: not trainers & set(_trainer_pids(cluster.root)), 5,
+             "the unguarded trainer to be killed")  # fmt: skip
+    assert time.monotonic() - killed_at < 5
+    wait_for(lambda: store.get(job_id).is_final, 180, "the job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.attempt == 2
+    run_info = store.get_data(job_id, "run")
+    assert run_info["resumed_from"] and "-state" in run_info["resumed_from"]
+    assert [a["attempt"] for a in run_info["attempts_log"]] == [1, 2]
+    assert run_info["attempts_log"][0]["cause"] == "guard lost"
+    assert any(e.get("event") == "guard lost" for e in store.history(job_id))
 
 
 @pytest.mark.parametrize(

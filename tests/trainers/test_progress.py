@@ -296,3 +296,42 @@ def test_the_stall_budget_follows_the_runs_own_pace():
     assert dog.budget() == 6, "the save's pause is not a step interval"
     dog.saw(ProgressEvent(kind="step", step=8), now=70.1)
     assert dog.budget() == 60, "clamped to the ceiling"
+
+
+def test_a_rank_sigkilled_under_accelerate_is_read_as_killed() -> None:
+    text = (
+        "Traceback (most recent call last):\n"
+        '  File "accelerate/commands/launch.py", line 1, in simple_launcher\n'
+        "subprocess.CalledProcessError: Command '['python', 'flux_train_network.py']' died with "
+        "<Signals.SIGKILL: 9>.\n"
+    )
+    errors = [e for e in parse_text(text) if e.kind == "error"]
+    assert [e.cause for e in errors] == ["killed"]
+    assert "died with <Signals.SIGKILL: 9>" in errors[0].line
+
+
+def test_a_sigkilled_trainer_error_names_the_oom_killer_and_the_need(tmp_path: Path) -> None:
+    from autotrain.errors import TrainingError
+    from autotrain.trainers.plan import TrainPlan
+    from autotrain.trainers.training import TrainerRun
+    from autotrain.worker.phases import raise_for_trainer
+
+    plan = TrainPlan(name="cat", profile="Tiny", backend="tiny", config_path=tmp_path / "c.toml",
+                     sample_prompts_path=tmp_path / "p.txt", model_dir=tmp_path / "model",
+                     log_dir=tmp_path / "log", total_steps=10)  # fmt: skip
+    run = TrainerRun(returncode=137, cancelled=False, started_at=0, finished_at=1,
+                     tail=["step 3/10"])  # fmt: skip
+    with pytest.raises(TrainingError) as unmeasured:
+        raise_for_trainer(run, plan)
+    assert str(unmeasured.value).startswith("The trainer was killed by SIGKILL (exit code 137)")
+    assert "the Tiny profile's host memory need is not measured" in str(unmeasured.value)
+    assert "> step 3/10" in str(unmeasured.value)
+    with pytest.raises(TrainingError) as measured:
+        raise_for_trainer(run, plan.model_copy(update={"host_memory_gb": 10.6}))
+    assert "peaks at about 10.6 GiB of host memory" in str(measured.value)
+    lost = run.__class__(returncode=-9, cancelled=False, started_at=0, finished_at=1,
+                         last_step=4, guard_lost=True)  # fmt: skip
+    with pytest.raises(TrainingError) as guard:
+        raise_for_trainer(lost, plan)
+    assert str(guard.value).startswith("The trainer's guard process was killed at step 4")
+    assert "out-of-memory" not in str(guard.value)  # the guard's -9 is not the trainer's

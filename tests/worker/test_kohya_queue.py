@@ -118,6 +118,16 @@ def test_worker_killed_mid_run_resumes_without_repeating_saved_steps(kohya, tmp_
     attempts = manifest["trainer"]["attempts_log"]
     assert attempts[-1]["resume"]["saved_step"] == saved
     assert manifest["trainer"]["version"]["accelerate"]
+    assert [a["attempt"] for a in attempts] == [1, 2]  # the killed worker's attempt too
+    # checkpoints and samples are shown under their final names, each once
+    shown = [e["path"] for _id, e in store.read_events(job_id)
+             if e.get("kind") in ("checkpoint", "sample") and e.get("path")]  # fmt: skip
+    samples = [p for _id, e in store.read_events(job_id) if e.get("kind") == "sample"
+               for p in [e.get("path")] if p]  # fmt: skip
+    assert shown and not [p for p in shown if ".r2" in p]
+    assert len(samples) == len(set(samples))
+    assert all(Path(p).exists() for p in samples)
+    assert set(samples) <= set(manifest["samples"])
 
 
 def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
@@ -136,6 +146,32 @@ def test_a_killed_worker_leaves_no_trainer_behind(kohya, tmp_path):
     wait_for(lambda: not trainers(), 10, "no trainer process left after the worker died")
 
 
+def test_a_killed_guard_takes_the_whole_trainer_tree_and_the_job_resumes(kohya, tmp_path):
+    """`kill -9` of the guard under `accelerate launch` and its training script: the worker
+    kills both within seconds, and the job resumes from its newest state as attempt 2."""
+    kohya.env["STANDIN_SLEEP_PER_STEP"] = "0.15"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    model_dir = kohya.root / "output" / "cat" / "model"
+    wait_for(lambda: list(model_dir.glob("cat-step*-state")), 120, "the first saved state")
+    (guard,) = pids_of("autotrain.trainers.guard", kohya.root)
+    tree = pids_of(str(STANDIN), kohya.root)
+    assert len(tree) >= 2, "accelerate launch and its training script"
+    os.kill(guard, signal.SIGKILL)
+    # these processes, not the next attempt's, which may start within the same seconds
+    wait_for(lambda: not set(tree) & set(pids_of(str(STANDIN), kohya.root)), 5,
+             "the trainer's tree to be killed")  # fmt: skip
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 180, "the job to end")
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED and job.attempt == 2, job.error
+    assert (job.step, job.total) == (30, 30)
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    attempts = manifest["trainer"]["attempts_log"]
+    assert [a["cause"] for a in attempts] == ["guard lost", None]
+    assert attempts[1]["resume"]["saved_step"] >= 10
+
+
 def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     """A 4 GB GPU: no variant of the ladder fits (the leanest needs 8 GB)."""
     kohya.env["STANDIN_GPU_MEMORY_GB"] = "4"
@@ -150,6 +186,25 @@ def test_out_of_memory_becomes_a_clear_job_error(kohya, tmp_path):
     assert "torch.OutOfMemoryError: CUDA out of memory" in job.error  # the trainer's line, quoted
     listing = kohya.cli("train", "list", "--json", check=True)
     assert json.loads(listing.stdout)[0]["state"] == "failed"
+
+
+def test_a_sigkilled_trainer_says_it_is_usually_the_out_of_memory_killer(kohya, tmp_path):
+    """The trainer (not its guard) dies of SIGKILL, as under the kernel's OOM killer: nothing in
+    its output says why, so the job's error says what it usually is and what the profile needs."""
+    profile = kohya.root / "templates" / "LoraQuick" / "profile.toml"
+    profile.write_text("host_memory_gb = 7\n" + profile.read_text())
+    kohya.env["STANDIN_CRASH_AT_STEP"] = "5"
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    store = kohya.store()
+    wait_for(lambda: store.get(job_id).is_final, 120, "the job to fail")
+    job = store.get(job_id)
+    assert job.state == JobState.FAILED and job.attempt == 1, job.error
+    assert job.error.startswith("The trainer was killed by SIGKILL (exit code 1)")
+    assert "died with <Signals.SIGKILL: 9>" in job.error  # accelerate's line, quoted
+    assert "out-of-memory killer" in job.error and "host RAM" in job.error
+    assert "LoraQuick profile peaks at about 7 GiB of host memory" in job.error
+    assert "max_data_loader_n_workers" in job.error and "leaner variant" in job.error
 
 
 def test_a_bad_model_file_fails_at_once_quoting_the_trainer_and_is_not_retried(kohya, tmp_path):
