@@ -18,9 +18,19 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from library.train_util import IMAGE_EXTENSIONS  # the stand-in's library: train_util.py:104
-
 ARGS_DIR = Path(__file__).resolve().parents[2] / "data" / "sd_scripts_args"
+IMAGE_EXTENSIONS = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".PNG",
+    ".JPG",
+    ".JPEG",
+    ".WEBP",
+    ".BMP",
+)
 NETWORK_SCRIPTS = {"flux_train_network"}
 RANK = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1") or 1)
