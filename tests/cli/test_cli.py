@@ -126,7 +126,9 @@ def test_user_text_is_printed_as_written_never_as_markup(workspace, tmp_path):
     dataset = copy_example(tmp_path, "[red]x[/]")  # the folder `]` inside the folder `[red]x[`
     assert str(dataset).endswith("/[red]x[/]")
     prepare = ("pipeline", "prepare", "--dataset-path", str(dataset), "--profile", "Tiny")
-    planned = autotrain(workspace, *prepare, "--dry-run", "--dataset-name", "ok")
+    # wide enough that the table never folds the (long, temporary) path inside its cell
+    planned = autotrain(workspace, *prepare, "--dry-run", "--dataset-name", "ok",
+                        env={"COLUMNS": "1000"})  # fmt: skip
     assert planned.returncode == 0, planned.stderr
     assert f"{dataset}" in planned.stdout  # the validation table's path
     for name in ("v2[/]", "[red]x[/]"):
