@@ -204,16 +204,9 @@ def step_down_after_oom(ctx: PhaseContext, run, worker: str, gpu_label: str) -> 
 def retry_stalled(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decision:
     """A trainer the watchdog ended: a failure of this GPU, not of the job. Its train phase goes
     back to the queue as the next attempt and resumes from the newest saved state."""
-    job, settings = ctx.job, ctx.settings
     why = (f"the trainer made no progress for {run.stalled_seconds:.0f} s on {worker} "
            f"(GPU {gpu_label}) after step {run.last_step}, and was stopped")  # fmt: skip
-    stalled = {"attempt": job.attempt, "event": "stalled", "worker": worker, "gpu": gpu_label,
-               "step": run.last_step, "error": why}  # fmt: skip
-    if job.attempts_exhausted(settings.max_attempts):
-        return Fail(f"{why[0].upper()}{why[1:]}; giving up after "
-                    f"max_attempts={settings.max_attempts}.", stalled)  # fmt: skip
-    return Requeue("train", {"attempt": job.attempt + 1}, stalled,
-                   f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip
+    return _train_again(ctx, "stalled", why, worker, gpu_label, run.last_step)
 
 
 def resume_after_lost_guard(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decision | None:
@@ -223,13 +216,21 @@ def resume_after_lost_guard(ctx: PhaseContext, run, worker: str, gpu_label: str)
     run is never read as the trainer's failure. None when the guard lived."""
     if not run.guard_lost:
         return None
-    job, settings = ctx.job, ctx.settings
     why = (f"the trainer's guard process was killed on {worker} (GPU {gpu_label}) at step "
            f"{run.last_step}; the trainer was stopped with it")  # fmt: skip
-    lost = {"attempt": job.attempt, "event": "guard lost", "worker": worker, "gpu": gpu_label,
-            "step": run.last_step, "error": why}  # fmt: skip
+    return _train_again(ctx, "guard lost", why, worker, gpu_label, run.last_step)
+
+
+def _train_again(ctx: PhaseContext, event: str, why: str, worker: str, gpu_label: str,
+                 step: int | None) -> Decision:  # fmt: skip
+    """A run ended by something that is not the job's fault: its train phase goes back to the
+    queue as the next attempt (resuming from the newest saved state), or the job fails once its
+    attempts are spent. `event` names it in the job's history."""
+    job, settings = ctx.job, ctx.settings
+    entry = {"attempt": job.attempt, "event": event, "worker": worker, "gpu": gpu_label,
+             "step": step, "error": why}  # fmt: skip
     if job.attempts_exhausted(settings.max_attempts):
         return Fail(f"{why[0].upper()}{why[1:]}; giving up after "
-                    f"max_attempts={settings.max_attempts}.", lost)  # fmt: skip
-    return Requeue("train", {"attempt": job.attempt + 1}, lost,
+                    f"max_attempts={settings.max_attempts}.", entry)  # fmt: skip
+    return Requeue("train", {"attempt": job.attempt + 1}, entry,
                    f"{why}; re-queued as attempt {job.attempt + 1}")  # fmt: skip
