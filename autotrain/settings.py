@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,10 +22,39 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings", "setting_sources", "CONFIG_FILE_NAME", "ENV_PREFIX"]
+__all__ = [
+    "StoreLocation",
+    "parse_storage_url",
+    "Settings",
+    "load_settings",
+    "setting_sources",
+    "CONFIG_FILE_NAME",
+    "ENV_PREFIX",
+]
 
 CONFIG_FILE_NAME = "autotrain.toml"
 ENV_PREFIX = "AUTOTRAIN_"
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """Where `storage_url` points: a bucket, and a prefix ("" or ending in "/") inside it."""
+
+    bucket: str
+    prefix: str
+
+
+def parse_storage_url(url: str) -> StoreLocation:
+    """`s3://bucket/prefix` as a bucket and a prefix; a ValueError naming the value otherwise."""
+    scheme, _, rest = url.partition("://")
+    bucket, _, prefix = rest.partition("/")
+    if scheme != "s3" or not bucket or any(c in bucket for c in " \\?#@:"):
+        raise ValueError(
+            f"storage_url {url!r} is not an S3 location: write it as s3://<bucket>/<prefix> "
+            "(the endpoint of a service other than AWS goes in AWS_ENDPOINT_URL, not in the URL)"
+        )
+    prefix = prefix.strip("/")
+    return StoreLocation(bucket, f"{prefix}/" if prefix else "")
 
 
 class Settings(BaseSettings):
@@ -35,6 +65,16 @@ class Settings(BaseSettings):
     workspace: Path = Field(default_factory=Path.cwd, description="Workspace root")
     redis_url: str | None = Field(
         None, description="Shared Redis (redis:// or rediss://); unset = embedded local Redis"
+    )
+    storage_url: str | None = Field(
+        None,
+        description="S3 store the hosts share instead of a shared workspace (s3://bucket/prefix; "
+        "endpoint and keys from the standard AWS variables); unset = a shared folder",
+    )
+    preempt_seconds: float = Field(
+        120.0,
+        description="On SIGTERM or --drain: time a worker takes to upload the newest state and "
+        "give its running jobs back before it stops",
     )
     min_free_disk_gb: float = Field(
         5.0, description="Free space kept on the workspace disk, besides each profile's own need"
@@ -106,6 +146,13 @@ class Settings(BaseSettings):
         description="Dashboard access token (`?token=`, then a cookie); the Flower password "
         "(basic auth) works too",
     )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _storage_location(cls, value: str | None) -> str | None:
+        if value:
+            parse_storage_url(value)  # raises with the value and the fix
+        return value or None
 
     @field_validator("notify_urls", "allowed_hosts", mode="before")
     @classmethod

@@ -29,12 +29,13 @@ _KEY_NAME = re.compile(re.escape(PREFIX) + r"\S")
 LAYERS: dict[str, int] = {
     "": 0, "errors": 0, "settings": 0, "workspace": 0, "profile": 0, "spec": 0, "logs": 0,
     "formatting": 0, "tiny_trainer": 0,
-    "trainers": 1,
+    "trainers": 1, "storage": 1,
     "datasets": 2,
     "jobs": 3,
     "fleet": 4,
     "worker": 5,
     "pipeline": 6, "monitor": 6, "control": 6, "records": 6, "status": 6, "hosts": 6,
+    "transfer": 6,
     "cli": 7, "dashboard": 7,
 }  # fmt: skip
 
