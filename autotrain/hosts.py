@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from autotrain.worker.launch import Gpu
 
 __all__ = [
+    "drain_host",
     "local_cluster",
     "start_local_cluster",
     "stop_local_cluster",
@@ -133,7 +136,83 @@ def run_host_workers(host: str, gpus: list[Gpu], *, consume_prep: bool = True,
     settings = settings or load_settings()
     workers = plan_workers(settings, host, gpus, use_cpu=not gpus, consume_prep=consume_prep)
     _announce_starting(settings, host, [w.name for w in workers], say)
-    return run_workers(workers, say=say)
+    drain = _HostDrain(settings, host, say)
+    drain.clear()  # a host starting now is wanted, whatever an earlier drain left
+    try:
+        return run_workers(workers, say=say, stop_timeout=settings.preempt_seconds,
+                           going_away=drain.asked, on_stop=drain.request)  # fmt: skip
+    finally:
+        drain.clear()
+
+
+def drain_host(
+    host: str | None = None,
+    *,
+    settings: Settings | None = None,
+    say: Callable[[str], None] = print,
+    wait: bool = True,
+) -> list[str]:
+    """`autotrain worker --drain`: ask `host`'s workers (default: this host's) to give their
+    jobs back to the queue at once, as their next attempt, and stop, as SIGTERM does there.
+    With `wait`, return once they left the registry; returns the workers that were there."""
+    from autotrain.fleet.registry import live_workers
+
+    settings = settings or load_settings()
+    host = host or this_host()
+    drain = _HostDrain(settings, host, say)
+    names = [w.name for w in live_workers(drain.client) if w.name.endswith(f"@{host}")]
+    if not names:
+        say(f"No worker of {host} is running.")
+        return []
+    drain.request()
+    say(f"Asked {', '.join(names)} to give their jobs back and stop.")
+    deadline = time.monotonic() + settings.preempt_seconds + 30
+    while wait and time.monotonic() < deadline:
+        left = [w.name for w in live_workers(drain.client) if w.name in names]
+        if not left:
+            say(f"The workers of {host} stopped.")
+            break
+        time.sleep(1.0)
+    return names
+
+
+class _HostDrain:
+    """The host's drain flag in Redis, through an outage: a Redis that cannot be reached only
+    means jobs are given back by the lease, later, instead of at once."""
+
+    def __init__(self, settings: Settings, host: str, say: Callable[[str], None]):
+        from autotrain.jobs.connection import get_redis
+
+        self.client, self.host, self.say = get_redis(settings), host, say
+        self.seconds = settings.preempt_seconds + 30
+
+    def request(self) -> None:
+        import redis
+
+        from autotrain.fleet.registry import request_drain
+
+        try:
+            request_drain(self.client, self.host, self.seconds)
+        except redis.RedisError as exc:
+            self.say(f"could not tell the running jobs to give themselves back ({exc})")
+
+    def asked(self) -> bool:
+        import redis
+
+        from autotrain.fleet.registry import is_draining
+
+        try:
+            return is_draining(self.client, self.host)
+        except redis.RedisError:
+            return False
+
+    def clear(self) -> None:
+        import redis
+
+        from autotrain.fleet.registry import clear_drain
+
+        with contextlib.suppress(redis.RedisError):
+            clear_drain(self.client, self.host)
 
 
 def _announce_starting(settings: Settings, host: str, names: list[str],

@@ -171,20 +171,34 @@ def _print_fleet(status) -> None:
 @click.option(
     "--host", help="Host name for worker names and pinned queues (default: this host's name)."
 )
+@click.option(
+    "--drain",
+    is_flag=True,
+    help="Do not start workers: ask the running workers of this host (or --host) to give "
+    "their jobs back to the queue at once and stop, as SIGTERM does; waits until they stopped.",
+)
 @click.pass_context
-def worker_cmd(ctx, gpus, cpu, no_prep, host) -> None:
+def worker_cmd(ctx, gpus, cpu, no_prep, host, drain) -> None:
     """Run this host's workers: one per GPU (CUDA_VISIBLE_DEVICES pinned), or one CPU worker.
+
+    On SIGTERM (what a spot or rented host gets before it vanishes) or `--drain`, the workers
+    stop taking jobs, upload the newest saved state (with storage_url) and give their running
+    jobs back to the queue at once, as their next attempt, within preempt_seconds.
 
     \b
     Examples:
       autotrain worker                       # every GPU of this host
       autotrain worker --gpus 0,2            # only GPUs 0 and 2
       AUTOTRAIN_REDIS_URL=redis://:pw@queue-host:6379/0 autotrain worker
+      autotrain worker --drain --host gpu-box-2   # hand gpu-box-2's jobs back, stop its workers
     """
-    from autotrain.hosts import host_gpus, run_host_workers, this_host
+    from autotrain.hosts import drain_host, host_gpus, run_host_workers, this_host
 
     settings = settings_of(ctx)
     host = host or this_host()
+    if drain:
+        drain_host(host, settings=settings, say=lambda m: console.print(m, markup=False))
+        return
     found, why_none = host_gpus(gpus, cpu=cpu)
     if not found and not cpu:
         err_console.print(

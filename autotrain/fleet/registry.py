@@ -16,6 +16,9 @@ import redis
 from autotrain.jobs import keys
 
 __all__ = [
+    "request_drain",
+    "clear_drain",
+    "is_draining",
     "announce_starting",
     "starting_workers",
     "WorkerRecord",
@@ -122,3 +125,17 @@ def gpu_failure_counts(client: redis.Redis, workers: list[WorkerRecord]) -> dict
     for worker in gpus:
         pipe.get(keys.gpu_failures(worker.host, worker.gpu))
     return {w.name: int(n or 0) for w, n in zip(gpus, pipe.execute(), strict=True)}
+
+
+def request_drain(client: redis.Redis, host: str, seconds: float) -> None:
+    """Ask `host`'s workers to give their jobs back and stop (for `seconds` at most): what
+    SIGTERM does on that host, and `autotrain worker --drain` from anywhere."""
+    client.set(keys.host_drain(host), str(time.time()), ex=max(1, int(seconds)))
+
+
+def clear_drain(client: redis.Redis, host: str) -> None:
+    client.delete(keys.host_drain(host))
+
+
+def is_draining(client: redis.Redis, host: str) -> bool:
+    return bool(client.exists(keys.host_drain(host)))

@@ -154,6 +154,11 @@ def worker(worker_name: str) -> str:
     return f"{PREFIX}worker:{worker_name}"
 
 
+def host_drain(host: str) -> str:
+    """Set while a host's workers give their jobs back and stop (SIGTERM, `worker --drain`)."""
+    return f"{PREFIX}drain:{host}"
+
+
 def worker_jobs(worker_name: str) -> str:
     """The jobs a worker trains (several when packed), each scored by when its mark expires."""
     return f"{PREFIX}worker:{worker_name}:jobs"

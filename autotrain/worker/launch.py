@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from autotrain.jobs.celery_app import GPU_QUEUE, PREP_ONGOING_QUEUE, PREP_QUEUE, gpu_queue_name
@@ -235,8 +236,15 @@ def plan_workers(
     return workers
 
 
-def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 10.0) -> int:
-    """Start the workers and keep them running until SIGTERM/SIGINT; returns an exit code."""
+def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 10.0,
+                going_away: Callable[[], bool] | None = None,
+                on_stop: Callable[[], None] | None = None) -> int:  # fmt: skip
+    """Start the workers and keep them running until SIGTERM/SIGINT, or until `going_away()`
+    (a drain asked from anywhere); returns an exit code.
+
+    Stopping, `on_stop()` first tells the running jobs to give themselves back (the host's drain
+    flag), then each worker stops taking jobs and gets `stop_timeout` seconds to hand back.
+    """
     stopping = threading.Event()
     procs: dict[str, subprocess.Popen] = {}
     restarts: dict[str, list[float]] = {w.name: [] for w in workers}
@@ -255,7 +263,12 @@ def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 1
     signal.signal(signal.SIGINT, request_stop)
     for worker in workers:
         start(worker)
+    ticks = 0
     while not stopping.wait(0.5):
+        ticks += 1
+        if going_away is not None and ticks % 4 == 0 and going_away():
+            say("asked to drain: giving the running jobs back and stopping")
+            break
         for worker in workers:
             code = procs[worker.name].poll()
             if code is None or stopping.is_set():
@@ -272,6 +285,8 @@ def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 1
                 break
             say(f"{worker.name} exited with {code}; restarting it")
             start(worker)
+    if on_stop is not None:
+        on_stop()
     _stop_all(procs, say, stop_timeout)
     for worker in workers:
         for line in worker.kill_leftover_trainers():
@@ -282,8 +297,8 @@ def run_workers(workers: list[WorkerProcess], say=print, stop_timeout: float = 1
 def _stop_all(procs: dict[str, subprocess.Popen], say, timeout: float) -> None:
     """Warm shutdown first; a worker still busy after `timeout` gets a cold one.
 
-    A training job cut short this way keeps its checkpoints; its lease expires and the reaper
-    re-queues it when workers are back.
+    A training job gives itself back first (the drain flag); one cut short by the cold
+    shutdown keeps its checkpoints, and the reaper re-queues it once its lease expires.
     """
     for proc in procs.values():
         if proc.poll() is None:

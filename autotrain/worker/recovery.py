@@ -221,6 +221,19 @@ def resume_after_lost_guard(ctx: PhaseContext, run, worker: str, gpu_label: str)
     return _train_again(ctx, "guard lost", why, worker, gpu_label, run.last_step)
 
 
+def give_back_preempted(ctx: PhaseContext, run, worker: str, gpu_label: str) -> Decision:
+    """Its host is going away (SIGTERM, `autotrain worker --drain`): the trainer was stopped and
+    its newest state uploaded, and the job goes back to the queue at once as the next attempt.
+    Being preempted is never the job's fault: it does not count against `max_attempts`."""
+    job = ctx.job
+    why = (f"{worker} (GPU {gpu_label}) was stopped at step {run.last_step} (its host is "
+           "going away)")  # fmt: skip
+    entry = {"attempt": job.attempt, "event": "preempted", "worker": worker, "gpu": gpu_label,
+             "step": run.last_step, "error": why}  # fmt: skip
+    fields = {"attempt": job.attempt + 1, "attempt_base": (job.attempt_base or 0) + 1}
+    return Requeue("train", fields, entry, f"{why}; re-queued as attempt {job.attempt + 1}")
+
+
 def _train_again(ctx: PhaseContext, event: str, why: str, worker: str, gpu_label: str,
                  step: int | None) -> Decision:  # fmt: skip
     """A run ended by something that is not the job's fault: its train phase goes back to the

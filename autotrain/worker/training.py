@@ -14,6 +14,7 @@ import time
 import redis
 from celery import Task
 
+from autotrain.fleet.registry import is_draining
 from autotrain.jobs import keys
 from autotrain.jobs.lease import gpu_holders
 from autotrain.jobs.queue import current_host
@@ -81,8 +82,13 @@ def run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int],
             plan,
             settings,
             on_event=recorder,
-            # A lost lease means the job was re-queued elsewhere: stop, as for a cancel.
-            should_cancel=lambda: lease.lost.is_set() or store.cancel_requested(job.id),
+            # A lost lease means the job was re-queued elsewhere: stop, as for a cancel; so does
+            # a host going away (the train task gives the job back).
+            should_cancel=lambda: (
+                lease.lost.is_set()
+                or store.cancel_requested(job.id)
+                or is_draining(store.redis, host)
+            ),
             gpus=gpus or None,
             resume_since=first_started,
             attempt=job.attempt,
