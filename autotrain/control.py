@@ -23,6 +23,7 @@ from autotrain.formatting import parse_duration
 from autotrain.jobs.job import Job, JobState
 from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings, load_settings
+from autotrain.transfer import job_storage, refresh_from_store
 
 if TYPE_CHECKING:
     from autotrain.fleet.eta import Forecast
@@ -178,6 +179,7 @@ class JobDetails:
     forecast: Forecast | None
     needs: list[str]  # its GPU memory estimate and its profile's ladder, a line each
     run: dict[str, Any] | None  # its run manifest as the store holds it (run.json)
+    storage: dict[str, Any] | None = None  # what the object store moved, by phase (storage_url)
 
 
 def show_job(job_id: str, *, settings: Settings | None = None,
@@ -196,7 +198,7 @@ def show_job(job_id: str, *, settings: Settings | None = None,
     if not job.is_final:
         expected = (forecasts if forecasts is not None else forecast(store, settings)).get(job.id)
     return JobDetails(job, store.history(job.id), reason, expected, _needs(job, settings),
-                      store.get_data(job.id, "run"))  # fmt: skip
+                      store.get_data(job.id, "run"), job_storage(job.id, settings=settings))  # fmt: skip
 
 
 def job_logs(job_id: str, *, follow: bool = False, poll: float = 0.5,
@@ -209,6 +211,7 @@ def job_logs(job_id: str, *, follow: bool = False, poll: float = 0.5,
     log_path = settings.workspace / "output" / job.name / "log" / "trainer.log"
     offset = 0
     while True:
+        refresh_from_store(store.get(job.id), settings, every=poll)  # trained on another host
         if log_path.is_file():
             with open(log_path, "rb") as handle:
                 handle.seek(offset)

@@ -22,6 +22,7 @@ from autotrain.profile import profile_for
 from autotrain.settings import Settings, load_settings
 from autotrain.spec import JobSpec
 from autotrain.trainers.plan import TrainPlan
+from autotrain.transfer import into_object_store
 from autotrain.worker import phases
 from autotrain.worker.phases import PhaseProgress
 
@@ -239,7 +240,8 @@ def run_pipeline(
         check_before_queueing(spec, settings)
     store = _store_of_a_running_cluster(settings)
     configure_app(settings)
-    job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings))
+    data = into_object_store(spec, settings, progress)
+    job = submit_job(store, spec, variant=_fitting_variant(store, spec, settings), data=data)
     log.info("queued %s as job %s", spec.name, job.id)
     return job
 
@@ -325,7 +327,8 @@ def run_batch_pipeline(
         try:
             check_before_queueing(spec, settings)
             variant = _fitting_variant(store, spec, settings)
-            result.jobs.append(submit_job(store, spec, variant=variant))
+            data = into_object_store(spec, settings, None)
+            result.jobs.append(submit_job(store, spec, variant=variant, data=data))
         except AutotrainError as exc:  # refused before queueing; the others go on
             result.rejected.append((str(spec.dataset_path), str(exc)))
     log.info("queued batch %s: %d jobs, max %d at once", batch_id, len(specs), max_concurrent)

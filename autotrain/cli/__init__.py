@@ -32,8 +32,8 @@ def main(workspace: str | None) -> None:
         os.environ["AUTOTRAIN_WORKSPACE"] = os.path.abspath(workspace)
 
 
-from autotrain.cli import cluster, dashboard, info, pipeline, train  # noqa: E402
+from autotrain.cli import cluster, dashboard, info, pipeline, pull, train  # noqa: E402
 
-for _module in (pipeline, train, info, cluster, dashboard):
+for _module in (pipeline, train, pull, info, cluster, dashboard):
     for _command in _module.COMMANDS:
         main.add_command(_command)

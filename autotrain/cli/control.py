@@ -105,6 +105,8 @@ def show_cmd(ctx, job_id, as_json) -> None:
 
     details = show_job(job_id, settings=settings_of(ctx))
     record = public_record(details.job, details.history, details.waiting_reason, details.forecast)
+    if details.storage:
+        record["storage"] = details.storage
     if as_json:
         click.echo(json.dumps(record, indent=2))
         return
@@ -112,12 +114,14 @@ def show_cmd(ctx, job_id, as_json) -> None:
 
     table = Table(box=None, pad_edge=False, show_header=False)
     for field, value in record.items():
-        if field not in ("history", "forecast") and value not in (None, [], ""):
+        if field not in ("history", "forecast", "storage") and value not in (None, [], ""):
             table.add_row(f"[bold]{field}[/]", literal(value))
     if details.forecast is not None:
         table.add_row("[bold]forecast[/]", literal(forecast_text(details.forecast)))
     if details.needs:
         table.add_row("[bold]GPU memory[/]", literal("\n".join(details.needs)))
+    if details.storage:
+        table.add_row("[bold]store traffic[/]", literal(_traffic_lines(details.storage)))
     console.print(table)
     history = Table("at", "attempt", "event", "worker", "step", "error", title="history")
     for entry in record["history"]:
@@ -126,6 +130,16 @@ def show_cmd(ctx, job_id, as_json) -> None:
                  entry.get("worker") or "", step, entry.get("error") or "")  # fmt: skip
         history.add_row(*map(literal, cells))
     console.print(history)
+
+
+def _traffic_lines(storage: dict) -> str:
+    """`train show`'s store traffic: the total, then a line per phase."""
+    from autotrain.storage.objects import Traffic
+
+    lines = [f"all: {Traffic.from_dict(storage.get('total')).summary()}"]
+    for phase, traffic in storage.get("phases", {}).items():
+        lines.append(f"{phase}: {Traffic.from_dict(traffic).summary()}")
+    return "\n".join(lines)
 
 
 def _duration(text: str) -> float:

@@ -159,12 +159,14 @@ def run_cmd(
                       host=host, notify_urls=list(notify), priority=priority,
                       settings=settings)  # fmt: skip  # before a cluster is started for it
     started = _ensure_up(settings)
-    job = sdk.run_pipeline(
-        dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
-        host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
-        notify_urls=list(notify), priority=priority,
-    )  # fmt: skip
+    with phase_progress() as progress:  # with storage_url: validated, staged, uploaded here
+        job = sdk.run_pipeline(
+            dataset_path, profile, dataset_name=dataset_name, min_images=min_images, gpu_ids=ids,
+            host=host, skip_copy=skip_copy, force=force, settings=settings, precheck=False,
+            notify_urls=list(notify), priority=priority, progress=progress,
+        )  # fmt: skip
     console.print(f"Queued job [bold]{job.id}[/] ({literal(job.name)}, {literal(job.profile)}).")
+    _say_what_was_uploaded(job.id, settings)
     if variant := sdk.starting_variant(job, settings):
         err_console.print(f"[yellow]Note:[/] no GPU of the fleet holds {literal(job.profile)} as is; "
                           f"it starts with {literal(variant.name)} ({variant.vram_gb:g} GiB).", soft_wrap=True)  # fmt: skip
@@ -174,6 +176,23 @@ def run_cmd(
 
         sys.exit(monitor_job(settings, job.id))
     console.print(f"Watch it: autotrain train monitor --job {job.id}")
+
+
+def _say_what_was_uploaded(job_id: str, settings) -> None:
+    """With storage_url: what sending the dataset to the store cost (nothing, when unchanged)."""
+    if not settings.storage_url:
+        return
+    from autotrain.storage.objects import Traffic
+    from autotrain.transfer import job_storage
+
+    submit = (job_storage(job_id, settings=settings) or {}).get("phases", {}).get("submit")
+    if submit is not None:
+        traffic = Traffic.from_dict(submit)
+        console.print(
+            f"Dataset in the store {literal(settings.storage_url)}: "
+            f"{traffic.uploaded_files} files uploaded ({traffic.uploaded_bytes / 1e6:.1f} MB), "
+            "the rest already there."
+        )
 
 
 @pipeline_group.command("batch")

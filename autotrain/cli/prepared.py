@@ -73,7 +73,11 @@ def phase_progress(live: bool = True):
         TimeRemainingColumn,
     )
 
-    labels = {"validate": "Validating (full decode)", "stage": "Staging"}
+    labels = {
+        "validate": "Validating (full decode)",
+        "stage": "Staging",
+        "upload": "Uploading to the store",
+    }
     if live and err_console.is_terminal:
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -15,6 +15,7 @@ from autotrain.jobs.job import Job, JobState
 from autotrain.records import job_row, worker_row
 from autotrain.settings import Settings
 from autotrain.status import fleet_status
+from autotrain.transfer import refresh_from_store
 from autotrain.worker.recorder import read_loss_history
 from autotrain.workspace import Workspace
 
@@ -59,6 +60,7 @@ def job_page(settings: Settings, job_id: str) -> dict:
     """Everything about one job: its row, loss curve, samples, log tail, manifest, attempts."""
     details = control.show_job(job_id, settings=settings, forecasts=recent_forecast(settings))
     job, expected = details.job, details.forecast
+    refresh_from_store(job, settings)  # its log and samples, where another host trains it
     workspace = Workspace(settings.workspace)
     lines, live, offset = files.log_tail(workspace, job)
     log_dir = files.job_dir(workspace, job) / "log"

@@ -51,10 +51,11 @@ def training_queue(spec: JobSpec) -> str:
 
 
 def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0,
-               variant: int = 0) -> Job:  # fmt: skip
+               variant: int = 0, data: dict[str, dict] | None = None) -> Job:  # fmt: skip
     """Create the job record, owned by the queue, and send its first phase.
 
     `variant` > 0 starts it with a leaner variant of its profile (autotrain.fleet.placement).
+    `data` is stored on the job before its first message goes (what was done at submit).
     """
     if spec.gpu_ids and not spec.host:
         spec = spec.model_copy(update={"host": current_host()})
@@ -71,6 +72,8 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0,
         priority=priority,
         variant=variant,
     )
+    for what, value in (data or {}).items():
+        store.put_data(job.id, what, value)
     send(store, job.id, message)
     return store.get(job.id)
 

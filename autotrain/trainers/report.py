@@ -90,6 +90,8 @@ def write_run_report(
         "loss_curve": str(curve) if curve else None,
         "written_at": iso_time(time.time()),
     }
+    if run_info.get("storage"):  # the store's traffic and time (autotrain.storage), by phase
+        manifest["storage"] = run_info["storage"]
     target = workspace.run_manifest_file(spec.name)
     tmp = target.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")

@@ -21,6 +21,7 @@ from celery.exceptions import Ignore
 
 from autotrain.errors import AutotrainError
 from autotrain.fleet import pace
+from autotrain.fleet.registry import is_draining
 from autotrain.jobs.celery_app import app
 from autotrain.jobs.connection import is_redis_outage, until_redis_back
 from autotrain.jobs.dispatch import dispatch
@@ -40,11 +41,11 @@ from autotrain.jobs.store import JobStore
 from autotrain.profile import profile_for
 from autotrain.settings import Settings
 from autotrain.trainers.outputs import archive_run
-from autotrain.trainers.plan import TrainPlan
 from autotrain.worker import (
     heartbeat,  # noqa: F401 - importing it registers the worker signals
     phases,
     recovery,
+    stored,
 )
 from autotrain.worker.context import (
     PhaseContext,
@@ -133,6 +134,9 @@ def _back_to_queue(store: JobStore, job_id: str, owner: str, phase_name: str,
 @app.task(name="autotrain.validate", bind=True)
 def validate(self: Task, job_id: str) -> None:
     with phase(self, job_id, "validate", JobState.VALIDATING) as ctx:
+        if stored.stored_dataset(ctx):  # validated and staged where it was submitted
+            ctx.hand_on("prepare")
+            return
         if ctx.job.from_scratch:  # a retry that starts over: the earlier files step aside
             label = f"{job_id}-attempt{ctx.job.attempt_base}"
             archive_run(Workspace(ctx.settings.workspace), ctx.job.name, label)
@@ -145,6 +149,9 @@ def validate(self: Task, job_id: str) -> None:
 @app.task(name="autotrain.prepare", bind=True)
 def prepare(self: Task, job_id: str) -> None:
     with phase(self, job_id, "prepare", JobState.PREPARING) as ctx:
+        if stored.stored_dataset(ctx):  # staged where it was submitted, and in the store
+            ctx.hand_on("configure")
+            return
         staged = phases.prepare_phase(
             ctx.job.spec, _report(ctx), ctx.settings, progress=_files_progress(ctx), job_id=job_id
         )
@@ -155,6 +162,7 @@ def prepare(self: Task, job_id: str) -> None:
 @app.task(name="autotrain.configure", bind=True)
 def configure(self: Task, job_id: str) -> None:
     with phase(self, job_id, "configure", JobState.CONFIGURING) as ctx:
+        stored.bring_dataset(ctx, "configure")  # sd-scripts reads it to check the job
         plan = phases.configure_phase(ctx.job.spec, _report(ctx), ctx.settings,
                                       variant=ctx.job.variant)  # fmt: skip
         ctx.hand_on("train", plan=plan.model_dump(mode="json"), total=plan.total_steps)
@@ -181,7 +189,8 @@ def train(self: Task, job_id: str) -> None:
 def _train(task: Task, ctx: PhaseContext) -> None:
     """Phase 4: reserve the GPUs (or go where the job fits), train, then report or recover."""
     job = ctx.job
-    plan = TrainPlan.model_validate(job.plan)
+    stored.bring_dataset(ctx, "train")
+    plan = stored.local_plan(ctx, _report(ctx))
     host, own_gpu = current_host(), worker_gpu()
     gpus = list(job.spec.gpu_ids) or ([own_gpu] if own_gpu is not None else [])
     worker = task.request.hostname or "?"
@@ -201,14 +210,19 @@ def _train(task: Task, ctx: PhaseContext) -> None:
                             attempt_started_at=attempt_started, waiting_for=None)  # fmt: skip
         busy.mark()
         ctx.lease.extra.append(busy.mark)
-        run, command, resumed = run_trainer(task, ctx, plan, gpus, first_started)
+        stored.bring_for_training(ctx, plan, first_started)
+        with stored.writing_through(ctx, plan):
+            run, command, resumed = run_trainer(task, ctx, plan, gpus, first_started)
     finally:
         until_redis_back(lambda: release_gpus(ctx.store.redis, host, gpus, job.id), ctx.outage,
                          "releasing GPUs")  # fmt: skip
         until_redis_back(busy.clear, ctx.outage, "marking idle")
     if ctx.lease.lost.is_set():
         raise Ignore()  # re-queued meanwhile: the job belongs to its new attempt
-    if run.cancelled:
+    # Its host is going away (SIGTERM, `worker --drain`): the trainer was stopped, the newest
+    # state is in the store (writing_through), the job goes back to the queue at once.
+    preempted = not run.succeeded and _going_away(ctx, host)
+    if run.cancelled and not preempted:
         ctx.finish(JobState.CANCELLED, error="cancelled by user")
         raise Ignore()
     variant = profile_for(job.spec, ctx.settings).variant_name(job.variant)
@@ -217,7 +231,9 @@ def _train(task: Task, ctx: PhaseContext) -> None:
                                gpu_label, host, variant),
         ctx.outage, "recording the attempt",
     )  # fmt: skip
-    if run.guard_lost:
+    if preempted:
+        decision = recovery.give_back_preempted(ctx, run, worker, gpu_label)
+    elif run.guard_lost:
         decision = recovery.resume_after_lost_guard(ctx, run, worker, gpu_label)
     elif run.stalled_seconds is not None:
         decision = recovery.retry_stalled(ctx, run, worker, gpu_label)
@@ -247,8 +263,11 @@ def _wait_for_gpus(ctx: PhaseContext, host: str, gpus: list[int], room: GpuRoom)
             store.update(job.id, waiting_for=f"waits for GPU {gpu} of {host}, {why}")
 
     def give_up() -> bool:
-        """Cancelled, or memory that other programs held here is free on another GPU now."""
+        """Cancelled, going away, or memory other programs held here is free elsewhere now."""
         if ctx.lease.lost.is_set() or store.cancel_requested(job.id):
+            return True
+        if _going_away(ctx, host):
+            moved.append(ctx.hand_on("train"))  # never started here: the same attempt
             return True
         short = [g for g, why in holders.items() if "GiB free there" in why]
         if short and not job.spec.gpu_ids and time.monotonic() - looked_at[0] > 5:
@@ -275,7 +294,9 @@ def _wait_for_gpus(ctx: PhaseContext, host: str, gpus: list[int], room: GpuRoom)
 def report(self: Task, job_id: str) -> None:
     with phase(self, job_id, "report", JobState.REPORTING) as ctx:
         job = ctx.job
-        plan = TrainPlan.model_validate(job.plan)
+        stored.bring_dataset(ctx, "report")  # run.json quotes its manifest
+        plan = stored.local_plan(ctx, _report(ctx))
+        stored.bring_for_report(ctx)
         info = record_lost_attempts(ctx.store, job_id)  # a worker lost after the last run
         info.update(
             attempts=job.attempt,
@@ -289,7 +310,9 @@ def report(self: Task, job_id: str) -> None:
                 "training_seconds": job.training_seconds() or 0.0,
             },
         )
+        info["storage"] = ctx.store.get_data(job_id, stored.TRAFFIC_DATA)
         manifest = phases.report_phase(job.spec, plan, ctx.settings, info)
+        stored.upload_report(ctx, plan)  # in the store before the job is succeeded
         result = {"weights": manifest["weights"][0]["path"],
                   "run_json": str(plan.model_dir.parent / "run.json"),
                   "samples_sheet": manifest.get("samples_sheet"),
@@ -315,6 +338,12 @@ def _report(ctx: PhaseContext):
     from autotrain.datasets.validate import ValidationReport
 
     return ValidationReport.model_validate(ctx.store.get_data(ctx.job.id, "report"))
+
+
+def _going_away(ctx: PhaseContext, host: str) -> bool:
+    """This host's workers are stopping (SIGTERM or `worker --drain`) and the user did not
+    cancel the job: its work goes back to the queue rather than on here."""
+    return is_draining(ctx.store.redis, host) and not ctx.store.cancel_requested(ctx.job.id)
 
 
 def _apply(ctx: PhaseContext, decision: recovery.Decision) -> None:
