@@ -221,12 +221,19 @@ def _announce_starting(settings: Settings, host: str, names: list[str],
     import redis
 
     from autotrain.fleet.registry import announce_starting
-    from autotrain.jobs.connection import get_redis
+    from autotrain.jobs.connection import get_redis, redis_url_for
+    from autotrain.jobs.redis_url import explain_redis_failure
 
     try:
         announce_starting(get_redis(settings), host, names)
-    except redis.RedisError as exc:  # the workers start all the same; only the message waits
-        say(f"could not announce the starting workers ({exc})")
+    except redis.RedisError as exc:
+        # A wrong password or TLS on one side only never heals: say so rather than retry forever.
+        mistake = (
+            explain_redis_failure(redis_url_for(settings), exc) if settings.redis_url else None
+        )
+        if mistake:
+            raise AutotrainError(f"The workers cannot start: {mistake}") from exc
+        say(f"could not announce the starting workers ({exc})")  # Redis down: they wait for it
 
 
 def check_host(*, settings: Settings | None = None) -> list[Check]:

@@ -23,6 +23,7 @@ class RedisStatus:
     url: str  # its password redacted
     used_memory: int = 0  # bytes
     maxmemory: int = 0  # bytes; 0: no limit
+    problem: str = ""  # why it does not answer, when it does not (the password never in it)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def fleet_status(*, settings: Settings | None = None) -> FleetStatus:
     kind = "embedded" if cluster.embedded else "shared"
     url = local.redact(cluster.redis_url or "")
     if not cluster.redis_running:
-        return FleetStatus(RedisStatus(kind, False, url))
+        return FleetStatus(RedisStatus(kind, False, url, problem=cluster.problem))
     client = get_redis(settings)
     memory = client.info("memory")
     redis_status = RedisStatus(kind, True, url, memory.get("used_memory", 0),

@@ -110,6 +110,8 @@ def status_cmd(ctx, as_json) -> None:
     redis_info = status.redis
     if as_json:
         info = {"kind": redis_info.kind, "running": redis_info.running}
+        if redis_info.problem:
+            info["problem"] = redis_info.problem
         if redis_info.running:
             info |= {"url": redis_info.url, "used_memory_bytes": redis_info.used_memory,
                      "maxmemory_bytes": redis_info.maxmemory}  # fmt: skip
@@ -123,6 +125,8 @@ def status_cmd(ctx, as_json) -> None:
     console.print(f"Redis ({redis_info.kind}): {state} {literal(redis_info.url)}")
     if not redis_info.running:
         embedded = redis_info.kind == "embedded"
+        if redis_info.problem:
+            console.print(literal(redis_info.problem))
         console.print("Start it with `autotrain up`." if embedded else "Check AUTOTRAIN_REDIS_URL.")
         sys.exit(1)
     _print_fleet(status)

@@ -85,6 +85,7 @@ def config_show(ctx) -> None:
     """
     from rich.table import Table
 
+    from autotrain.hosts import shown_url
     from autotrain.settings import setting_sources
 
     settings = settings_of(ctx)
@@ -92,6 +93,8 @@ def config_show(ctx) -> None:
     table = Table("setting", "value", "source", "env var")
     for name, _field in type(settings).model_fields.items():
         value = getattr(settings, name)
+        if name == "redis_url" and value:
+            value = shown_url(value)  # its password masked, like the SecretStr settings
         shown = "-" if value is None else value
         table.add_row(name, literal(shown), literal(sources[name]), f"AUTOTRAIN_{name.upper()}")
     console.print(table)

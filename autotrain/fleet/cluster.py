@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from autotrain.errors import AutotrainError
+from autotrain.jobs.connection import redis_url_for
 from autotrain.jobs.local_redis import (
     LOCKED_COMMANDS,
     embedded_password,
@@ -31,6 +32,7 @@ from autotrain.jobs.local_redis import (
     redact,
     redis_state_file,
 )
+from autotrain.jobs.redis_url import explain_redis_failure
 from autotrain.settings import Settings
 from autotrain.workspace import Workspace, open_private_log, private_dir, write_private
 
@@ -55,6 +57,7 @@ class ClusterStatus:
     redis_pid: int | None
     workers_pid: int | None
     embedded: bool
+    problem: str = ""  # why Redis does not answer, when it does not
 
 
 def ensure_up(settings: Settings, *, workers: bool = True, say=print) -> bool:
@@ -114,7 +117,9 @@ def down(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 def cluster_status(settings: Settings) -> ClusterStatus:
     if settings.redis_url:
-        return ClusterStatus(settings.redis_url, _ping(settings.redis_url), None, None, False)
+        url = redis_url_for(settings)
+        problem = _why_unreachable(url)
+        return ClusterStatus(url, problem is None, None, None, False, problem or "")
     state = read_json(redis_state_file(settings))
     url = local_url(settings, state["port"]) if state else None
     running = bool(state) and _pid_alive(state["pid"]) and _ping(url)
@@ -276,12 +281,17 @@ def _port_free(port: int) -> bool:
 
 
 def _ping(url: str | None) -> bool:
-    if not url:
-        return False
+    return bool(url) and _why_unreachable(url) is None
+
+
+def _why_unreachable(url: str) -> str | None:
+    """None when Redis at `url` answers a PING; else what is wrong, and the fix where the URL or
+    the server's TLS setup is at fault."""
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
+        redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        return explain_redis_failure(url, exc) or f"{exc}"
+    return None
 
 
 def _wait_for_redis(url: str, proc: subprocess.Popen, timeout: float) -> bool:

@@ -27,6 +27,7 @@ __all__ = [
     "check_sd_scripts",
     "check_gpus",
     "check_private_state",
+    "check_redis_url",
     "GiB",
 ]
 
@@ -80,20 +81,55 @@ def check_private_state(settings: Settings) -> list[Check]:
             f"(mode {loose[0].lstat().st_mode & 0o777:o})",
             f"chmod -R go-rwx {state}", required=False,
         ))  # fmt: skip
-    url = settings.redis_url
-    if url:
-        from urllib.parse import urlsplit
-
-        has_password = bool(urlsplit(url).password)
-        checks.append(Check(
-            "redis password", has_password,
-            "AUTOTRAIN_REDIS_URL has a password" if has_password else
-            "AUTOTRAIN_REDIS_URL has no password: anyone who reaches that Redis reads and "
-            "rewrites every job",
-            "set requirepass (or an ACL user) on the server and put it in the URL: "
-            "redis://:PASSWORD@host:6379/0", required=False,
-        ))  # fmt: skip
+    if settings.redis_url:
+        checks += check_redis_url(settings.redis_url)
     return checks
+
+
+def check_redis_url(url: str) -> list[Check]:
+    """A shared Redis' URL: well formed, with a password, and encrypted (rediss://) unless it
+    stays on this host or a private network; every job, spec and token goes through it."""
+    from urllib.parse import urlsplit
+
+    from autotrain.errors import AutotrainError
+    from autotrain.jobs.redis_url import usable_redis_url
+
+    try:
+        usable_redis_url(url)
+    except AutotrainError as exc:
+        return [Check("redis url", False, str(exc), "correct AUTOTRAIN_REDIS_URL as it says")]
+    parts = urlsplit(url)
+    has_password = bool(parts.password)
+    in_clear = parts.scheme == "redis" and not _private_address(parts.hostname or "")
+    return [Check(
+        "redis password", has_password,
+        "AUTOTRAIN_REDIS_URL has a password" if has_password else
+        "AUTOTRAIN_REDIS_URL has no password: anyone who reaches that Redis reads and "
+        "rewrites every job",
+        "set requirepass (or an ACL user) on the server and put it in the URL: "
+        "rediss://:PASSWORD@host:6380/0", required=False,
+    ), Check(
+        "redis tls", not in_clear,
+        f"redis:// to {parts.hostname}: the password and every job cross the network "
+        "unencrypted" if in_clear else "TLS (rediss://), or a loopback or private address",
+        "use rediss:// and the server's TLS port (README: 'Redis across the internet'), or "
+        "reach Redis over a private network (WireGuard, Tailscale)", required=False,
+    )]  # fmt: skip
+
+
+def _private_address(host: str) -> bool:
+    """Loopback, a private LAN range or a VPN's shared range (Tailscale's 100.64.0.0/10): a
+    path a user controls. A DNS name counts as public: it is not resolved here."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    shared = ipaddress.ip_network("100.64.0.0/10")
+    return address.is_loopback or address.is_private or address in shared
 
 
 def check_workspace(settings: Settings) -> list[Check]:

@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 
 
 def redis_url_for(settings: Settings) -> str:
-    """The configured shared Redis, else the workspace's embedded one."""
+    """The configured shared Redis (checked, in the form every client reads), else the
+    workspace's embedded one."""
     if settings.redis_url:
-        return settings.redis_url
+        from autotrain.jobs.redis_url import usable_redis_url
+
+        return usable_redis_url(settings.redis_url)
     from autotrain.jobs.local_redis import embedded_redis_url
 
     return embedded_redis_url(settings)
@@ -113,7 +116,14 @@ def check_redis(settings: Settings) -> redis.Redis:
     try:
         client.ping()
     except redis.RedisError as exc:
-        where = settings.redis_url or "the embedded local Redis"
+        from autotrain.jobs.local_redis import redact
+        from autotrain.jobs.redis_url import explain_redis_failure
+
+        url = redis_url_for(settings)
+        mistake = explain_redis_failure(url, exc) if settings.redis_url else None
+        if mistake:
+            raise RedisUnavailable(mistake) from exc
+        where = redact(url) if settings.redis_url else "the embedded local Redis"
         hint = (
             "check AUTOTRAIN_REDIS_URL and that the server is reachable"
             if settings.redis_url

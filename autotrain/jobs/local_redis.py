@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from autotrain.errors import AutotrainError
 from autotrain.settings import Settings
@@ -40,7 +41,7 @@ def embedded_redis_url(settings: Settings) -> str:
 
 
 def local_url(settings: Settings, port: int) -> str:
-    """The embedded Redis' URL, with its password (never shown: see `_redact`)."""
+    """The embedded Redis' URL, with its password (never shown: see `redact`)."""
     password = embedded_password(settings)
     return f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
 
@@ -99,7 +100,12 @@ def read_json(path: Path) -> dict | None:
 
 
 def redact(url: str) -> str:
-    """A Redis URL with its password masked, for output."""
-    from kombu.utils.url import maybe_sanitize_url
-
-    return maybe_sanitize_url(url)
+    """A Redis URL with its password masked, for output: the user (an ACL user's name), the host
+    and the query (rediss:// options such as ssl_ca_certs, paths only) stay, as a user checks them.
+    """
+    parts = urlsplit(url)
+    userinfo, at, address = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:**@{address}"))

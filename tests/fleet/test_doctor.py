@@ -97,3 +97,26 @@ def test_gpus_reported_or_missing_driver_is_not_fatal():
         assert not checks[0].fatal and "NVIDIA" in checks[0].detail
     else:
         assert all(c.ok and "GiB free" in c.detail for c in checks if c.name.startswith("GPU "))
+
+
+def test_redis_url_in_clear_across_a_public_network_is_a_warning(tmp_path):
+    """Plain redis:// is fine on loopback and private networks, a warning anywhere else; a URL
+    that cannot work (a CA file that is not there) is an error saying which part."""
+    from autotrain.fleet.doctor import check_redis_url
+
+    def tls(url: str):
+        return by_name(check_redis_url(url))["redis tls"]
+
+    assert not tls("redis://:pw@queue.example.com:6379/0").ok
+    assert not tls("redis://:pw@8.8.8.8:6379/0").ok
+    for url in (
+        "redis://:pw@127.0.0.1:6379/0",
+        "redis://:pw@10.1.2.3:6379/0",
+        "redis://:pw@100.101.102.103:6379/0",
+        "rediss://:pw@queue.example.com:6380/0",
+    ):
+        assert tls(url).ok, url
+    missing = tmp_path / "no-ca.crt"
+    (check,) = check_redis_url(f"rediss://:s3cret@queue.example.com:6380/0?ssl_ca_certs={missing}")
+    assert check.name == "redis url" and not check.ok and check.required
+    assert f"ssl_ca_certs={missing}: no such file" in check.detail and "s3cret" not in check.detail
