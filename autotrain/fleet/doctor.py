@@ -63,7 +63,30 @@ def run_checks(settings: Settings) -> list[Check]:
         checks += check_sd_scripts(settings, kohya)
     checks += check_gpus()
     checks += check_private_state(settings)
+    checks += check_store(settings)
     return checks
+
+
+def check_store(settings: Settings) -> list[Check]:
+    """With storage_url: the bucket is reached, and this host may write, read and delete in it."""
+    if not settings.storage_url:
+        return []
+    import socket
+
+    from autotrain.storage.objects import StorageError, store_at
+
+    store = store_at(settings.storage_url)
+    probe = f"doctor/{socket.gethostname()}"
+    try:
+        store.check()
+        store.put_bytes(probe, b"autotrain doctor")
+        read = store.get_bytes(probe)
+        store.delete([probe])
+    except StorageError as exc:
+        return [Check("store", False, str(exc), "fix the AWS_* variables or storage_url")]
+    if read != b"autotrain doctor":
+        return [Check("store", False, f"{probe} read back differently", "check the service")]
+    return [Check("store", True, f"{settings.storage_url}: write, read and delete work")]
 
 
 def check_private_state(settings: Settings) -> list[Check]:

@@ -60,6 +60,9 @@ class Job(BaseModel):
     phase: str | None = None  # the phase its owner runs or waits for
     next_task: dict[str, Any] | None = None  # the message for that phase: name, id, queue
     prep_host: str | None = None  # where phases 1-3 and 5 ran (host/gpu say where it trained)
+    # Its staged dataset's listing in the object store (storage_url), when it was submitted
+    # through one: validated and staged where it was submitted, downloaded by every other host.
+    stored_dataset: str | None = None
     task_ids: list[str] = Field(default_factory=list)
     plan: dict[str, Any] | None = None
     result: dict[str, Any] | None = None

@@ -71,6 +71,7 @@ def submit_job(store: JobStore, spec: JobSpec, confirm_seconds: float = 30.0,
         task_ids=[message["id"]],
         priority=priority,
         variant=variant,
+        stored_dataset=((data or {}).get("stage") or {}).get("stored"),
     )
     for what, value in (data or {}).items():
         store.put_data(job.id, what, value)

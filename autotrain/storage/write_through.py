@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from autotrain.storage.layout import job_key, state_marker_key
@@ -24,6 +25,7 @@ __all__ = ["WriteThrough", "upload_outputs", "is_state_dir", "SKIPPED_DIRS"]
 
 log = logging.getLogger(__name__)
 
+UPLOAD_THREADS = 8
 SKIPPED_DIRS = ("runs",)  # earlier runs' files, archived beside this one's
 Signature = tuple[int, int]  # size, mtime_ns
 
@@ -56,7 +58,8 @@ class WriteThrough:
         self._log_sent_at: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._started, self._before = time.monotonic(), store.snapshot()
+        self._before, self._busy = store.snapshot(), 0.0
+        self._pool = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="autotrain-upload")
 
     def start(self) -> WriteThrough:
         self._thread = threading.Thread(target=self._loop, name="autotrain-write-through",
@@ -70,16 +73,21 @@ class WriteThrough:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for attempt in range(attempts):
-            try:
-                self.scan(final=True)
-                break
-            except StorageError:
-                if attempt == attempts - 1:
-                    raise
-                time.sleep(2.0 * (attempt + 1))
+        background, started = self._busy, time.monotonic()
+        try:
+            for attempt in range(attempts):
+                try:
+                    self.scan(final=True)
+                    break
+                except StorageError:
+                    if attempt == attempts - 1:
+                        raise
+                    time.sleep(2.0 * (attempt + 1))
+        finally:
+            self._pool.shutdown()
         traffic = self.store.snapshot().minus(self._before)
-        traffic.seconds = time.monotonic() - self._started
+        traffic.seconds = time.monotonic() - started  # what the job waited for
+        traffic.background_seconds = background
         return traffic
 
     def _loop(self) -> None:
@@ -92,37 +100,46 @@ class WriteThrough:
                 log.debug("write-through of %s: %s", self.job_id, exc)
 
     def scan(self, *, final: bool) -> None:
-        """One look at the folder: upload what is ready (everything, when `final`)."""
-        now = time.monotonic()
+        """One look at the folder: upload what is ready (everything, when `final`), several
+        files at once."""
+        started = now = time.monotonic()
         files, states = _listing(self.output_dir)
+        ready = {}
         for rel, signature in files.items():
             if self.sent.get(rel) == signature:
                 continue
-            is_log = rel.startswith("log/")
-            ready = final or (
-                now - self._log_sent_at.get(rel, 0.0) >= self.log_interval
-                if is_log
-                else self._last_seen.get(rel) == signature
-            )
-            if ready:
-                self._upload(rel, signature)
-                if is_log:
+            if rel.startswith("log/"):
+                if final or now - self._log_sent_at.get(rel, 0.0) >= self.log_interval:
+                    ready[rel] = signature
                     self._log_sent_at[rel] = now
+            elif final or self._last_seen.get(rel) == signature:
+                ready[rel] = signature
+        marks = {}
         for state, members in states.items():
-            self._sync_state(state, members, final)
+            if (due := self._state_due(state, members, final)) is not None:
+                ready.update(due)
+                marks[state] = members
+        self._upload_all(ready)
+        for state, members in marks.items():  # each state's files are in: its marker, last
+            self._mark(state, members)
         self._forget_deleted_states(states)
         self._last_seen = files | {m: s for ms in states.values() for m, s in ms.items()}
+        if ready or marks:
+            self._busy += time.monotonic() - started
 
-    def _sync_state(self, state: str, members: dict[str, Signature], final: bool) -> None:
-        """Upload a complete, settled state's changed files, then (re)write its marker."""
+    def _state_due(self, state: str, members: dict[str, Signature],
+                   final: bool) -> dict[str, Signature] | None:  # fmt: skip
+        """The files to upload for a complete, settled state whose marker is missing or stale
+        ({} when only the marker is); None while it is not ready or already in the store."""
         changed = {m: s for m, s in members.items() if self.sent.get(m) != s}
         if not changed and state in self.marked:
-            return
+            return None
         settled = all(self._last_seen.get(m) == s for m, s in members.items())
         if not (final or settled) or not self.is_complete_state(self.output_dir / state):
-            return
-        for member, signature in changed.items():
-            self._upload(member, signature)
+            return None
+        return changed
+
+    def _mark(self, state: str, members: dict[str, Signature]) -> None:
         folder = self.output_dir / state
         marker = {"files": sorted(members), "mtime_ns": folder.stat().st_mtime_ns,
                   "written_at": time.time()}  # fmt: skip
@@ -138,9 +155,13 @@ class WriteThrough:
             for member in members:
                 self.sent.pop(member, None)
 
-    def _upload(self, rel: str, signature: Signature) -> None:
-        self.store.put_file(self.output_dir / rel, job_key(self.job_id, rel))
-        self.sent[rel] = signature
+    def _upload_all(self, ready: dict[str, Signature]) -> None:
+        def upload(item: tuple[str, Signature]) -> None:
+            rel, signature = item
+            self.store.put_file(self.output_dir / rel, job_key(self.job_id, rel))
+            self.sent[rel] = signature
+
+        list(self._pool.map(upload, ready.items()))
 
 
 def upload_outputs(store: ObjectStore, job_id: str, output_dir: Path,
@@ -157,7 +178,8 @@ def upload_outputs(store: ObjectStore, job_id: str, output_dir: Path,
 
 def _listing(output_dir: Path) -> tuple[dict[str, Signature], dict[str, dict[str, Signature]]]:
     """The folder's files outside states, and each state's files, with their signatures.
-    Hidden and partial files (being written aside) and the archive of earlier runs are left out."""
+    Files being written aside (`.tmp`, `.partial`), hidden folders and the archive of earlier
+    runs are left out; hidden files are not (the resume record is one)."""
     files: dict[str, Signature] = {}
     states: dict[str, dict[str, Signature]] = {}
     if not output_dir.is_dir():
@@ -165,7 +187,7 @@ def _listing(output_dir: Path) -> tuple[dict[str, Signature], dict[str, dict[str
     for path in output_dir.rglob("*"):
         rel = path.relative_to(output_dir).as_posix()
         parts = rel.split("/")
-        if parts[0] in SKIPPED_DIRS or any(p.startswith(".") for p in parts):
+        if parts[0] in SKIPPED_DIRS or any(p.startswith(".") for p in parts[:-1]):
             continue
         if path.suffix in (".tmp", ".partial") or not path.is_file():
             continue

@@ -251,10 +251,12 @@ def _plan_resume(backend, profile: Profile, plan: TrainPlan, versions: dict[str,
         record.trainer = versions
         record.save(plan.model_dir)
         return None
+    # The driver is recorded, never a reason to refuse a state: a state is the trainer's files,
+    # and a job that moves to another host of the fleet (another provider) meets another driver.
     changed = {
         key: (old, versions.get(key))
         for key, old in (record.trainer or {}).items()
-        if old and versions.get(key) and versions.get(key) != old
+        if key != "driver" and old and versions.get(key) and versions.get(key) != old
     }
     if changed:
         listing = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changed.items())

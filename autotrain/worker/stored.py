@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from autotrain.errors import AutotrainError
 from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 from autotrain.storage.dataset_copy import fetch_dataset
@@ -51,12 +52,26 @@ def object_store(settings: Settings) -> ObjectStore | None:
 
 def stored_dataset(ctx: PhaseContext) -> str | None:
     """The key of the job's dataset listing in the store, when it was submitted through one."""
-    return (ctx.store.get_data(ctx.job.id, "stage") or {}).get("stored")
+    return ctx.job.stored_dataset
+
+
+def _job_store(ctx: PhaseContext) -> ObjectStore | None:
+    """The store the job's files go through; None for a job of a shared workspace."""
+    if ctx.job.stored_dataset is None:
+        return None
+    store = object_store(ctx.settings)
+    if store is None:
+        raise AutotrainError(
+            f"Job {ctx.job.id} ({ctx.job.name}) was submitted through an object store, and "
+            f"this worker has no storage_url: set AUTOTRAIN_STORAGE_URL (and the AWS variables) "
+            "on this host as on the one that submitted it."
+        )
+    return store
 
 
 def bring_dataset(ctx: PhaseContext, phase: str) -> None:
     """This host's `input/<name>/` made the job's staged dataset (downloaded once per host)."""
-    store, key = object_store(ctx.settings), stored_dataset(ctx)
+    store, key = _job_store(ctx), ctx.job.stored_dataset
     if store is None or key is None:
         return
     traffic = fetch_dataset(store, Workspace(ctx.settings.workspace), ctx.job.name, key)
@@ -65,16 +80,18 @@ def bring_dataset(ctx: PhaseContext, phase: str) -> None:
     record_traffic(ctx.store, ctx.job.id, phase, traffic)
 
 
-def local_plan(ctx: PhaseContext, report) -> TrainPlan:
+def local_plan(ctx: PhaseContext) -> TrainPlan:
     """The job's plan with this host's paths. On a shared workspace that is the plan phase 3
     stored; through a store, it is rendered again here (same steps, this host's folders and
     model files), keeping what the trainer check at phase 3 found."""
     stored = TrainPlan.model_validate(ctx.job.plan)
-    if object_store(ctx.settings) is None:
+    if _job_store(ctx) is None:
         return stored
+    from autotrain.datasets.validate import ValidationReport
     from autotrain.profile import profile_for
     from autotrain.trainers.configure import render_plan, write_plan
 
+    report = ValidationReport.model_validate(ctx.store.get_data(ctx.job.id, "report"))
     profile = profile_for(ctx.job.spec, ctx.settings)
     plan = render_plan(ctx.job.spec, profile, ctx.settings, report, ctx.job.variant)
     plan.trainer_check_deferred = stored.trainer_check_deferred
@@ -87,7 +104,7 @@ def bring_for_training(ctx: PhaseContext, plan: TrainPlan, since: float) -> None
     """The job's output folder here made this job's, with what a resume needs from the store:
     the newest complete states since `since`, the resume record, the logs and samples so far,
     and final weights an attempt finished (not the intermediate checkpoints)."""
-    store = object_store(ctx.settings)
+    store = _job_store(ctx)
     if store is None:
         return
     output_dir = _claim(ctx)
@@ -110,7 +127,7 @@ def bring_for_training(ctx: PhaseContext, plan: TrainPlan, since: float) -> None
 @contextmanager
 def writing_through(ctx: PhaseContext, plan: TrainPlan) -> Iterator[None]:
     """Upload what the trainer writes while it runs, and all of it once it stopped."""
-    store = object_store(ctx.settings)
+    store = _job_store(ctx)
     if store is None:
         yield
         return
@@ -124,7 +141,7 @@ def writing_through(ctx: PhaseContext, plan: TrainPlan) -> Iterator[None]:
 
 def bring_for_report(ctx: PhaseContext) -> None:
     """Everything the job wrote but its states, for run.json, the sheet and the loss curve."""
-    store = object_store(ctx.settings)
+    store = _job_store(ctx)
     if store is None:
         return
     output_dir = _claim(ctx)
@@ -134,7 +151,7 @@ def bring_for_report(ctx: PhaseContext) -> None:
 
 def upload_report(ctx: PhaseContext, plan: TrainPlan) -> None:
     """run.json, the sheet and the loss curve into the store, before the job may succeed."""
-    store = object_store(ctx.settings)
+    store = _job_store(ctx)
     if store is not None:
         upload_outputs(store, ctx.job.id, plan.model_dir.parent, REPORT_FILES)
 

@@ -190,7 +190,7 @@ def _train(task: Task, ctx: PhaseContext) -> None:
     """Phase 4: reserve the GPUs (or go where the job fits), train, then report or recover."""
     job = ctx.job
     stored.bring_dataset(ctx, "train")
-    plan = stored.local_plan(ctx, _report(ctx))
+    plan = stored.local_plan(ctx)
     host, own_gpu = current_host(), worker_gpu()
     gpus = list(job.spec.gpu_ids) or ([own_gpu] if own_gpu is not None else [])
     worker = task.request.hostname or "?"
@@ -295,7 +295,7 @@ def report(self: Task, job_id: str) -> None:
     with phase(self, job_id, "report", JobState.REPORTING) as ctx:
         job = ctx.job
         stored.bring_dataset(ctx, "report")  # run.json quotes its manifest
-        plan = stored.local_plan(ctx, _report(ctx))
+        plan = stored.local_plan(ctx)
         stored.bring_for_report(ctx)
         info = record_lost_attempts(ctx.store, job_id)  # a worker lost after the last run
         info.update(
