@@ -51,6 +51,8 @@ def job_message(job: Job) -> tuple[str, str]:
     ]
     if job.state == JobState.SUCCEEDED:
         lines.append(f"weights: {(job.result or {}).get('weights')}")
+        if pull := (job.result or {}).get("pull"):  # in the fleet's store: how to get them
+            lines.append(f"get them: {pull}")
     elif job.error:
         lines.append(f"error: {job.error}")
     return title, "\n".join(lines)

@@ -19,6 +19,7 @@ from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
 from autotrain.storage.dataset_copy import fetch_dataset
 from autotrain.storage.job_outputs import fetch_job_outputs
+from autotrain.storage.layout import job_key
 from autotrain.storage.objects import ObjectStore, Traffic, store_at
 from autotrain.storage.write_through import WriteThrough, upload_outputs
 from autotrain.trainers.contact_sheet import SHEET_NAME
@@ -154,6 +155,21 @@ def upload_report(ctx: PhaseContext, plan: TrainPlan) -> None:
     store = _job_store(ctx)
     if store is not None:
         upload_outputs(store, ctx.job.id, plan.model_dir.parent, REPORT_FILES)
+
+
+def result_in_store(ctx: PhaseContext, plan: TrainPlan, result: dict) -> dict:
+    """For a job of the store: its weights, run.json and sheet as store URLs (the report
+    host's paths mean nothing elsewhere), and the command that brings them; else nothing."""
+    if _job_store(ctx) is None:
+        return {}
+    output_dir, base = plan.model_dir.parent, f"{ctx.settings.storage_url.rstrip('/')}/"
+    moved = {}
+    for field in ("weights", "run_json", "samples_sheet"):
+        path = Path(result.get(field) or "/").resolve()
+        if path.is_relative_to(output_dir.resolve()):
+            rel = path.relative_to(output_dir.resolve()).as_posix()
+            moved[field] = base + job_key(ctx.job.id, rel)
+    return moved | {"pull": f"autotrain pull --job {ctx.job.id}"}
 
 
 def record_traffic(store: JobStore, job_id: str, phase: str, traffic: Traffic) -> dict:

@@ -317,6 +317,7 @@ def report(self: Task, job_id: str) -> None:
                   "run_json": str(plan.model_dir.parent / "run.json"),
                   "samples_sheet": manifest.get("samples_sheet"),
                   "final_loss": manifest["final_loss"]}  # fmt: skip
+        result |= stored.result_in_store(ctx, plan, result)  # where every host can get them
         if ctx.finish(JobState.SUCCEEDED, result=result):
             log.info("%s %s: succeeded", job.name, job_id)
 

@@ -16,7 +16,7 @@ from autotrain.jobs.job import JobState
 from tests.conftest import Cluster, copy_example, pids_of, wait_for, write_tiny_profile
 
 PROFILE = "FleetTiny"
-STEPS = 160
+STEPS = 100
 
 
 @pytest.fixture
@@ -28,9 +28,9 @@ def fleet(cluster, s3_server, tmp_path):
         root = tmp_path / name
         root.mkdir()
         write_tiny_profile(root, PROFILE, max_train_steps=STEPS, save_every_n_steps=20,
-                           sample_every_n_steps=80, save_last_n_steps_state=40)  # fmt: skip
+                           sample_every_n_steps=50, save_last_n_steps_state=40)  # fmt: skip
         env = {**cluster.env, **s3_server.env, "AUTOTRAIN_WORKSPACE": str(root),
-               "AUTOTRAIN_STORAGE_URL": url, "AUTOTRAIN_TINY_STEP_DELAY": "0.1"}  # fmt: skip
+               "AUTOTRAIN_STORAGE_URL": url, "AUTOTRAIN_TINY_STEP_DELAY": "0.05"}  # fmt: skip
         places[name] = Cluster(root, cluster.redis_url, env)
     yield places, s3_server.client(), url
     for place in places.values():
@@ -70,8 +70,28 @@ def _pulled_run(reader: Cluster, job_id: str) -> dict:
     return run
 
 
+def _read_from_elsewhere(reader: Cluster, job_id: str, monkeypatch) -> None:
+    """A host that never ran the job reads its log (`train logs`), and the dashboard's job page
+    shows its log tail, loss curve and samples, all from the store; its result names the store."""
+    logs = reader.cli("train", "logs", "--job", job_id, check=True).stdout
+    assert "running training" in logs and "$ " in logs  # the trainer's own output
+    from autotrain.dashboard.views import job_page
+    from autotrain.settings import Settings
+
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, reader.env[key])
+    settings = Settings(workspace=reader.root, redis_url=reader.redis_url,
+                        storage_url=reader.env["AUTOTRAIN_STORAGE_URL"])  # fmt: skip
+    page = job_page(settings, job_id)
+    assert any("running training" in line for line in page["log"])
+    assert page["gallery"] and len(page["points"]) > 10
+    result = _job(reader, job_id).result
+    assert result["weights"].startswith(reader.env["AUTOTRAIN_STORAGE_URL"] + "/jobs/")
+    assert result["pull"] == f"autotrain pull --job {job_id}"
+
+
 @pytest.mark.slow
-def test_a_fleet_that_shares_only_a_store(fleet, tmp_path):
+def test_a_fleet_that_shares_only_a_store(fleet, tmp_path, monkeypatch):
     places, client, url = fleet
     hosts = {"host-a": places["host-a"], "host-b": places["host-b"]}
     submitter, reader = places["submitter"], places["reader"]
@@ -117,7 +137,9 @@ def test_a_fleet_that_shares_only_a_store(fleet, tmp_path):
     assert moved.state == JobState.SUCCEEDED, moved.error
     assert moved.host != leaving
 
-    # A third folder pulls complete outputs; each job trained to the end, resumes as attempts.
+    # A third folder reads logs and samples, then pulls complete outputs; each job trained to
+    # the end once, resumes counted as attempts.
+    _read_from_elsewhere(reader, killed_job, monkeypatch)
     for job_id in batch_jobs:
         assert _pulled_run(reader, job_id)["trainer"]["attempts"] == 1
     for job_id, event in ((killed_job, "worker lost"), (moved_job, "preempted")):
@@ -131,3 +153,9 @@ def test_a_fleet_that_shares_only_a_store(fleet, tmp_path):
     pulled = reader.cli("pull", "--batch", _job(submitter, batch_jobs[0]).spec.batch_id, check=True)
     assert pulled.stdout.count("files new or changed") == 2
     assert Path(reader.root / "output" / "dogs" / "run.json").is_file()
+
+    # `worker --drain` from another folder stops a host's workers, as SIGTERM does there.
+    staying = next(p for p in hosts[moved.host].workers if p.poll() is None)
+    drained = submitter.cli("worker", "--drain", "--host", moved.host, check=True).stdout
+    assert f"The workers of {moved.host} stopped." in drained
+    assert staying.wait(30) == 0
