@@ -22,6 +22,12 @@ from autotrain.jobs import keys
 from autotrain.jobs.local_redis import find_redis_server
 
 REPO = Path(__file__).resolve().parent.parent
+
+# A shell starts a background job with SIGINT ignored, and an ignored signal stays ignored in
+# every child: the CLI under test would then never see the Ctrl+C the monitor tests send. With
+# a handler here, children start with the default again (exec resets handlers, not SIG_IGN).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 EXAMPLE_DATASET = REPO / "examples" / "datasets" / "tiny_shapes"
 
 
@@ -258,3 +264,7 @@ def copy_example(dest: Path, name: str = "tiny_shapes") -> Path:
     target = dest / name
     shutil.copytree(EXAMPLE_DATASET, target)
     return target
+
+
+# The real S3 server (SeaweedFS) of the tests that use a store: a fixture defined beside.
+from tests.s3_server import s3_server  # noqa: E402,F401

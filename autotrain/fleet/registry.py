@@ -19,6 +19,7 @@ __all__ = [
     "request_drain",
     "clear_drain",
     "is_draining",
+    "DrainWatch",
     "announce_starting",
     "starting_workers",
     "WorkerRecord",
@@ -139,3 +140,19 @@ def clear_drain(client: redis.Redis, host: str) -> None:
 
 def is_draining(client: redis.Redis, host: str) -> bool:
     return bool(client.exists(keys.host_drain(host)))
+
+
+class DrainWatch:
+    """`is_draining`, asked at most every `every` seconds: loops that poll twice a second (a
+    trainer's cancel check, a wait for GPUs) learn of a drain within `every` and cost Redis
+    one command per `every`, not one per poll."""
+
+    def __init__(self, client: redis.Redis, host: str, every: float = 2.0):
+        self.client, self.host, self.every = client, host, every
+        self._asked_at, self._answer = float("-inf"), False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if now - self._asked_at >= self.every:
+            self._asked_at, self._answer = now, is_draining(self.client, self.host)
+        return self._answer

@@ -21,7 +21,7 @@ from celery.exceptions import Ignore
 
 from autotrain.errors import AutotrainError
 from autotrain.fleet import pace
-from autotrain.fleet.registry import is_draining
+from autotrain.fleet.registry import DrainWatch, is_draining
 from autotrain.jobs.celery_app import app
 from autotrain.jobs.connection import is_redis_outage, until_redis_back
 from autotrain.jobs.dispatch import dispatch
@@ -256,6 +256,7 @@ def _wait_for_gpus(ctx: PhaseContext, host: str, gpus: list[int], room: GpuRoom)
     store, job = ctx.store, ctx.job
     holders: dict[int, str] = {}
     moved, looked_at = [], [0.0]
+    going_away = DrainWatch(store.redis, host)
 
     def note_holder(gpu: int, why: str) -> None:  # for `train list` and the monitors
         if holders.get(gpu) != why:
@@ -266,8 +267,8 @@ def _wait_for_gpus(ctx: PhaseContext, host: str, gpus: list[int], room: GpuRoom)
         """Cancelled, going away, or memory other programs held here is free elsewhere now."""
         if ctx.lease.lost.is_set() or store.cancel_requested(job.id):
             return True
-        if _going_away(ctx, host):
-            moved.append(ctx.hand_on("train"))  # never started here: the same attempt
+        if going_away():  # its host is stopping: back to the queue, never started here
+            moved.append(ctx.hand_on("train"))
             return True
         short = [g for g, why in holders.items() if "GiB free there" in why]
         if short and not job.spec.gpu_ids and time.monotonic() - looked_at[0] > 5:

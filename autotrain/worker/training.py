@@ -14,7 +14,7 @@ import time
 import redis
 from celery import Task
 
-from autotrain.fleet.registry import is_draining
+from autotrain.fleet.registry import DrainWatch
 from autotrain.jobs import keys
 from autotrain.jobs.lease import gpu_holders
 from autotrain.jobs.queue import current_host
@@ -69,6 +69,7 @@ def run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int],
         log.warning("%s %s: %s", job.name, job.id, line)
     records = device_records(state_dir, host, gpus, job.id)
     _warn_about_gpu_processes(plan, gpus)
+    going_away = DrainWatch(store.redis, host)
     recorder = ProgressRecorder(
         plan.log_dir,
         plan.model_dir / "sample",
@@ -85,9 +86,7 @@ def run_trainer(task: Task, ctx: PhaseContext, plan: TrainPlan, gpus: list[int],
             # A lost lease means the job was re-queued elsewhere: stop, as for a cancel; so does
             # a host going away (the train task gives the job back).
             should_cancel=lambda: (
-                lease.lost.is_set()
-                or store.cancel_requested(job.id)
-                or is_draining(store.redis, host)
+                lease.lost.is_set() or store.cancel_requested(job.id) or going_away()
             ),
             gpus=gpus or None,
             resume_since=first_started,

@@ -36,7 +36,7 @@ from autotrain.profile import load_profile
 from autotrain.settings import load_settings
 from autotrain.trainers.trainer_check import ask_the_trainer
 from autotrain.workspace import Workspace
-from tests.conftest import REPO, copy_example, job_id_in, pids_of, wait_for
+from tests.conftest import REPO, Cluster, copy_example, job_id_in, pids_of, wait_for
 
 PROFILE = "FluxLORACPU"
 MODEL_FILES = {"flux_model": "flux_tiny", "clip_l": "clip_l", "t5xxl": "t5xxl_fp8", "ae": "ae"}
@@ -170,6 +170,49 @@ def test_a_killed_worker_resumes_with_true_step_names_to_the_true_total(real, tm
     assert not [p for p in model.iterdir() if ".r2" in p.name]
     events = [e for _id, e in store.read_events(job_id) if e.get("kind") == "step"]
     assert events[-1]["step"] == 12
+
+
+def test_a_host_killed_mid_training_resumes_on_another_through_the_store(real, s3_server, tmp_path):
+    """Two hosts with no folder in common, an S3 store between them: the real trainer saves a
+    state on one, the host dies, and the job resumes on the other from the state in the store,
+    with true step names to the true total."""
+    url = s3_server.fresh_url()
+    real.env.update(s3_server.env, AUTOTRAIN_STORAGE_URL=url)
+    other_root = tmp_path / "other-host"
+    other_root.mkdir()
+    _install_profile(other_root, text_encoder_batch_size=4, max_train_epochs=3)
+    other = Cluster(
+        other_root, real.redis_url, {**real.env, "AUTOTRAIN_WORKSPACE": str(other_root)}
+    )
+    real.start_worker("h1")
+    job_id = _submit(real, tmp_path)
+    client, (bucket, _, prefix) = s3_server.client(), url[len("s3://") :].partition("/")
+
+    def state_in_store() -> bool:
+        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/model/")
+        return any(o["Key"].endswith("-state/.complete") for o in listed.get("Contents", []))
+
+    wait_for(state_in_store, 1200, "a complete state in the store", interval=1)
+    for pid in pids_of("", real.root):  # the host vanishes: worker, trainer, everything
+        os.kill(pid, signal.SIGKILL)
+    other.start_worker("h2")
+    real.workers += other.workers  # stopped with the cluster's own
+    store = real.store()
+    wait_for(lambda: store.get(job_id).is_final, 1500, "the job to end on the other host",
+             interval=1)  # fmt: skip
+    job = store.get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.host == "h2" and job.attempt == 2 and (job.step, job.total) == (12, 12)
+    output = other_root / "output" / "cat"
+    log = (output / "log" / "trainer.log").read_text(errors="replace")
+    resumed = log.split("\n$ ")[-1].split("\n", 1)[0]
+    assert "--resume" in resumed and str(other_root) in resumed  # this host's own paths
+    names = {p.name for p in (output / "model").glob("cat*.safetensors")}
+    assert {"cat-step00000008.safetensors", "cat.safetensors"} <= names
+    assert not [p for p in (output / "model").iterdir() if ".r2" in p.name]
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/")
+    in_store = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
+    assert {"cat.safetensors", "run.json", "samples.png"} <= in_store
 
 
 def test_a_cancel_stops_the_real_trainer(real, tmp_path):

