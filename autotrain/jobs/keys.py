@@ -67,6 +67,9 @@ __all__ = [
     "gpu_lock",
     "gpu_failures",
     "REAPER",
+    "LOST_MESSAGES",
+    "KOMBU_UNACKED",
+    "KOMBU_UNACKED_INDEX",
     "PACE",
     "JOB_DATA",
 ]
@@ -104,6 +107,13 @@ INDEXED = f"{PREFIX}jobs:indexed"  # set once the profile and final-state indexe
 WORKERS_STARTING = f"{PREFIX}workers:starting"  # host -> the workers it starts (registry)
 QUEUES = f"{PREFIX}queues"
 REAPER = f"{PREFIX}reaper"
+# The reaper's last look for lost messages: {"at": time, "missing": [message ids]} (reaper.py).
+LOST_MESSAGES = f"{PREFIX}lost-messages"
+# kombu's Redis transport keeps each message a worker fetched and has not acked yet in a hash,
+# with the time it was fetched in a sorted set (its defaults, kombu/transport/redis.py Channel:
+# unacked_key, unacked_index_key).
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
 PACE = f"{PREFIX}pace"  # profile and GPU model -> measured pace (autotrain.fleet.pace)
 JOB_DATA = ("report", "stage", "run")  # bulky per-job data beside the record
 

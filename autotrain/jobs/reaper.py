@@ -1,4 +1,5 @@
-"""The reaper: re-queue the jobs of dead workers, and send messages nobody confirmed sending.
+"""The reaper: re-queue the jobs of dead workers, send messages nobody confirmed sending, and
+send again those fetched by a worker that never started them (autotrain.jobs.lost_messages).
 
 A job is reaped only when the worker that owns it stopped renewing its lease for longer than the
 lease plus a grace, never because its next phase waits in a queue: a waiting job holds no lease.
@@ -18,6 +19,7 @@ import time
 from autotrain.jobs import keys
 from autotrain.jobs.dispatch import dispatch, finish, resend
 from autotrain.jobs.job import JobState
+from autotrain.jobs.lost_messages import resend_lost_messages
 from autotrain.jobs.owners import is_worker_owner, queue_owner
 from autotrain.jobs.store import JobStore
 from autotrain.settings import Settings
@@ -51,6 +53,7 @@ def reap(store: JobStore, settings: Settings, now: float | None = None) -> ReapR
         _reap_one(store, settings, job_id, before, now, result)
     for job_id in store.undelivered(now):
         _resend(store, settings, job_id, now, result)
+    result.resent += resend_lost_messages(store, settings.lease_seconds, now)
     return result
 
 

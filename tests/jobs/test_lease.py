@@ -292,3 +292,29 @@ def test_scripts_go_by_sha_and_survive_a_server_that_lost_them(client):
     before = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
     assert acquire_batch_slot(client, "b1", "j1", 1)
     assert client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0) == before
+
+
+def test_a_message_fetched_by_a_worker_that_died_before_starting_it_is_sent_again(reaping):
+    """A worker (or Redis) killed between fetching a message and starting its task loses the
+    message; the job waits for it, owned by it. Missing at two looks in a row, it is sent again
+    with the same id; a message that waits in its list is never sent twice."""
+    from autotrain.jobs.lost_messages import AUDIT_LEASES
+    from autotrain.jobs.queue import submit_job
+    from autotrain.jobs.reaper import reap
+
+    store, settings = reaping
+    lost, kept = submit_job(store, spec("lost")), submit_job(store, spec("kept"))
+    lists = keys.broker_lists(lost.next_task["queue"])
+    messages = [m for name in lists for m in store.redis.lrange(name, 0, -1)]
+    assert len(messages) == 2
+    fetched = next(m for m in messages if json.loads(m)["headers"]["id"] == lost.next_task["id"])
+    for name in lists:  # what a worker's BRPOP does, and then it dies
+        store.redis.lrem(name, 1, fetched)
+    every = settings.lease_seconds * AUDIT_LEASES
+    now = time.time()
+    assert not reap(store, settings, now=now).resent, "a first look only notes it missing"
+    assert reap(store, settings, now=now + every).resent == [lost.id]
+    ids = [json.loads(m)["headers"]["id"] for n in lists for m in store.redis.lrange(n, 0, -1)]
+    assert sorted(ids) == sorted([lost.next_task["id"], kept.next_task["id"]])  # same id again
+    assert store.get(lost.id).owner == queue_owner(lost.next_task["id"])
+    assert not reap(store, settings, now=now + 3 * every).resent, "both wait in their list now"
