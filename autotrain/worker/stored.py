@@ -93,6 +93,7 @@ def local_plan(ctx: PhaseContext) -> TrainPlan:
     from autotrain.trainers.configure import render_plan, write_plan
 
     report = ValidationReport.model_validate(ctx.store.get_data(ctx.job.id, "report"))
+    _claim(ctx)  # first: claiming moves an earlier run's files aside, the plan's among them
     profile = profile_for(ctx.job.spec, ctx.settings)
     plan = render_plan(ctx.job.spec, profile, ctx.settings, report, ctx.job.variant)
     plan.trainer_check_deferred = stored.trainer_check_deferred

@@ -193,6 +193,19 @@ def test_standin_out_of_memory(kohya_settings):
 
 
 @pytest.mark.slow
+def test_standin_needs_the_sample_prompts_before_training_as_the_real_flux_script(kohya_settings):
+    """flux_train_network.py opens the prompt file while caching text encoder outputs, before
+    the first step (the real trainer failed so when a run's files were moved aside)."""
+    profile = quick_profile(kohya_settings)  # FluxLORA: flux_train_network.py
+    plan = staged_plan(kohya_settings, profile)
+    plan.sample_prompts_path.unlink()
+    result = run(launch_files(KohyaBackend(), plan, profile, kohya_settings, [0]))
+    assert result.returncode != 0
+    assert "FileNotFoundError" in output_of(result) and "sample_prompts.txt" in output_of(result)
+    assert not [e for e in parse_text(output_of(result)) if e.kind == "step"]
+
+
+@pytest.mark.slow
 def test_standin_refuses_keys_the_real_script_lacks(kohya_settings):
     profile = quick_profile(kohya_settings, base="SDXL")
     plan = staged_plan(kohya_settings, profile)

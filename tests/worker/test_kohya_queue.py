@@ -85,6 +85,21 @@ def test_fluxlora_job_trains_reports_and_lists_samples(kohya, tmp_path):
     assert "steps:" in logs.stdout and "Newest samples" in logs.stdout
 
 
+def test_a_job_through_a_store_trains_on_the_host_that_submitted_it(kohya, s3_server, tmp_path):
+    """A home GPU submits and trains: its own submit claimed output/<name>/ first, and the
+    train phase's plan files (the sample prompts flux_train_network.py opens before its first
+    step) must survive the train phase claiming the folder for the job."""
+    kohya.env.update(s3_server.env, AUTOTRAIN_STORAGE_URL=s3_server.fresh_url())
+    kohya.start_worker("h1")
+    job_id = _submit(kohya, tmp_path)
+    wait_for(lambda: kohya.store().get(job_id).is_final, 180, "the job to end")
+    job = kohya.store().get(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
+    assert job.result["weights"].startswith(kohya.env["AUTOTRAIN_STORAGE_URL"])
+    manifest = json.loads((kohya.root / "output" / "cat" / "run.json").read_text())
+    assert manifest["storage"]["phases"]["train"]["uploaded_files"] > 0
+
+
 def test_worker_killed_mid_run_resumes_without_repeating_saved_steps(kohya, tmp_path):
     kohya.env["STANDIN_SLEEP_PER_STEP"] = "0.15"
     kohya.start_worker("h1")

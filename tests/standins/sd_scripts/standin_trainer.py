@@ -122,6 +122,7 @@ def main(script: str) -> int:
         return 0
     check_checkpoint_header(script, config["pretrained_model_name_or_path"])
     _load_models_silently()
+    _cache_sample_prompts(config, script)
     plan = _schedule(config, images)
     steps_from_state = _load_state(config.get("resume"), network)
     return _train(config, script, plan, steps_from_state)
@@ -138,6 +139,18 @@ def _parser(script: str, network: bool) -> argparse.ArgumentParser:
         parser.add_argument("--initial_epoch", type=int, default=None)
         parser.add_argument("--initial_step", type=int, default=None)
     return parser
+
+
+def _cache_sample_prompts(config: dict[str, Any], script: str) -> None:
+    """flux_train_network.py caches the sample prompts' text encoder outputs before training
+    when it caches the dataset's (cache_text_encoder_outputs_if_needed, flux_train_network.py:
+    254-261): it opens the prompt file then (library/train_util.py load_prompts), and a missing
+    one ends the run with FileNotFoundError, long before the first sample."""
+    prompts = config.get("sample_prompts")
+    if script == "flux_train_network" and config.get("cache_text_encoder_outputs") and prompts:
+        log(f"cache Text Encoder outputs for sample prompt: {prompts}")
+        with open(prompts, encoding="utf-8") as handle:
+            handle.read()
 
 
 def _load_models_silently() -> None:
