@@ -4,7 +4,9 @@ While the trainer runs, a thread looks at the job's `output/<name>/` every few s
 uploads each file once it stopped changing (weights, samples), the logs at most every
 `log_interval` seconds (they never stop changing), and each saved state once it is complete:
 its files first, then its marker (`layout.STATE_MARKER`), so a state with a marker in the store
-is whole. A state the trainer deletes (sd-scripts keeps the last N) goes from the store too.
+is whole. What the trainer deletes (sd-scripts keeps the last N states and checkpoints), and
+what autotrain renames (an attempt's files folded back to their true step names), goes from
+the store too.
 After the trainer stops, `stop()` uploads what is left, whatever it looks like.
 """
 
@@ -123,6 +125,7 @@ class WriteThrough:
         for state, members in marks.items():  # each state's files are in: its marker, last
             self._mark(state, members)
         self._forget_deleted_states(states)
+        self._forget_deleted_files(files)
         self._last_seen = files | {m: s for ms in states.values() for m, s in ms.items()}
         if ready or marks:
             self._busy += time.monotonic() - started
@@ -154,6 +157,17 @@ class WriteThrough:
             self.store.delete([job_key(self.job_id, m) for m in members])
             for member in members:
                 self.sent.pop(member, None)
+
+    def _forget_deleted_files(self, files: dict[str, Signature]) -> None:
+        """A file uploaded here that is gone now leaves the store: a checkpoint the trainer
+        removed, or one renamed to its true step when an attempt is folded back (else the next
+        host to download the job's files would bring the attempt's name back)."""
+        gone = [rel for rel in self.sent
+                if rel not in files and not is_state_dir("/".join(rel.split("/")[:2]))]  # fmt: skip
+        if gone:
+            self.store.delete([job_key(self.job_id, rel) for rel in gone])
+            for rel in gone:
+                self.sent.pop(rel, None)
 
     def _upload_all(self, ready: dict[str, Signature]) -> None:
         def upload(item: tuple[str, Signature]) -> None:

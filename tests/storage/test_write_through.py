@@ -33,6 +33,8 @@ def test_a_state_counts_once_it_is_whole_and_leaves_when_the_trainer_deletes_it(
     (state / "lora.safetensors").write_bytes(b"weights")
     (output / "log").mkdir()
     (output / "log" / "trainer.log").write_text("step 20\n")
+    attempt_named = output / "model" / "cats.r2-step00000004.safetensors"  # a resumed attempt's
+    attempt_named.write_bytes(b"checkpoint")
     watcher = WriteThrough(store, "j1", output, _complete)
     watcher.scan(final=False)
     watcher.scan(final=False)  # settled, but not whole: no marker, its files wait
@@ -53,6 +55,8 @@ def test_a_state_counts_once_it_is_whole_and_leaves_when_the_trainer_deletes_it(
         resumed / "model" / "cats-step00000020-state" / "optimizer.pt"
     ).read_bytes() == b"moments"
 
+    assert "model/cats.r2-step00000004.safetensors" in _keys(store)
+    attempt_named.rename(output / "model" / "cats-step00000024.safetensors")  # folded back
     for path in state.iterdir():  # the trainer keeps the last N states: this one goes
         path.unlink()
     state.rmdir()
@@ -61,6 +65,8 @@ def test_a_state_counts_once_it_is_whole_and_leaves_when_the_trainer_deletes_it(
     keys = _keys(store)
     assert not any(k.startswith("model/cats-step00000020-state") for k in keys)
     assert "model/cats.safetensors" in keys  # the final scan takes what never settled
+    assert "model/cats-step00000024.safetensors" in keys  # under its true name only
+    assert "model/cats.r2-step00000004.safetensors" not in keys
     assert traffic.uploaded_files >= 4 and traffic.seconds >= 0
 
 
