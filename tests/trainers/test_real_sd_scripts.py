@@ -212,7 +212,7 @@ def test_a_host_killed_mid_training_resumes_on_another_through_the_store(real, s
     assert not [p for p in (output / "model").iterdir() if ".r2" in p.name]
     listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/")
     in_store = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
-    assert {"cat.safetensors", "run.json", "samples.png"} <= in_store
+    assert {"cat.safetensors", "run.json"} <= in_store  # (this profile draws no samples)
 
 
 def test_a_cancel_stops_the_real_trainer(real, tmp_path):
