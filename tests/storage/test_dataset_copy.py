@@ -49,13 +49,20 @@ def test_a_dataset_submitted_twice_unchanged_uploads_nothing_the_second_time(
     assert _submit_uploads(cluster, dataset, "--force") == 3
 
 
-def test_a_file_damaged_in_the_store_is_refused_on_download(s3_server, tmp_path, monkeypatch):
+@pytest.fixture
+def uploaded(s3_server, tmp_path, monkeypatch):
+    """The example dataset staged in a submitter's workspace and uploaded: (store, its workspace,
+    the upload)."""
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     store = ObjectStore(s3_server.fresh_url())
     submitter = Workspace(tmp_path / "submitter")
     copy_example(submitter.input_root)
-    upload = upload_dataset(store, submitter, "tiny_shapes")
+    return store, submitter, upload_dataset(store, submitter, "tiny_shapes")
+
+
+def test_a_file_damaged_in_the_store_is_refused_on_download(uploaded, tmp_path):
+    store, _submitter, upload = uploaded
     listing = json.loads(store.get_bytes(upload.key))
     caption = next(e for e in listing["files"] if e["path"].endswith(".txt"))
     store.put_bytes(blob_key(caption["sha256"]), b"not the caption that was uploaded")
@@ -67,13 +74,8 @@ def test_a_file_damaged_in_the_store_is_refused_on_download(s3_server, tmp_path,
     assert not other.input_dir("tiny_shapes").exists()  # nothing half-made in its place
 
 
-def test_a_second_host_downloads_the_dataset_once(s3_server, tmp_path, monkeypatch):
-    for key, value in s3_server.env.items():
-        monkeypatch.setenv(key, value)
-    store = ObjectStore(s3_server.fresh_url())
-    submitter = Workspace(tmp_path / "submitter")
-    copy_example(submitter.input_root)
-    upload = upload_dataset(store, submitter, "tiny_shapes")
+def test_a_second_host_downloads_the_dataset_once(uploaded, tmp_path):
+    store, submitter, upload = uploaded
     other = Workspace(tmp_path / "gpu-host")
     first = fetch_dataset(store, other, "tiny_shapes", upload.key)
     assert first.downloaded_files == upload.files + 1  # each file, and the listing
