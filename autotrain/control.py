@@ -211,7 +211,8 @@ def job_logs(job_id: str, *, follow: bool = False, poll: float = 0.5,
     log_path = settings.workspace / "output" / job.name / "log" / "trainer.log"
     offset = 0
     while True:
-        refresh_from_store(store.get(job.id), settings, every=poll)  # trained on another host
+        if settings.storage_url:  # trained on another host: its log as the store has it
+            refresh_from_store(store.get(job.id), settings)
         if log_path.is_file():
             with open(log_path, "rb") as handle:
                 handle.seek(offset)
