@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,33 +47,42 @@ def upload_dataset(
 
     `progress(done, total)` follows the files looked at (and sent, where the store lacks them).
     """
-    started, before = time.monotonic(), store.snapshot()
-    folder = workspace.input_dir(name)
-    entries = _entries(folder)
-    listing = json.dumps({"format": LISTING_FORMAT, "name": name, "files": entries},
-                         sort_keys=True, indent=0).encode()  # fmt: skip
-    key = dataset_key(name, hashlib.sha256(listing).hexdigest())
-    if not store.exists(key):
-        by_hash = {e["sha256"]: folder / e["path"] for e in entries}
-        with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
-            uploads = pool.map(lambda item: _upload_blob(store, *item), by_hash.items())
-            for done, _ in enumerate(uploads, 1):
-                if progress:
-                    progress(done, len(by_hash))
-        store.put_bytes(key, listing)  # last: a listing in the store has all of its files
-    _remember(workspace, name, key)
-    traffic = store.snapshot().minus(before)
-    traffic.seconds = time.monotonic() - started
+    with store.measuring() as traffic:  # hashing what the store may lack counts too
+        folder = workspace.input_dir(name)
+        entries = _entries(folder)
+        listing = json.dumps({"format": LISTING_FORMAT, "name": name, "files": entries},
+                             sort_keys=True, indent=0).encode()  # fmt: skip
+        key = dataset_key(name, hashlib.sha256(listing).hexdigest())
+        if not store.exists(key):
+            _upload_blobs(store, {e["sha256"]: folder / e["path"] for e in entries}, progress)
+            store.put_bytes(key, listing)  # last: a listing in the store has all of its files
+        _remember(workspace, name, key)
     return DatasetUpload(key, len(entries), traffic)
 
 
 def fetch_dataset(store: ObjectStore, workspace: Workspace, name: str, key: str) -> Traffic:
     """Make `input/<name>/` the dataset listed at `key`, downloading only when this host does
     not hold that copy yet; every file is checked against its sha256."""
-    started, before = time.monotonic(), store.snapshot()
     folder = workspace.input_dir(name)
-    if _holds(workspace, name, key, folder):
-        return Traffic()
+    with store.measuring() as traffic:
+        if not _holds(workspace, name, key, folder):
+            _download_listing(store, workspace, name, key)
+    return traffic
+
+
+def _upload_blobs(store: ObjectStore, by_hash: dict[str, Path],
+                  progress: Callable[[int, int], None] | None) -> None:  # fmt: skip
+    """Each content the store lacks, eight at a time."""
+    with ThreadPoolExecutor(TRANSFER_THREADS) as pool:
+        uploads = pool.map(lambda item: _upload_blob(store, *item), by_hash.items())
+        for done, _ in enumerate(uploads, 1):
+            if progress:
+                progress(done, len(by_hash))
+
+
+def _download_listing(store: ObjectStore, workspace: Workspace, name: str, key: str) -> None:
+    """The listing's files into `input/<name>/`, built aside, checked, then renamed into place."""
+    folder = workspace.input_dir(name)
     raw = store.get_bytes(key)
     if raw is None:
         raise StorageError(
@@ -90,9 +98,6 @@ def fetch_dataset(store: ObjectStore, workspace: Workspace, name: str, key: str)
         shutil.rmtree(folder)
     os.replace(building, folder)
     _remember(workspace, name, key)
-    traffic = store.snapshot().minus(before)
-    traffic.seconds = time.monotonic() - started
-    return traffic
 
 
 def file_sha256(path: Path) -> str:
@@ -146,12 +151,9 @@ def _note_path(workspace: Workspace, name: str) -> Path:
 
 def _remember(workspace: Workspace, name: str, key: str) -> None:
     """Note which listing this host's `input/<name>/` holds, with each file's size."""
-    folder = workspace.input_dir(name)
-    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size
-             for p in folder.rglob("*") if p.is_file()}  # fmt: skip
     note = _note_path(workspace, name)
     note.parent.mkdir(parents=True, exist_ok=True)
-    write_private(note, json.dumps({"key": key, "sizes": sizes}))
+    write_private(note, json.dumps({"key": key, "sizes": _sizes(workspace.input_dir(name))}))
 
 
 def _holds(workspace: Workspace, name: str, key: str, folder: Path) -> bool:
@@ -162,6 +164,10 @@ def _holds(workspace: Workspace, name: str, key: str, folder: Path) -> bool:
         return False
     if note.get("key") != key or not folder.is_dir():
         return False
-    sizes = {p.relative_to(folder).as_posix(): p.stat().st_size
-             for p in folder.rglob("*") if p.is_file()}  # fmt: skip
-    return sizes == note.get("sizes")
+    return _sizes(folder) == note.get("sizes")
+
+
+def _sizes(folder: Path) -> dict[str, int]:
+    """relpath -> size of every file under `folder`."""
+    return {p.relative_to(folder).as_posix(): p.stat().st_size
+            for p in folder.rglob("*") if p.is_file()}  # fmt: skip

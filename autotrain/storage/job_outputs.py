@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,7 +43,13 @@ def fetch_job_outputs(
     `states="newest"` brings the two newest complete numbered states written since `since`
     (two: the resume rules pass over a state at the last step), `"all"` every complete state.
     """
-    started, before = time.monotonic(), store.snapshot()
+    with store.measuring() as traffic:
+        _fetch(store, job_id, output_dir, states, since, skip)
+    return traffic
+
+
+def _fetch(store: ObjectStore, job_id: str, output_dir: Path, states: StateChoice,
+           since: float | None, skip: Callable[[str], bool] | None) -> None:  # fmt: skip
     prefix = job_prefix(job_id)
     objects = {o.key[len(prefix) :]: o.size for o in store.list(prefix)}
     markers = [rel[: -len(STATE_MARKER) - 1] for rel in objects if rel.endswith(f"/{STATE_MARKER}")]
@@ -64,9 +69,6 @@ def fetch_job_outputs(
     for state, mtime_ns in state_times.items():  # the state's own time, for the resume rules
         if (output_dir / state).is_dir():
             os.utime(output_dir / state, ns=(mtime_ns, mtime_ns))
-    traffic = store.snapshot().minus(before)
-    traffic.seconds = time.monotonic() - started
-    return traffic
 
 
 def _chosen_states(store: ObjectStore, job_id: str, markers: list[str], states: StateChoice,

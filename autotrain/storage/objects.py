@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -229,6 +230,17 @@ class ObjectStore:
     def snapshot(self) -> Traffic:
         with self._lock:
             return Traffic(**asdict(self.traffic))
+
+    @contextmanager
+    def measuring(self) -> Iterator[Traffic]:
+        """What this client moves inside the block, and the block's seconds, filled in on exit
+        (other threads of the process using the same client count too)."""
+        started, before, measured = time.monotonic(), self.snapshot(), Traffic()
+        try:
+            yield measured
+        finally:
+            measured.add(self.snapshot().minus(before))
+            measured.seconds = time.monotonic() - started
 
     def _full(self, key: str) -> str:
         return self.location.prefix + key

@@ -181,12 +181,10 @@ class WriteThrough:
 def upload_outputs(store: ObjectStore, job_id: str, output_dir: Path,
                    only: list[str]) -> Traffic:  # fmt: skip
     """Upload the named files of a job's output folder (relpaths), e.g. run.json at the end."""
-    started, before = time.monotonic(), store.snapshot()
-    for rel in only:
-        if (output_dir / rel).is_file():
-            store.put_file(output_dir / rel, job_key(job_id, rel))
-    traffic = store.snapshot().minus(before)
-    traffic.seconds = time.monotonic() - started
+    with store.measuring() as traffic:
+        for rel in only:
+            if (output_dir / rel).is_file():
+                store.put_file(output_dir / rel, job_key(job_id, rel))
     return traffic
 
 
