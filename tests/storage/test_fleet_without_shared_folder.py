@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from autotrain.jobs.job import JobState
+from autotrain.storage.layout import job_prefix
 from tests.conftest import Cluster, copy_example, pids_of, wait_for, write_tiny_profile
 
 # The batch's jobs are short; the jobs interrupted mid-training long enough that a state saved
@@ -48,7 +49,7 @@ def _job(place: Cluster, job_id: str):
 def _state_in_store(client, url: str, job_id: str) -> bool:
     """Whether a complete saved state of the job (its marker) is in the store."""
     bucket, _, prefix = url[len("s3://") :].partition("/")
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/")
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{job_prefix(job_id)}")
     return any(o["Key"].endswith("-state/.complete") for o in listed.get("Contents", []))
 
 
@@ -90,7 +91,9 @@ def _read_from_elsewhere(reader: Cluster, job_id: str, monkeypatch) -> None:
     assert any("model saved." in line for line in page["log"])  # the log's tail, to its end
     assert page["gallery"] and len(page["points"]) > 10
     result = _job(reader, job_id).result
-    assert result["weights"].startswith(reader.env["AUTOTRAIN_STORAGE_URL"] + "/jobs/")
+    assert result["weights"].startswith(
+        f"{reader.env['AUTOTRAIN_STORAGE_URL']}/{job_prefix(job_id)}"
+    )
     assert result["pull"] == f"autotrain pull --job {job_id}"
 
 

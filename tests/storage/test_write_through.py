@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from autotrain.storage.job_outputs import fetch_job_outputs
+from autotrain.storage.layout import job_key, job_prefix
 from autotrain.storage.objects import ObjectStore
 from autotrain.storage.write_through import WriteThrough
 
@@ -23,7 +24,7 @@ def _complete(state) -> bool:
 
 
 def _keys(store: ObjectStore) -> set[str]:
-    return {o.key.removeprefix("jobs/j1/") for o in store.list("jobs/j1/")}
+    return {o.key.removeprefix(job_prefix("j1")) for o in store.list(job_prefix("j1"))}
 
 
 def test_a_state_counts_once_it_is_whole_and_leaves_when_the_trainer_deletes_it(store, tmp_path):
@@ -71,8 +72,8 @@ def test_a_state_counts_once_it_is_whole_and_leaves_when_the_trainer_deletes_it(
 
 
 def test_an_incomplete_state_in_the_store_is_never_brought_back(store, tmp_path):
-    store.put_bytes("jobs/j1/model/cats-step00000040-state/lora.safetensors", b"half a state")
-    store.put_bytes("jobs/j1/log/trainer.log", b"step 40\n")
+    store.put_bytes(job_key("j1", "model/cats-step00000040-state/lora.safetensors"), b"half")
+    store.put_bytes(job_key("j1", "log/trainer.log"), b"step 40\n")
     here = tmp_path / "cats"
     fetch_job_outputs(store, "j1", here, states="newest")
     assert (here / "log" / "trainer.log").read_bytes() == b"step 40\n"

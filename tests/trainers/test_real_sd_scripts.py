@@ -34,6 +34,7 @@ from autotrain.jobs.job import JobState
 from autotrain.pipeline import prepare_pipeline
 from autotrain.profile import load_profile
 from autotrain.settings import load_settings
+from autotrain.storage.layout import job_prefix
 from autotrain.trainers.trainer_check import ask_the_trainer
 from autotrain.workspace import Workspace
 from tests.conftest import REPO, Cluster, copy_example, job_id_in, pids_of, wait_for
@@ -189,7 +190,9 @@ def test_a_host_killed_mid_training_resumes_on_another_through_the_store(real, s
     client, (bucket, _, prefix) = s3_server.client(), url[len("s3://") :].partition("/")
 
     def state_in_store() -> bool:
-        listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/model/")
+        listed = client.list_objects_v2(
+            Bucket=bucket, Prefix=f"{prefix}/{job_prefix(job_id)}model/"
+        )
         return any(o["Key"].endswith("-state/.complete") for o in listed.get("Contents", []))
 
     wait_for(state_in_store, 1200, "a complete state in the store", interval=1)
@@ -210,7 +213,7 @@ def test_a_host_killed_mid_training_resumes_on_another_through_the_store(real, s
     names = {p.name for p in (output / "model").glob("cat*.safetensors")}
     assert {"cat-step00000008.safetensors", "cat.safetensors"} <= names
     assert not [p for p in (output / "model").iterdir() if ".r2" in p.name]
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/")
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/{job_prefix(job_id)}")
     in_store = {o["Key"].rsplit("/", 1)[-1] for o in listed.get("Contents", [])}
     assert {"cat.safetensors", "run.json"} <= in_store  # (this profile draws no samples)
 
