@@ -144,8 +144,8 @@ def _parser(script: str, network: bool) -> argparse.ArgumentParser:
 def _cache_sample_prompts(config: dict[str, Any], script: str) -> None:
     """flux_train_network.py caches the sample prompts' text encoder outputs before training
     when it caches the dataset's (cache_text_encoder_outputs_if_needed, flux_train_network.py:
-    254-261): it opens the prompt file then (library/train_util.py load_prompts), and a missing
-    one ends the run with FileNotFoundError, long before the first sample."""
+    254-261): it opens the prompt file then (library/train_util.py:6332, load_prompts), and a
+    missing one ends the run with FileNotFoundError, long before the first sample."""
     prompts = config.get("sample_prompts")
     if script == "flux_train_network" and config.get("cache_text_encoder_outputs") and prompts:
         log(f"cache Text Encoder outputs for sample prompt: {prompts}")
